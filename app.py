@@ -1,0 +1,73 @@
+"""The app factory. `gunicorn app:app` and `python app.py` both start here."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import click
+from flask import Flask
+
+import cache
+import routes
+from config import ConfigError, load_config
+from db import DatabaseUnavailable, open_store
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
+    """Build the app from the environment, with `overrides` (same names as the variables) on top."""
+    config = load_config({**os.environ, **(overrides or {})})
+    _configure_logging(config.log_level)
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=config.max_item_bytes, SERVICE_CONFIG=config)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    store = open_store(config.database_url)
+    try:
+        store.init_schema()
+    except DatabaseUnavailable as exc:  # keep serving cached reads; readiness reports the database
+        logger.error("could not create the schema at start-up: %s", exc)
+    app.extensions["item_store"] = store
+    cache.init_cache(config)
+
+    routes.register(app)
+    app.cli.add_command(init_db_command)
+    return app
+
+
+def _configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    root.setLevel(level)
+
+
+@click.command("init-db")
+def init_db_command() -> None:
+    """Create the schema if it is missing (the Procfile's release phase)."""
+    from flask import current_app
+
+    current_app.extensions["item_store"].init_schema()
+    click.echo("schema ready")
+
+
+def __getattr__(name: str) -> Any:
+    """`app.app`, built on first access: gunicorn and `flask --app app` find it, tests that only import
+    create_app do not build a second app from the environment."""
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)
+
+
+if __name__ == "__main__":
+    try:
+        application = create_app()
+    except ConfigError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+    application.run(host="0.0.0.0", port=load_config().port, threaded=True)

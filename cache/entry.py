@@ -1,0 +1,40 @@
+"""What the cache holds for one id: a version and the ready-to-send response body (or None: absent)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    version: int
+    body: bytes | None  # the item's JSON as served; None: the id is known not to exist (tombstone/negative)
+    etag: str
+
+    @classmethod
+    def build(cls, item_id: str, version: int, body: bytes | None) -> CacheEntry:
+        return cls(version=version, body=body, etag=make_etag(item_id, version))
+
+    @property
+    def exists(self) -> bool:
+        return self.body is not None
+
+
+def make_etag(item_id: str, version: int) -> str:
+    """A strong ETag from id + version: the database bumps the version on every change."""
+    return f'"{item_id}.{version}"'
+
+
+class _Miss:
+    """The sentinel for "not cached", distinct from a cached absent id (dogpile.cache's NO_VALUE)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISS"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISS = _Miss()

@@ -1,0 +1,93 @@
+"""The L1 tier: a thread-safe, bounded, TTL'd LRU of versioned entries. Knows nothing of Redis or Flask."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
+
+
+class Versioned(Protocol):
+    @property
+    def version(self) -> int: ...
+
+
+V = TypeVar("V", bound=Versioned)
+
+
+class LRUCache(Generic[V]):
+    """OrderedDict + move_to_end. Each slot holds (expires_at, version, value or None).
+
+    A slot whose value is None is a *floor*: it answers as a miss but refuses any later `set` of an
+    older version, which is how an invalidation keeps a slow reader from putting old data back.
+    """
+
+    def __init__(self, max_items: int, ttl: float, timer: Callable[[], float] = time.monotonic) -> None:
+        self.max_items = max_items
+        self.ttl = ttl
+        self.timer = timer
+        self._slots: OrderedDict[str, tuple[float, int, V | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> V | None:
+        """The live value for `key`, or None (absent, expired, or a floor)."""
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None:
+                return None
+            if slot[0] <= self.timer():
+                del self._slots[key]
+                return None
+            self._slots.move_to_end(key)
+            return slot[2]
+
+    def set(self, key: str, value: V) -> bool:
+        """Store `value` unless the slot already holds this version or a newer one (or a newer floor)."""
+        if self.max_items <= 0:
+            return False
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is not None and slot[0] > self.timer() and _refuses(slot, value.version):
+                return False
+            self._put(key, (self.timer() + self.ttl, value.version, value))
+            return True
+
+    def invalidate(self, key: str, version: int) -> bool:
+        """Drop `key` unless it already holds `version` or newer; leave a floor at `version`.
+
+        Returns False when the cached value was already as new as `version` (a stale message).
+        """
+        if self.max_items <= 0:
+            return True
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is not None and slot[0] > self.timer() and slot[1] >= version:
+                if slot[2] is not None or slot[1] > version:
+                    return False
+            self._put(key, (self.timer() + self.ttl, version, None))
+            return True
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._slots.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._slots.clear()
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def _put(self, key: str, slot: tuple[float, int, V | None]) -> None:
+        self._slots[key] = slot
+        self._slots.move_to_end(key)
+        while len(self._slots) > self.max_items:
+            self._slots.popitem(last=False)
+
+
+def _refuses(slot: tuple[float, int, object], version: int) -> bool:
+    """A value refuses the same or an older version; a floor refuses only older ones."""
+    held = slot[1]
+    return version <= held if slot[2] is not None else version < held

@@ -1,0 +1,119 @@
+"""Configuration from the environment (12-factor): read once, converted, validated at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+INSTANCE_DIR = Path(__file__).resolve().parent / "instance"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot run with; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Config:
+    port: int
+    database_url: str
+    redis_url: str | None  # None: the embedded in-memory Redis
+    redis_embedded: bool  # True when REDIS_URL points at the embedded server gunicorn started
+    redis_cluster: bool
+    redis_socket_timeout: float
+    cache_ttl: int
+    cache_long_ttl: int
+    l1_max_items: int
+    l1_ttl: float
+    negative_ttl: int
+    key_prefix: str
+    api_token: str | None
+    max_item_bytes: int
+    log_level: str
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 < value < 3600:
+        raise ConfigError(f"{name} must be between 0 and 3600 seconds, got {raw!r}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    url = env.get("DATABASE_URL", "").strip()
+    if not url:
+        return f"sqlite:///{INSTANCE_DIR / 'items.sqlite3'}"
+    if url.startswith(("postgres://", "postgresql://", "sqlite:///")):
+        return url
+    raise ConfigError(
+        "DATABASE_URL must start with postgres://, postgresql:// or sqlite:///, "
+        f"got a URL starting {url.split(':', 1)[0]!r}"
+    )
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    url = env.get("REDIS_URL", "").strip()
+    if not url:
+        return None
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return url
+    raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {url.split(':', 1)[0]!r}")
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> Config:
+    """Read every setting from `environ` (default: os.environ); raise ConfigError naming a bad variable."""
+    env = os.environ if environ is None else environ
+    log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    prefix = env.get("CACHE_KEY_PREFIX", "").strip()
+    if len(prefix) > 64 or any(c.isspace() for c in prefix):
+        raise ConfigError("CACHE_KEY_PREFIX must be at most 64 characters with no spaces")
+    cache_ttl = _int(env, "CACHE_TTL", 300, minimum=1)
+    return Config(
+        port=_int(env, "PORT", 5000, minimum=1),
+        database_url=_database_url(env),
+        redis_url=_redis_url(env),
+        redis_embedded=_bool(env, "REDIS_EMBEDDED"),
+        redis_cluster=_bool(env, "REDIS_CLUSTER"),
+        redis_socket_timeout=_float(env, "REDIS_SOCKET_TIMEOUT", 0.25),
+        cache_ttl=cache_ttl,
+        cache_long_ttl=max(cache_ttl, _int(env, "CACHE_LONG_TTL", 3600, minimum=1)),
+        l1_max_items=_int(env, "CACHE_L1_MAX_ITEMS", 10000),
+        l1_ttl=_float(env, "CACHE_L1_TTL", 30.0),
+        negative_ttl=_int(env, "CACHE_NEGATIVE_TTL", 30, minimum=1),
+        key_prefix=prefix,
+        api_token=env.get("API_TOKEN") or None,
+        max_item_bytes=_int(env, "MAX_ITEM_BYTES", 65536, minimum=64),
+        log_level=log_level,
+    )

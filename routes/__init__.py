@@ -1,0 +1,15 @@
+"""Blueprints: items, metrics, health; and the JSON error handlers."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from routes import errors, health, items, metrics
+
+
+def register(app: Flask) -> None:
+    metrics.init_request_metrics(app)
+    app.register_blueprint(items.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(health.bp)
+    errors.register(app)

@@ -1,0 +1,58 @@
+"""Every error is JSON: {"error": "<name>", "message": "<what to fix>"}. A 5xx never carries a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, json
+from werkzeug.exceptions import HTTPException
+
+from db import DatabaseUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(HTTPException):
+    """An HTTP error with a machine-readable name and a message saying what to fix."""
+
+    def __init__(self, code: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.error = error
+        self.extra_headers = headers or {}
+
+
+def error_response(code: int, error: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps({"error": error, "message": message})
+    response = Response(body, status=code, mimetype="application/json")
+    response.headers.update(headers or {})
+    return response
+
+
+def _http_error(exc: HTTPException) -> Response:
+    if isinstance(exc, ApiError):
+        return error_response(exc.code, exc.error, exc.description or "", exc.extra_headers)
+    name = (exc.name or "error").lower().replace(" ", "_")
+    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+    return error_response(exc.code or 500, name, exc.description or name, headers)
+
+
+def _database_down(exc: DatabaseUnavailable) -> Response:
+    logger.error("database unavailable: %s", exc)
+    return error_response(
+        503,
+        "database_unavailable",
+        "The database is unreachable; nothing was written. Retry shortly.",
+        {"Retry-After": "5"},
+    )
+
+
+def _unexpected(exc: Exception) -> Response:
+    logger.exception("unhandled error")
+    return error_response(500, "internal_error", "The server failed to handle this request; it was logged.")
+
+
+def register(app: Flask) -> None:
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(DatabaseUnavailable, _database_down)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,85 @@
+"""The items API. Views translate HTTP to the cache-aside flow in cache/aside.py and back."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+from flask import Blueprint, Response, current_app, request, url_for
+
+from cache import aside
+from cache.entry import CacheEntry
+from db import ItemStore
+from routes.errors import error_response
+from routes.validation import check_id, list_params, parse_item_body
+
+bp = Blueprint("items", __name__, url_prefix="/items")
+JSON = "application/json"
+
+
+def _store() -> ItemStore:
+    store: ItemStore = current_app.extensions["item_store"]
+    return store
+
+
+def _item_response(entry: CacheEntry, status: int, tier: str | None = None) -> Response:
+    headers = {"ETag": entry.etag}
+    if tier is not None:
+        headers["X-Cache"] = tier
+    return Response(entry.body, status=status, headers=headers, content_type=JSON)
+
+
+@bp.get("/<item_id>")
+def get_item(item_id: str) -> Response:
+    entry, tier = aside.read_item(_store(), check_id(item_id))
+    if not entry.exists:
+        return error_response(404, "not_found", f"no item with id {item_id!r}", {"X-Cache": tier})
+    if_none_match = request.headers.get("If-None-Match")
+    # If-None-Match uses the weak comparison (RFC 9110 13.1.2): W/"x" matches "x".
+    if if_none_match and request.if_none_match.contains_weak(entry.etag.strip('"')):
+        return Response(status=304, headers={"ETag": entry.etag, "X-Cache": tier})
+    return _item_response(entry, 200, tier)
+
+
+@bp.get("")
+def list_items() -> Response:
+    limit, after = list_params()
+    page = _store().list(limit + 1, after)  # one more than asked: is there a next page?
+    items = [item.to_dict() for item in page[:limit]]
+    next_id = items[-1]["id"] if len(page) > limit else None
+    return Response(json.dumps({"items": items, "next": next_id}), content_type=JSON)
+
+
+@bp.post("")
+def create_item() -> Response:
+    body = parse_item_body()
+    item_id = body.pop("id", None)
+    if item_id is None:
+        item_id = secrets.token_urlsafe(12)  # 16 characters of the id alphabet
+    elif not isinstance(item_id, str):
+        return error_response(400, "invalid_id", "id must be a string")
+    return _upsert(check_id(item_id), body)
+
+
+@bp.put("/<item_id>")
+def put_item(item_id: str) -> Response:
+    check_id(item_id)
+    body = parse_item_body()
+    if body.pop("id", item_id) != item_id:
+        return error_response(400, "id_mismatch", "the body's id differs from the URL's; drop it or make them equal")
+    return _upsert(item_id, body)
+
+
+def _upsert(item_id: str, fields: dict) -> Response:
+    result, entry = aside.write_item(_store(), item_id, fields)
+    response = _item_response(entry, 201 if result.created else 200)
+    if result.created:
+        response.headers["Location"] = url_for("items.get_item", item_id=item_id)
+    return response
+
+
+@bp.delete("/<item_id>")
+def delete_item(item_id: str) -> Response:
+    if not aside.remove_item(_store(), check_id(item_id)):
+        return error_response(404, "not_found", f"no item with id {item_id!r}")
+    return Response(status=204)

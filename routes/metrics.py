@@ -1,0 +1,75 @@
+"""Prometheus text at /metrics (aggregated over every gunicorn worker) and a JSON summary at /metrics/cache."""
+
+from __future__ import annotations
+
+import os
+
+from flask import Blueprint, Flask, Response, current_app
+from flask.typing import ResponseReturnValue
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_flask_exporter import PrometheusMetrics
+
+import cache
+from cache.metrics import TIERS
+from cache.redis_tier import info_summary
+
+bp = Blueprint("metrics", __name__, url_prefix="/metrics")
+HIT_TIERS = ("lru", "redis", "negative", "bloom")  # answered without the database
+
+
+def init_request_metrics(app: Flask) -> None:
+    """Request counts and latencies per endpoint (not raw path: ids would explode the label set)."""
+    registry = CollectorRegistry(auto_describe=True)  # per app, so tests can build many apps
+    PrometheusMetrics(app, path=None, group_by="endpoint", registry=registry)
+    app.extensions["request_metrics_registry"] = registry
+
+
+def _registries() -> list[CollectorRegistry]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # reads every worker's files, live and dead
+        return [registry]
+    return [REGISTRY, current_app.extensions["request_metrics_registry"]]
+
+
+def _totals(name: str, label: str | None = None) -> dict[str, float]:
+    """Sum the samples of metric `name` over all processes, keyed by `label` ("" when unlabelled)."""
+    totals: dict[str, float] = {}
+    for registry in _registries():
+        for metric in registry.collect():
+            if metric.name != name:
+                continue
+            for sample in metric.samples:
+                if sample.name in (name, f"{name}_total"):
+                    key = sample.labels.get(label, "") if label else ""
+                    totals[key] = totals.get(key, 0.0) + sample.value
+    return totals
+
+
+@bp.get("")
+def prometheus() -> ResponseReturnValue:
+    body = b"".join(generate_latest(registry) for registry in _registries())
+    return Response(body, content_type=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/cache")
+def summary() -> ResponseReturnValue:
+    state = cache.state()
+    by_tier = _totals("cache_requests", "tier")
+    requests = {tier: int(by_tier.get(tier, 0)) for tier in TIERS}
+    total = sum(requests.values())
+    hits = sum(requests[tier] for tier in HIT_TIERS)
+    return {
+        "l1": {
+            "entries_this_worker": len(state.lru),
+            "entries_all_workers": int(_totals("cache_l1_entries").get("", 0)),
+            "capacity_per_worker": state.config.l1_max_items,
+            "ttl_seconds": state.config.l1_ttl,
+        },
+        "requests": requests,
+        "hit_ratio": round(hits / total, 4) if total else None,
+        "db_loads": int(_totals("cache_db_loads").get("", 0)),
+        "redis": info_summary(state.redis, embedded=state.config.redis_embedded or not state.config.redis_url),
+        "worker_pid": os.getpid(),
+    }

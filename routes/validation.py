@@ -1,0 +1,79 @@
+"""Request parsing that refuses bad input with a 4xx naming the problem, before anything is stored."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from flask import request
+
+from routes.errors import ApiError
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+LIMIT_PATTERN = re.compile(r"[0-9]{1,4}")
+SERVER_FIELDS = ("version", "updated_at")
+
+
+def check_id(item_id: str) -> str:
+    if not ID_PATTERN.fullmatch(item_id):
+        raise ApiError(400, "invalid_id", "id must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'")
+    return item_id
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        keys = [key for key, _ in pairs]
+        duplicate = next(key for key in keys if keys.count(key) > 1)
+        raise ValueError(f"duplicate key {duplicate!r}")
+    return obj
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:20]!r} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_item_body() -> dict[str, Any]:
+    """The request's JSON object, or a 4xx: 415 wrong type, 413 too large, 400 not a valid object."""
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "send the item as JSON with 'Content-Type: application/json'")
+    raw = request.get_data(cache=False)  # MAX_CONTENT_LENGTH is enforced here (413) before reading
+    if not raw.strip():
+        raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
+    try:
+        body = json.loads(
+            raw, object_pairs_hook=_no_duplicate_keys, parse_float=_finite_float, parse_constant=_no_constant
+        )
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the JSON is nested too deeply") from None
+    except ValueError as exc:  # includes JSONDecodeError and UnicodeDecodeError
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "not_an_object", f"an item must be a JSON object, not {type(body).__name__}")
+    for field in SERVER_FIELDS:
+        if field in body:
+            raise ApiError(400, "read_only_field", f"'{field}' is set by the server; remove it from the body")
+    return body
+
+
+def list_params() -> tuple[int, str | None]:
+    """`limit` (1-1000, default 50) and `after` (an id) for GET /items."""
+    unknown = set(request.args) - {"limit", "after"}
+    if unknown:
+        raise ApiError(400, "unknown_parameter", f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    raw_limit = request.args.get("limit", "50")
+    if not LIMIT_PATTERN.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= 1000:
+        raise ApiError(400, "invalid_limit", "limit must be a whole number from 1 to 1000")
+    after = request.args.get("after")
+    if after is not None and not ID_PATTERN.fullmatch(after):
+        raise ApiError(400, "invalid_after", "after must be an item id (1-64 of A-Z, a-z, 0-9, '_', '-')")
+    return int(raw_limit), after
