@@ -34,7 +34,7 @@ class Config:
     log_level: str
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = 2**31) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -42,8 +42,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be from {minimum} to {maximum}, got {value}")
     return value
 
 
@@ -101,7 +101,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError("CACHE_KEY_PREFIX must be at most 64 characters with no spaces")
     cache_ttl = _int(env, "CACHE_TTL", 300, minimum=1)
     return Config(
-        port=_int(env, "PORT", 5000, minimum=1),
+        port=_int(env, "PORT", 5000, minimum=1, maximum=65535),
         database_url=_database_url(env),
         redis_url=_redis_url(env),
         redis_embedded=_bool(env, "REDIS_EMBEDDED"),

@@ -1,0 +1,76 @@
+"""The service as deployed: `gunicorn app:app` with several workers, embedded or real servers."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.support import Gunicorn, RedisServer, postgres_schema_url
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def put(server: Gunicorn, item_id: str, body: dict) -> tuple[int, dict, bytes]:
+    return server.request("PUT", f"/items/{item_id}", json.dumps(body).encode(), JSON_HEADERS)
+
+
+def read_many(server: Gunicorn, ids: list[str], rounds: int) -> list[str]:
+    tiers = []
+    for _ in range(rounds):
+        for item_id in ids:
+            status, headers, _ = server.get(f"/items/{item_id}")
+            assert status == 200
+            tiers.append(headers["X-Cache"])
+    return tiers
+
+
+def metric(server: Gunicorn, sample: str) -> float:
+    text = server.get("/metrics")[2].decode()
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def exercise(server: Gunicorn) -> None:
+    """What issue 2 promises a user: writes then reads never reach the DB, 404s are JSON."""
+    ids = [f"item-{n}" for n in range(10)]
+    for item_id in ids:
+        assert put(server, item_id, {"name": item_id})[0] == 201
+    tiers = read_many(server, ids, rounds=4)
+    assert "db" not in tiers, tiers  # every worker sees the write, whichever worker made it
+    status, headers, body = server.get("/items/never-was")
+    assert status == 404 and json.loads(body)["error"] == "not_found"
+
+
+def test_embedded_redis_is_shared_by_all_workers_and_sqlite_survives_restart(tmp_path):
+    env = {"REDIS_URL": "", "DATABASE_URL": f"sqlite:///{tmp_path / 'items.sqlite3'}"}
+    with Gunicorn(env, workers=2) as server:
+        exercise(server)
+        assert "embedded in-memory Redis" in server.output()
+    with Gunicorn(env, workers=2) as restarted:  # a new embedded Redis: empty; the SQLite file is not
+        status, headers, body = restarted.get("/items/item-3")
+        assert status == 200 and headers["X-Cache"] == "db" and json.loads(body)["name"] == "item-3"
+
+
+def test_real_redis_and_postgres_with_metrics_aggregated_over_workers(request):
+    postgres_url = request.getfixturevalue("postgres_url")
+    with RedisServer() as redis_server, postgres_schema_url(postgres_url) as db_url:
+        env = {"REDIS_URL": redis_server.url, "DATABASE_URL": db_url}
+        with Gunicorn(env, workers=2) as server:
+            exercise(server)
+            reads = sum(metric(server, f'cache_requests_total{{tier="{t}"}}') for t in ("lru", "redis", "db"))
+            assert reads == 41  # 40 reads of existing items + 1 miss, summed over both workers
+            assert metric(server, 'flask_http_request_total{method="PUT",status="201"}') == 10
+            summary = json.loads(server.get("/metrics/cache")[2])
+            assert summary["redis"]["redis_version"] and summary["db_loads"] == 1
+            ready = json.loads(server.get("/health/ready")[2])
+            assert ready == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}
+
+
+@pytest.mark.parametrize("name, value", [("CACHE_TTL", "soon"), ("DATABASE_URL", "mysql://x")])
+def test_bad_configuration_stops_start_up_naming_the_variable(tmp_path, name, value):
+    server = Gunicorn({"REDIS_URL": "", name: value})
+    assert server.launch().wait(timeout=20) != 0
+    assert f"configuration error: {name}" in server.output()
+    server.close()

@@ -1,0 +1,113 @@
+"""The cache API (cache_get / cache_set / cache_delete) on fakeredis and on a real Redis."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+import cache
+from cache import MISS, CacheEntry, cache_delete, cache_get, cache_key, cache_set
+from cache.metrics import REDIS_ERRORS
+from cache.redis_tier import connect
+from config import load_config
+from tests.support import free_port
+
+
+@pytest.fixture
+def cache_on(redis_client, key_prefix):
+    def init(**env: str) -> redis.Redis:
+        cache.init_cache(load_config({"CACHE_KEY_PREFIX": key_prefix, **env}), client=redis_client)
+        return redis_client
+
+    yield init
+    cache.reset()
+
+
+def entry(item_id: str, version: int, body: bytes | None = b'{"id":"x"}') -> CacheEntry:
+    return CacheEntry.build(item_id, version, body)
+
+
+def test_key_is_item_namespace_under_prefix(cache_on, key_prefix):
+    cache_on()
+    assert cache_key("42") == f"{key_prefix}item:42"
+
+
+def test_miss_then_set_then_hit_from_lru(cache_on):
+    cache_on()
+    key = cache_key("a")
+    assert cache_get(key) == (MISS, None)
+    assert cache_set(key, entry("a", 1))
+    assert cache_get(key) == (entry("a", 1), "lru")
+
+
+def test_redis_hit_is_promoted_into_lru(cache_on):
+    client = cache_on()
+    key = cache_key("a")
+    cache_set(key, entry("a", 3, b'{"v":3}'))
+    cache.state().lru.clear()  # as if another process had written it
+    assert cache_get(key) == (entry("a", 3, b'{"v":3}'), "redis")
+    assert cache_get(key)[1] == "lru"
+    assert client.hget(key, "v") == b"3" and client.hget(key, "b") == b'{"v":3}'
+
+
+def test_redis_value_is_json_with_ttl(cache_on):
+    client = cache_on(CACHE_TTL="120")
+    key = cache_key("a")
+    cache_set(key, entry("a", 1, b'{"id":"a"}'))
+    assert 110_000 < client.pttl(key) <= 120_000
+
+
+def test_older_version_never_replaces_newer(cache_on):
+    client = cache_on()
+    key = cache_key("a")
+    assert cache_set(key, entry("a", 5, b"new"))
+    cache.state().lru.clear()
+    assert not cache_set(key, entry("a", 4, b"old"))  # the slow reader loses
+    assert client.hget(key, "b") == b"new"
+    assert cache_get(key)[0].body == b"new"
+
+
+def test_delete_leaves_versioned_tombstone_that_blocks_older_fills(cache_on):
+    client = cache_on(CACHE_NEGATIVE_TTL="7")
+    key = cache_key("a")
+    cache_set(key, entry("a", 2))
+    cache_delete(key, version=3)
+    found, tier = cache_get(key)
+    assert found.version == 3 and not found.exists and tier == "lru"
+    assert 0 < client.pttl(key) <= 7000
+    cache.state().lru.clear()
+    assert not cache_set(key, entry("a", 2))  # a reader that loaded v2 before the delete
+    assert not cache_get(key)[0].exists
+    assert cache_set(key, entry("a", 4, b"reborn"))  # a re-create above the tombstone wins
+    assert cache_get(key)[0].body == b"reborn"
+
+
+def test_plain_delete_removes_from_both_tiers(cache_on):
+    client = cache_on()
+    key = cache_key("a")
+    cache_set(key, entry("a", 1))
+    cache_delete(key)
+    assert cache_get(key) == (MISS, None)
+    assert client.exists(key) == 0
+
+
+def test_l1_disabled_reads_from_redis_every_time(cache_on):
+    cache_on(CACHE_L1_MAX_ITEMS="0")
+    key = cache_key("a")
+    cache_set(key, entry("a", 1))
+    assert cache_get(key)[1] == "redis"
+    assert cache_get(key)[1] == "redis"
+
+
+def test_redis_down_is_absorbed_and_counted(key_prefix):
+    dead = connect(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.2)  # the service's own client policy
+    cache.init_cache(load_config({"CACHE_KEY_PREFIX": key_prefix}), client=dead)
+    try:
+        before = REDIS_ERRORS.labels("get")._value.get()
+        key = cache_key("a")
+        assert cache_get(key) == (MISS, None)
+        assert REDIS_ERRORS.labels("get")._value.get() == before + 1
+        assert cache_set(key, entry("a", 1))  # L1 still takes it
+        assert cache_get(key)[1] == "lru"
+    finally:
+        cache.reset()

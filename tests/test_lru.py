@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cache.lru import LRUCache
+
+
+@dataclass(frozen=True)
+class Value:
+    version: int
+    name: str = ""
+
+
+class FakeTimer:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make(max_items: int = 3, ttl: float = 10.0) -> tuple[LRUCache[Value], FakeTimer]:
+    timer = FakeTimer()
+    return LRUCache(max_items, ttl, timer=timer), timer
+
+
+def test_get_returns_what_was_set():
+    lru, _ = make()
+    assert lru.set("a", Value(1, "x"))
+    assert lru.get("a") == Value(1, "x")
+    assert lru.get("b") is None
+
+
+def test_evicts_least_recently_used_beyond_max_items():
+    lru, _ = make(max_items=2)
+    lru.set("a", Value(1))
+    lru.set("b", Value(1))
+    lru.get("a")  # a is now the most recent
+    lru.set("c", Value(1))
+    assert lru.get("b") is None
+    assert lru.get("a") == Value(1)
+    assert len(lru) == 2
+
+
+def test_entry_expires_after_ttl():
+    lru, timer = make(ttl=5)
+    lru.set("a", Value(1))
+    timer.tick(4.9)
+    assert lru.get("a") == Value(1)
+    timer.tick(0.2)
+    assert lru.get("a") is None
+    assert len(lru) == 0
+
+
+def test_refuses_same_or_older_version_but_accepts_newer():
+    lru, _ = make()
+    lru.set("a", Value(5, "five"))
+    assert not lru.set("a", Value(4, "four"))
+    assert not lru.set("a", Value(5, "other five"))
+    assert lru.get("a") == Value(5, "five")
+    assert lru.set("a", Value(6, "six"))
+    assert lru.get("a") == Value(6, "six")
+
+
+def test_expired_slot_no_longer_guards_versions():
+    lru, timer = make(ttl=1)
+    lru.set("a", Value(5))
+    timer.tick(2)
+    assert lru.set("a", Value(3))
+
+
+def test_invalidate_leaves_a_floor_that_refuses_older_fills():
+    lru, _ = make()
+    lru.set("a", Value(1))
+    assert lru.invalidate("a", 2)
+    assert lru.get("a") is None
+    assert not lru.set("a", Value(1))  # the slow reader's old copy stays out
+    assert lru.set("a", Value(2))  # the version the invalidation announced may come in
+    assert lru.get("a") == Value(2)
+
+
+def test_invalidate_older_than_held_is_stale():
+    lru, _ = make()
+    lru.set("a", Value(7))
+    assert not lru.invalidate("a", 6)
+    assert not lru.invalidate("a", 7)
+    assert lru.get("a") == Value(7)
+
+
+def test_disabled_when_max_items_is_zero():
+    lru, _ = make(max_items=0)
+    assert not lru.set("a", Value(1))
+    assert lru.get("a") is None
+    assert len(lru) == 0
+
+
+def test_clear_and_delete():
+    lru, _ = make()
+    lru.set("a", Value(1))
+    lru.set("b", Value(1))
+    lru.delete("a")
+    assert lru.get("a") is None and lru.get("b") == Value(1)
+    lru.clear()
+    assert len(lru) == 0
