@@ -66,6 +66,7 @@ def __getattr__(name: str) -> Any:
 
 
 if __name__ == "__main__":
+    cache.enable_listener()  # one process, no fork: its listener starts with the cache
     try:
         application = create_app()
     except ConfigError as exc:

@@ -51,9 +51,12 @@ _embedded_redis = None
 logger = logging.getLogger("gunicorn.error")
 
 
+# The hooks import the project's modules (config, cache) from beside this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
 def on_starting(server):
     """In the master, before any fork: check the configuration, reset metrics, start embedded Redis."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from config import ConfigError, load_config
 
     try:
@@ -77,6 +80,14 @@ def _start_embedded_redis():
     os.environ["REDIS_URL"] = url
     os.environ["REDIS_EMBEDDED"] = "1"
     logger.warning("%s (embedded server pid %d at %s)", WARNING, _embedded_redis.pid, url)
+
+
+def post_fork(server, worker):
+    """In the new worker: ask for an invalidation listener thread. It starts when the app builds the cache
+    (or right now if the app was preloaded); a PubSub or thread made in the master would be shared or lost."""
+    import cache
+
+    cache.enable_listener()
 
 
 def child_exit(server, worker):

@@ -3,13 +3,25 @@ worker, and /metrics aggregates them (gunicorn.conf.py sets the directory before
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, disable_created_metrics
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 disable_created_metrics()  # *_created series double the output and no dashboard here reads them
 
 REQUESTS = Counter("cache_requests", "Item reads answered, by the tier that answered", ["tier"])
 DB_LOADS = Counter("cache_db_loads", "Item reads that reached the database")
 REDIS_ERRORS = Counter("cache_redis_errors", "Redis calls that failed and were absorbed", ["op"])
+INVALIDATIONS = Counter(
+    "cache_invalidations", "Pub/sub invalidations handled: applied, own (from this process), stale", ["result"]
+)
+INVALIDATION_LAG = Histogram(
+    "cache_invalidation_lag_seconds",
+    "Publish (in the writing process) to applied (in this one)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
+L1_FLUSHES = Counter("cache_l1_flushes", "Whole-L1 flushes: subscribe, watchdog, admin", ["reason"])
+LISTENER_SUBSCRIBED = Gauge(
+    "cache_listener_subscribed", "1 while every worker's listener is subscribed", multiprocess_mode="livemin"
+)
 L1_ENTRIES = Gauge("cache_l1_entries", "Entries in the in-process LRU", multiprocess_mode="livesum")
 
 TIERS = ("lru", "redis", "db", "negative", "bloom")

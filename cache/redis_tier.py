@@ -22,7 +22,9 @@ T = TypeVar("T")
 
 # KEYS[1]: the item's key (a hash: v = version, b = body, '' for an id known to be absent)
 # ARGV[1]: version   ARGV[2]: body   ARGV[3]: TTL in milliseconds
-# returns: 1 written; 0 this version is already there (left alone); -1 a newer version is there
+# ARGV[4]: channel to announce the write on ('' for none)   ARGV[5]: the announcement
+# returns: 1 written (and announced); 0 this version is already there (left alone); -1 a newer one is there
+# One key, so it runs unchanged on Redis Cluster; the publish is atomic with the write it announces.
 SET_IF_NEWER = """
 local held = tonumber(redis.call('HGET', KEYS[1], 'v'))
 local version = tonumber(ARGV[1])
@@ -32,6 +34,7 @@ if held then
 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'b', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
 """
 
@@ -69,10 +72,12 @@ class RedisTier:
         version, body = fields
         return CacheEntry.build(item_id, int(version), body or None)
 
-    def set_if_newer(self, key: str, entry: CacheEntry, ttl_ms: int) -> int | None:
-        """Write `entry` unless Redis holds the same or a newer version: WRITTEN, SAME, NEWER, or None
-        when Redis failed."""
-        args = (entry.version, entry.body or b"", ttl_ms)
+    def set_if_newer(
+        self, key: str, entry: CacheEntry, ttl_ms: int, channel: str = "", message: bytes = b""
+    ) -> int | None:
+        """Write `entry` (and publish `message` on `channel`) unless Redis holds the same or a newer
+        version: WRITTEN, SAME, NEWER, or None when Redis failed."""
+        args = (entry.version, entry.body or b"", ttl_ms, channel, message)
         result = self._guard("set", key, self._set_if_newer, None, keys=[key], args=args)
         return None if result is None else int(result)
 
