@@ -107,7 +107,8 @@ def _on_lost(s: _State) -> None:
 def _replay_pending(s: _State) -> None:
     if len(s.pending):
         written = s.pending.replay(lambda key, entry, ttl_ms: _write_redis(s, key, entry, ttl_ms))
-        logger.info("replayed %d cache write(s) that Redis missed; %d still pending", written, len(s.pending))
+        if written:
+            logger.info("replayed %d cache write(s) Redis had missed; %d still pending", written, len(s.pending))
 
 
 def flush_l1(reason: str) -> None:
@@ -154,18 +155,19 @@ def cache_get(key: str) -> tuple[CacheEntry | _Miss, str | None]:
     return found, "redis"
 
 
-def cache_set(key: str, entry: CacheEntry, ttl: int | None = None) -> bool:
+def cache_set(key: str, entry: CacheEntry, ttl: int | None = None, *, replay: bool = True) -> bool:
     """Write Redis (announcing it to the other processes), then L1, unless a newer version is already
     cached. False when it was refused.
 
     `ttl` defaults to CACHE_TTL for an item and CACHE_NEGATIVE_TTL for an absent id. A Redis failure is
-    absorbed (logged, counted), L1 is still written, and the write is replayed when Redis is back.
+    absorbed (logged, counted) and L1 is still written; with `replay` (a write, not a read's fill) the
+    entry is also remembered and written to Redis when it answers again.
     """
     s = state()
     if ttl is None:
         ttl = s.config.cache_ttl if entry.exists else s.config.negative_ttl
     generation = s.generation
-    if _write_redis(s, key, entry, ttl * 1000) == NEWER:
+    if _write_redis(s, key, entry, ttl * 1000, replay) == NEWER:
         return False
     _fill_l1(s, key, entry, generation)
     return True
@@ -182,9 +184,9 @@ def cache_delete(key: str, version: int | None = None) -> None:
     cache_set(key, CacheEntry.build(key[s.key_start :], version, None))
 
 
-def _write_redis(s: _State, key: str, entry: CacheEntry, ttl_ms: int) -> int | None:
+def _write_redis(s: _State, key: str, entry: CacheEntry, ttl_ms: int, replay: bool = False) -> int | None:
     result = s.redis.set_if_newer(key, entry, ttl_ms, s.channel, encode_message(key, entry.version, s.origin))
-    if result is None and s.listener is not None:
+    if result is None and replay and s.listener is not None:
         s.pending.remember(key, entry, ttl_ms)
     return result
 

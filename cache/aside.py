@@ -29,7 +29,7 @@ def read_item(store: ItemStore, item_id: str) -> tuple[CacheEntry, str]:
     REQUESTS_BY_TIER["db"].inc()
     # Version 0 for "absent": any real write (version >= 1) replaces it, whatever the order.
     entry = CacheEntry.build(item_id, item.version, item.to_json()) if item else CacheEntry.build(item_id, 0, None)
-    cache_set(key, entry)
+    cache_set(key, entry, replay=False)  # a fill, not a write: if Redis missed it, the next read refills
     return entry, "db"
 
 

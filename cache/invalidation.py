@@ -127,7 +127,8 @@ class Listener:
                 self._session()
             except (*REDIS_ERRORS_CAUGHT, ConnectionSilent) as exc:
                 logger.warning("invalidation listener lost its connection: %s: %s", type(exc).__name__, exc)
-                self._flush_reason = "watchdog" if isinstance(exc, ConnectionSilent) else "subscribe"
+                if isinstance(exc, ConnectionSilent):  # kept until a subscribe succeeds, then counted once
+                    self._flush_reason = "watchdog"
             except Exception:  # a bug must not end coherence for the life of the worker
                 logger.exception("invalidation listener failed")
             delay = RECONNECT_MIN if self.subscribed else min(delay * 2, RECONNECT_MAX)

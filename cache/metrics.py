@@ -16,7 +16,7 @@ INVALIDATIONS = Counter(
 INVALIDATION_LAG = Histogram(
     "cache_invalidation_lag_seconds",
     "Publish (in the writing process) to applied (in this one)",
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+    buckets=(0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.1, 0.5, 2.5),
 )
 L1_FLUSHES = Counter("cache_l1_flushes", "Whole-L1 flushes: subscribe, watchdog, admin", ["reason"])
 LISTENER_SUBSCRIBED = Gauge(

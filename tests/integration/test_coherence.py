@@ -1,0 +1,169 @@
+"""Coherence across real processes: 2 gunicorn instances x 2 workers on one database and one redis-server,
+checked while it serves, healthy and under three faults. Each test prints its checker report."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.integration.consistency import Checker, read_everywhere
+from tests.support import Gunicorn, RedisServer, TcpProxy, postgres_schema_url, wait_until
+
+L1_TTL = 10.0  # seconds: the hard cap on staleness the faults must stay under
+HEALTHY_SECONDS = float(os.environ.get("CHECKER_SECONDS", "30"))
+
+
+def metric(server: Gunicorn, sample: str) -> float:
+    text = server.get("/metrics")[2].decode()
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def all_subscribed(servers: list[Gunicorn]) -> bool:
+    return all(metric(s, "cache_listener_subscribed") == 1.0 for s in servers)
+
+
+def lag_quantile(server: Gunicorn, q: float) -> float:
+    """The upper bound of the histogram bucket holding quantile `q` of the invalidation lag."""
+    text = server.get("/metrics")[2].decode()
+    buckets = [
+        (float(le), float(n))
+        for le, n in re.findall(r'^cache_invalidation_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)
+    ]
+    total = buckets[-1][1]
+    return next(le for le, n in buckets if n >= q * total)
+
+
+@contextlib.contextmanager
+def database_url(request, tmp_path) -> Iterator[str]:
+    """PostgreSQL when the suite has one (always in CI), else a SQLite file both instances share."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        with postgres_schema_url(request.getfixturevalue("postgres_url")) as url:
+            yield url
+    else:
+        yield f"sqlite:///{tmp_path / 'items.sqlite3'}"
+
+
+@contextlib.contextmanager
+def fleet(request, tmp_path, redis_url_of=lambda server: server.url) -> Iterator[tuple]:
+    with RedisServer() as redis_server, database_url(request, tmp_path) as db_url:
+        urls = redis_url_of(redis_server)
+        envs = [{"REDIS_URL": url, "DATABASE_URL": db_url, "CACHE_L1_TTL": str(L1_TTL)} for url in urls]
+        servers = [Gunicorn(env, workers=2) for env in envs]
+        try:
+            for server in servers:
+                server.start()
+            wait_until(lambda: all_subscribed(servers), timeout=15)
+            yield redis_server, servers
+        finally:
+            for server in servers:
+                server.close()
+
+
+def finish(checker: Checker, servers: list[Gunicorn], recovered: float, capsys, title: str):
+    checker.stop()
+    overall, after = checker.report(), checker.report(since=recovered)
+    wait_until(lambda: all_subscribed(servers), timeout=15)
+    wrong = read_everywhere([s.base for s in servers], checker.newest_versions())
+    with capsys.disabled():
+        print(f"\n[{title}] whole run: {overall.line()}\n[{title}] after recovery: {after.line()}")
+    return overall, after, wrong
+
+
+def test_healthy_fleet_serves_no_stale_read_after_the_lag(request, tmp_path, capsys):
+    with fleet(request, tmp_path, lambda r: [r.url, r.url]) as (_, servers):
+        checker = Checker([s.base for s in servers]).start()
+        time.sleep(HEALTHY_SECONDS)
+        overall, _, wrong = finish(checker, servers, 0.0, capsys, "healthy")
+        p50, p99 = lag_quantile(servers[0], 0.5), lag_quantile(servers[0], 0.99)
+        with capsys.disabled():
+            print(
+                f"[healthy] invalidation lag (instance 1, bucket upper bounds): p50<={p50 * 1000:g}ms "
+                f"p99<={p99 * 1000:g}ms"
+            )
+    assert overall.reads > 1000 and overall.writes > 100
+    assert overall.stale_reads == 0 and overall.read_errors == 0 and overall.write_errors == 0
+    assert wrong == []
+
+
+def test_killed_pubsub_connections_resubscribe_and_flush(request, tmp_path, capsys):
+    with fleet(request, tmp_path, lambda r: [r.url, r.url]) as (redis_server, servers):
+        checker = Checker([s.base for s in servers]).start()
+        time.sleep(3)
+        flushes = sum(metric(s, 'cache_l1_flushes_total{reason="subscribe"}') for s in servers)
+        killed = redis.Redis.from_url(redis_server.url).client_kill_filter(_type="pubsub")
+        wait_until(
+            lambda: sum(metric(s, 'cache_l1_flushes_total{reason="subscribe"}') for s in servers) >= flushes + 4,
+            timeout=10,
+        )
+        recovered = time.monotonic()
+        time.sleep(4)
+        overall, after, wrong = finish(checker, servers, recovered, capsys, "pubsub killed")
+    assert killed == 4  # one subscriber per worker
+    assert after.stale_reads == 0 and overall.max_staleness < L1_TTL
+    assert overall.read_errors == 0 and overall.write_errors == 0 and wrong == []
+
+
+def test_redis_killed_and_restarted_under_load(request, tmp_path, capsys):
+    with fleet(request, tmp_path, lambda r: [r.url, r.url]) as (redis_server, servers):
+        checker = Checker([s.base for s in servers]).start()
+        time.sleep(3)
+        redis_server.kill()  # SIGKILL: every connection drops, every cached value is gone
+        writes_before = checker.report().writes
+        time.sleep(3)
+        writes_while_down = checker.report().writes - writes_before
+        redis_server.start()  # same port
+        wait_until(lambda: all_subscribed(servers), timeout=15)
+        recovered = time.monotonic()
+        time.sleep(4)
+        overall, after, wrong = finish(checker, servers, recovered, capsys, "redis SIGKILL")
+    assert writes_while_down > 0  # writes kept succeeding while Redis was down (DB first)
+    assert overall.read_errors == 0 and overall.write_errors == 0
+    assert after.stale_reads == 0 and overall.max_staleness < L1_TTL and wrong == []
+
+
+def test_half_open_connection_is_detected_by_the_watchdog(request, tmp_path, capsys):
+    proxies: list[TcpProxy] = []
+
+    def through_proxy(redis_server: RedisServer) -> list[str]:
+        proxies.append(TcpProxy(redis_server.port))
+        return [proxies[0].url, redis_server.url]  # instance 1 reaches Redis through the proxy
+
+    try:
+        with fleet(request, tmp_path, through_proxy) as (_, servers):
+            checker = Checker([s.base for s in servers]).start()
+            time.sleep(3)
+            watchdog = metric(servers[0], 'cache_l1_flushes_total{reason="watchdog"}')
+            proxies[0].pause()  # silent: nothing forwarded, nothing closed
+            paused = time.monotonic()
+            wait_until(lambda: metric(servers[0], "cache_listener_subscribed") == 0.0, timeout=10)
+            detected = time.monotonic() - paused
+            time.sleep(2)
+            proxies[0].resume()
+            wait_until(lambda: all_subscribed(servers), timeout=15)
+            recovered = time.monotonic()
+            time.sleep(4)
+            overall, after, wrong = finish(checker, servers, recovered, capsys, "half-open")
+            watchdog_flushes = metric(servers[0], 'cache_l1_flushes_total{reason="watchdog"}') - watchdog
+            with capsys.disabled():
+                print(f"[half-open] detected by the watchdog after {detected:.2f}s")
+    finally:
+        for proxy in proxies:
+            proxy.close()
+    assert detected < 6.0 and watchdog_flushes >= 1
+    assert overall.read_errors == 0 and overall.write_errors == 0
+    assert after.stale_reads == 0 and overall.max_staleness < L1_TTL and wrong == []
+
+
+@pytest.fixture(autouse=True)
+def _redis_server_required():
+    from tests.support import redis_server_available
+
+    if not redis_server_available():
+        pytest.skip("needs redis-server on PATH")
