@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from bench.coherence import lag_buckets
 from tests.integration.consistency import Checker, read_everywhere
 from tests.support import Gunicorn, RedisServer, TcpProxy, postgres_schema_url, wait_until
 
@@ -29,15 +30,18 @@ def all_subscribed(servers: list[Gunicorn]) -> bool:
     return all(metric(s, "cache_listener_subscribed") == 1.0 for s in servers)
 
 
-def lag_quantile(server: Gunicorn, q: float) -> float:
-    """The upper bound of the histogram bucket holding quantile `q` of the invalidation lag."""
-    text = server.get("/metrics")[2].decode()
-    buckets = [
-        (float(le), float(n))
-        for le, n in re.findall(r'^cache_invalidation_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)
-    ]
+def lag_bound(servers: list[Gunicorn], q: float = 1.0, since: list[tuple[float, float]] = ()) -> float:
+    """The upper bound of the lag-histogram bucket holding quantile `q` (1.0: every invalidation) of the
+    invalidations applied after the `since` snapshot of the buckets."""
+    old = dict(since)
+    buckets = [(le, n - old.get(le, 0.0)) for le, n in lag_buckets(servers)]
     total = buckets[-1][1]
     return next(le for le, n in buckets if n >= q * total)
+
+
+def recovery_mark(servers: list[Gunicorn]) -> tuple[float, list[tuple[float, float]]]:
+    """When recovery was seen, and the lag histogram then: what comes after is judged on its own lag."""
+    return time.monotonic(), lag_buckets(servers)
 
 
 @contextlib.contextmanager
@@ -66,13 +70,18 @@ def fleet(request, tmp_path, redis_url_of=lambda server: server.url) -> Iterator
                 server.close()
 
 
-def finish(checker: Checker, servers: list[Gunicorn], recovered: float, capsys, title: str):
+def finish(checker: Checker, servers: list[Gunicorn], recovered: tuple, capsys, title: str):
+    """Stop the load and judge it. A read counts as stale when it started later after a newer write's
+    acknowledgement than the slowest invalidation any worker applied in that period (at least 50 ms):
+    staleness within the lag is the promise; beyond it, an invalidation was lost or a race let old data in."""
     checker.stop()
-    overall, after = checker.report(), checker.report(since=recovered)
     wait_until(lambda: all_subscribed(servers), timeout=15)
+    allowance, allowance_after = max(0.05, lag_bound(servers)), max(0.05, lag_bound(servers, since=recovered[1]))
+    overall, after = checker.report(allowance), checker.report(allowance_after, since=recovered[0])
     wrong = read_everywhere([s.base for s in servers], checker.newest_versions())
     with capsys.disabled():
-        print(f"\n[{title}] whole run: {overall.line()}\n[{title}] after recovery: {after.line()}")
+        print(f"\n[{title}] whole run (lag allowance {allowance * 1000:g}ms): {overall.line()}")
+        print(f"[{title}] after recovery (lag allowance {allowance_after * 1000:g}ms): {after.line()}")
     return overall, after, wrong
 
 
@@ -80,13 +89,10 @@ def test_healthy_fleet_serves_no_stale_read_after_the_lag(request, tmp_path, cap
     with fleet(request, tmp_path, lambda r: [r.url, r.url]) as (_, servers):
         checker = Checker([s.base for s in servers]).start()
         time.sleep(HEALTHY_SECONDS)
-        overall, _, wrong = finish(checker, servers, 0.0, capsys, "healthy")
-        p50, p99 = lag_quantile(servers[0], 0.5), lag_quantile(servers[0], 0.99)
+        overall, _, wrong = finish(checker, servers, (0.0, []), capsys, "healthy")
+        p50, p99 = lag_bound(servers, 0.5), lag_bound(servers, 0.99)
         with capsys.disabled():
-            print(
-                f"[healthy] invalidation lag (instance 1, bucket upper bounds): p50<={p50 * 1000:g}ms "
-                f"p99<={p99 * 1000:g}ms"
-            )
+            print(f"[healthy] invalidation lag (bucket upper bounds): p50<={p50 * 1000:g}ms p99<={p99 * 1000:g}ms")
     assert overall.reads > 1000 and overall.writes > 100
     assert overall.stale_reads == 0 and overall.read_errors == 0 and overall.write_errors == 0
     assert wrong == []
@@ -102,7 +108,7 @@ def test_killed_pubsub_connections_resubscribe_and_flush(request, tmp_path, caps
             lambda: sum(metric(s, 'cache_l1_flushes_total{reason="subscribe"}') for s in servers) >= flushes + 4,
             timeout=10,
         )
-        recovered = time.monotonic()
+        recovered = recovery_mark(servers)
         time.sleep(4)
         overall, after, wrong = finish(checker, servers, recovered, capsys, "pubsub killed")
     assert killed == 4  # one subscriber per worker
@@ -120,7 +126,7 @@ def test_redis_killed_and_restarted_under_load(request, tmp_path, capsys):
         writes_while_down = checker.report().writes - writes_before
         redis_server.start()  # same port
         wait_until(lambda: all_subscribed(servers), timeout=15)
-        recovered = time.monotonic()
+        recovered = recovery_mark(servers)
         time.sleep(4)
         overall, after, wrong = finish(checker, servers, recovered, capsys, "redis SIGKILL")
     assert writes_while_down > 0  # writes kept succeeding while Redis was down (DB first)
@@ -147,7 +153,7 @@ def test_half_open_connection_is_detected_by_the_watchdog(request, tmp_path, cap
             time.sleep(2)
             proxies[0].resume()
             wait_until(lambda: all_subscribed(servers), timeout=15)
-            recovered = time.monotonic()
+            recovered = recovery_mark(servers)
             time.sleep(4)
             overall, after, wrong = finish(checker, servers, recovered, capsys, "half-open")
             watchdog_flushes = metric(servers[0], 'cache_l1_flushes_total{reason="watchdog"}') - watchdog

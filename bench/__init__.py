@@ -1,0 +1,1 @@
+"""Benchmarks: each starts its own servers, measures ratios or counts in one run, and updates BENCHMARKS.md."""
