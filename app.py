@@ -12,6 +12,7 @@ from flask import Flask
 
 import cache
 import routes
+from cache import warm
 from config import ConfigError, load_config
 from db import DatabaseUnavailable, open_store
 
@@ -33,9 +34,16 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
         logger.error("could not create the schema at start-up: %s", exc)
     app.extensions["item_store"] = store
     cache.init_cache(config)
+    # A listener that finds no Bloom filter (first start, flushed, disabled) has one built, in the background.
+    cache.set_bloom_rebuilder(lambda: warm.in_background(store, fill_cache=False, only_if_no_bloom=True))
+    if config.warm_on_start:
+        warm.in_background(store, fill_cache=True)
+    if config.api_token is None:
+        logger.warning("API_TOKEN is not set: anyone who can reach this service can write items")
 
     routes.register(app)
     app.cli.add_command(init_db_command)
+    app.cli.add_command(warm_cache_command)
     return app
 
 
@@ -53,6 +61,28 @@ def init_db_command() -> None:
 
     current_app.extensions["item_store"].init_schema()
     click.echo("schema ready")
+
+
+@click.command("warm-cache")
+def warm_cache_command() -> None:
+    """Load every item into Redis (CACHE_LONG_TTL) and rebuild the Bloom filter, in batches."""
+    import sys
+
+    from flask import current_app
+
+    store = current_app.extensions["item_store"]
+    if sys.stderr.isatty():
+        with click.progressbar(length=store.count(), label="warming", file=sys.stderr) as bar:
+            last = [0]
+
+            def progress(done: int, total: int) -> None:
+                bar.update(done - last[0])
+                last[0] = done
+
+            result = warm.warm(store, progress=progress)
+    else:
+        result = warm.warm(store, progress=warm.log_progress())
+    click.echo(f"warmed {result.items} items in {result.seconds:.1f}s (bloom filter rebuilt: {result.bloom_rebuilt})")
 
 
 def __getattr__(name: str) -> Any:

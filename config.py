@@ -32,6 +32,13 @@ class Config:
     api_token: str | None
     max_item_bytes: int
     log_level: str
+    lock_ttl: float  # seconds a fleet-wide load lock lives: longer than any database load
+    lock_wait: float  # seconds a reader waits for another's load before loading itself
+    stampede_protection: bool  # single-flight + fleet lock; off only to measure what they save
+    bloom: bool
+    ttl_jitter: float
+    xfetch_beta: float
+    warm_on_start: bool
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = 2**31) -> int:
@@ -47,22 +54,25 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maxi
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, low: float = 0.0, high: float = 3600.0) -> float:
+    """A number in (low, high]; seconds unless the variable says otherwise."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not 0 < value < 3600:
-        raise ConfigError(f"{name} must be between 0 and 3600 seconds, got {raw!r}")
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not low < value <= high:
+        raise ConfigError(f"{name} must be more than {low:g} and at most {high:g}, got {raw!r}")
     return value
 
 
-def _bool(env: Mapping[str, str], name: str) -> bool:
+def _bool(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
+    if not raw:
+        return default
+    if raw in ("0", "false", "no", "off"):
         return False
     if raw in ("1", "true", "yes", "on"):
         return True
@@ -100,6 +110,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     if len(prefix) > 64 or any(c.isspace() for c in prefix):
         raise ConfigError("CACHE_KEY_PREFIX must be at most 64 characters with no spaces")
     cache_ttl = _int(env, "CACHE_TTL", 300, minimum=1)
+    lock_ttl = _float(env, "CACHE_LOCK_TTL", 5.0, high=300)
     return Config(
         port=_int(env, "PORT", 5000, minimum=1, maximum=65535),
         database_url=_database_url(env),
@@ -116,4 +127,11 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         api_token=env.get("API_TOKEN") or None,
         max_item_bytes=_int(env, "MAX_ITEM_BYTES", 65536, minimum=64),
         log_level=log_level,
+        lock_ttl=lock_ttl,
+        lock_wait=_float(env, "CACHE_LOCK_WAIT", lock_ttl + 1.0, high=600),
+        stampede_protection=_bool(env, "CACHE_STAMPEDE_PROTECTION", default=True),
+        bloom=_bool(env, "CACHE_BLOOM", default=True),
+        ttl_jitter=_float(env, "CACHE_TTL_JITTER", 0.1, low=-0.000001, high=0.5),
+        xfetch_beta=_float(env, "CACHE_XFETCH_BETA", 1.0, low=-0.000001, high=100),
+        warm_on_start=_bool(env, "CACHE_WARM_ON_START"),
     )

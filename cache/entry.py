@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -10,10 +10,15 @@ class CacheEntry:
     version: int
     body: bytes | None  # the item's JSON as served; None: the id is known not to exist (tombstone/negative)
     etag: str
+    # What Redis knew of it when it was read (not part of its identity): how long the database load
+    # took, the TTL it was given, and how much of that was left. They drive early refresh (XFetch).
+    load_ms: int = field(default=0, compare=False)
+    ttl_ms: int = field(default=0, compare=False)
+    remaining_ms: int = field(default=-1, compare=False)
 
     @classmethod
-    def build(cls, item_id: str, version: int, body: bytes | None) -> CacheEntry:
-        return cls(version=version, body=body, etag=make_etag(item_id, version))
+    def build(cls, item_id: str, version: int, body: bytes | None, load_ms: int = 0) -> CacheEntry:
+        return cls(version=version, body=body, etag=make_etag(item_id, version), load_ms=load_ms)
 
     @property
     def exists(self) -> bool:

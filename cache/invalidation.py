@@ -32,6 +32,7 @@ from cache.redis_tier import REDIS_ERRORS_CAUGHT
 logger = logging.getLogger(__name__)
 
 CHANNEL = "cache-invalidate"
+FLUSH_ALL = "*"  # the key of a message that tells every process to flush its whole L1
 RECONNECT_MIN, RECONNECT_MAX = 0.05, 1.0  # seconds between attempts: fast first, then at most once a second
 
 
@@ -56,6 +57,7 @@ class PendingWrites:
         self._entries: OrderedDict[str, tuple[CacheEntry, int]] = OrderedDict()
         self._lock = threading.Lock()
         self.dropped = 0
+        self.bloom_missed = False  # a Bloom filter add failed: the filter may lack an id
 
     def remember(self, key: str, entry: CacheEntry, ttl_ms: int) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ disable_created_metrics()  # *_created series double the output and no dashboard
 
 REQUESTS = Counter("cache_requests", "Item reads answered, by the tier that answered", ["tier"])
 DB_LOADS = Counter("cache_db_loads", "Item reads that reached the database")
+STAMPEDE_WAITS = Counter("cache_stampede_waits", "Readers that waited for another loader instead of reading the DB")
 REDIS_ERRORS = Counter("cache_redis_errors", "Redis calls that failed and were absorbed", ["op"])
 INVALIDATIONS = Counter(
     "cache_invalidations", "Pub/sub invalidations handled: applied, own (from this process), stale", ["result"]

@@ -14,28 +14,44 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cache.entry import MISS, CacheEntry, _Miss
+from cache.entry import MISS, CacheEntry, _Miss, make_etag
 from cache.metrics import REDIS_ERRORS
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# KEYS[1]: the item's key (a hash: v = version, b = body, '' for an id known to be absent)
-# ARGV[1]: version   ARGV[2]: body   ARGV[3]: TTL in milliseconds
-# ARGV[4]: channel to announce the write on ('' for none)   ARGV[5]: the announcement
-# returns: 1 written (and announced); 0 this version is already there (left alone); -1 a newer one is there
+# KEYS[1]: the item's key, a hash: v version, b body ('' for an id known to be absent), d how long the
+#          database load took (ms), t the TTL it was given (ms)
+# ARGV[1]: version  ARGV[2]: body  ARGV[3]: TTL (ms)  ARGV[4]: load time (ms)
+# ARGV[5]: channel to announce the write on ('' for none)  ARGV[6]: the announcement
+# ARGV[7]: '1' to extend the TTL when this very version is already there (a refresh or a warm)
+# returns: 1 written (and announced); 0 this version is already there; -1 a newer one is there
 # One key, so it runs unchanged on Redis Cluster; the publish is atomic with the write it announces.
 SET_IF_NEWER = """
 local held = tonumber(redis.call('HGET', KEYS[1], 'v'))
 local version = tonumber(ARGV[1])
 if held then
   if held > version then return -1 end
-  if held == version then return 0 end
+  if held == version then
+    if ARGV[7] == '1' then
+      redis.call('HSET', KEYS[1], 'd', ARGV[4], 't', ARGV[3])
+      redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    end
+    return 0
+  end
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'b', ARGV[2])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'b', ARGV[2], 'd', ARGV[4], 't', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return 1
+"""
+
+# KEYS[1]: the item's key
+# returns: nil when absent, else {version, body, load ms, TTL ms, remaining TTL ms} in one round trip
+READ = """
+local f = redis.call('HMGET', KEYS[1], 'v', 'b', 'd', 't')
+if not f[1] then return false end
+return {f[1], f[2], f[3] or '0', f[4] or '0', redis.call('PTTL', KEYS[1])}
 """
 
 WRITTEN, SAME, NEWER = 1, 0, -1
@@ -63,21 +79,39 @@ class RedisTier:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self._set_if_newer = client.register_script(SET_IF_NEWER)
+        self._read = client.register_script(READ)
 
     def get(self, key: str, item_id: str) -> CacheEntry | _Miss:
         """The cached entry for `key`, or MISS (also on any Redis error)."""
-        fields = self._guard("get", key, self.client.hmget, MISS, key, "v", "b")
-        if fields is MISS or fields[0] is None:
+        fields = self._guard("get", key, self._read, MISS, keys=[key])
+        if not fields:
             return MISS
-        version, body = fields
-        return CacheEntry.build(item_id, int(version), body or None)
+        version, body, load_ms, ttl_ms, remaining_ms = fields
+        return CacheEntry(
+            version=int(version),
+            body=body or None,
+            etag=make_etag(item_id, int(version)),
+            load_ms=int(load_ms),
+            ttl_ms=int(ttl_ms),
+            remaining_ms=int(remaining_ms),
+        )
 
     def set_if_newer(
-        self, key: str, entry: CacheEntry, ttl_ms: int, channel: str = "", message: bytes = b""
+        self,
+        key: str,
+        entry: CacheEntry,
+        ttl_ms: int,
+        channel: str = "",
+        message: bytes = b"",
+        extend: bool = False,
+        client: Any = None,
     ) -> int | None:
         """Write `entry` (and publish `message` on `channel`) unless Redis holds the same or a newer
-        version: WRITTEN, SAME, NEWER, or None when Redis failed."""
-        args = (entry.version, entry.body or b"", ttl_ms, channel, message)
+        version: WRITTEN, SAME, NEWER, or None when Redis failed. `extend`: on SAME, take the new TTL.
+        `client`: a pipeline to queue the call on instead (the result then comes from its execute())."""
+        args = (entry.version, entry.body or b"", ttl_ms, entry.load_ms, channel, message, "1" if extend else "0")
+        if client is not None:
+            return self._set_if_newer(keys=[key], args=args, client=client)  # type: ignore[no-any-return]
         result = self._guard("set", key, self._set_if_newer, None, keys=[key], args=args)
         return None if result is None else int(result)
 
@@ -88,12 +122,17 @@ class RedisTier:
         return bool(self._guard("ping", "-", self.client.ping, False))
 
     def _guard(self, op: str, key: str, call: Callable[..., Any], default: T, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return call(*args, **kwargs)
-        except REDIS_ERRORS_CAUGHT as exc:
-            REDIS_ERRORS.labels(op).inc()
-            logger.warning("redis %s failed for key %s: %s: %s", op, key, type(exc).__name__, exc)
-            return default
+        return guard(op, key, call, default, *args, **kwargs)
+
+
+def guard(op: str, key: str, call: Callable[..., Any], default: T, *args: Any, **kwargs: Any) -> Any:
+    """Run one Redis call; on failure log it (op and key, never values), count it, and return `default`."""
+    try:
+        return call(*args, **kwargs)
+    except REDIS_ERRORS_CAUGHT as exc:
+        REDIS_ERRORS.labels(op).inc()
+        logger.warning("redis %s failed for key %s: %s: %s", op, key, type(exc).__name__, exc)
+        return default
 
 
 INFO_FIELDS = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from routes import errors, health, items, metrics
+from routes import admin, errors, health, items, metrics
 
 
 def register(app: Flask) -> None:
@@ -12,4 +12,5 @@ def register(app: Flask) -> None:
     app.register_blueprint(items.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(admin.bp)
     errors.register(app)

@@ -10,11 +10,18 @@ from flask import Blueprint, Response, current_app, request, url_for
 from cache import aside
 from cache.entry import CacheEntry
 from db import ItemStore
+from routes.auth import require_token
 from routes.errors import error_response
 from routes.validation import check_id, list_params, parse_item_body
 
 bp = Blueprint("items", __name__, url_prefix="/items")
 JSON = "application/json"
+
+
+@bp.before_request
+def _authenticate_writes() -> None:
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        require_token(admin=False)
 
 
 def _store() -> ItemStore:

@@ -50,11 +50,25 @@ def test_redis_hit_is_promoted_into_lru(cache_on):
     assert client.hget(key, "v") == b"3" and client.hget(key, "b") == b'{"v":3}'
 
 
-def test_redis_value_is_json_with_ttl(cache_on):
-    client = cache_on(CACHE_TTL="120")
+def test_redis_ttl_is_spread_by_jitter(cache_on):
+    client = cache_on(CACHE_TTL="100", CACHE_TTL_JITTER="0.1")
+    ttls = []
+    for n in range(40):
+        key = cache_key(f"k{n}")
+        cache_set(key, entry(f"k{n}", 1))
+        ttls.append(client.pttl(key))
+    assert all(89_000 <= t <= 110_000 for t in ttls)  # +-10%, less the moment it took
+    assert max(ttls) - min(ttls) > 5_000  # keys written together do not expire together
+
+
+def test_redis_value_keeps_version_body_load_time_and_ttl(cache_on):
+    client = cache_on(CACHE_TTL="120", CACHE_TTL_JITTER="0")
     key = cache_key("a")
-    cache_set(key, entry("a", 1, b'{"id":"a"}'))
+    cache_set(key, CacheEntry.build("a", 1, b'{"id":"a"}', load_ms=7))
+    assert client.hgetall(key) == {b"v": b"1", b"b": b'{"id":"a"}', b"d": b"7", b"t": b"120000"}
     assert 110_000 < client.pttl(key) <= 120_000
+    found = cache.state().redis.get(key, "a")
+    assert (found.load_ms, found.ttl_ms) == (7, 120_000) and 110_000 < found.remaining_ms <= 120_000
 
 
 def test_older_version_never_replaces_newer(cache_on):

@@ -1,0 +1,184 @@
+"""This process's cache: its state, built once per process (in each gunicorn worker, after the fork),
+and the wiring of its invalidation listener: flush and bypass L1, replay missed writes, keep the Bloom
+filter present. The public API over it is in cache/__init__.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+
+from cache.bloom import BloomFilter
+from cache.entry import CacheEntry
+from cache.invalidation import CHANNEL, FLUSH_ALL, Listener, PendingWrites, encode_message, new_origin
+from cache.lru import LRUCache
+from cache.metrics import L1_ENTRIES, L1_FLUSHES
+from cache.redis_tier import RedisTier, connect
+from cache.stampede import FillNotifier, FleetLock
+from config import Config
+
+logger = logging.getLogger(__name__)
+
+ITEM_NAMESPACE = "item:"
+
+
+@dataclass
+class _State:
+    config: Config
+    lru: LRUCache[CacheEntry]
+    redis: RedisTier
+    key_start: int  # len(prefix + "item:"): where the id starts in a key
+    channel: str
+    lock: FleetLock
+    bloom: BloomFilter | None
+    origin: str = field(default_factory=new_origin)
+    pending: PendingWrites = field(default_factory=PendingWrites)
+    fills: FillNotifier = field(default_factory=FillNotifier)
+    listener: Listener | None = None
+    # L1 is only trusted while invalidations can reach it; `generation` changes at every flush, so a
+    # read that began before a flush never puts what it read into the flushed L1.
+    l1_usable: bool = True
+    generation: int = 0
+    bloom_checked_at: float = float("-inf")
+
+
+_state: _State | None = None
+_listen_on_init = False
+_bloom_rebuilder: Callable[[], object] | None = None
+BLOOM_CHECK_INTERVAL = 30.0  # seconds between a listener's checks that the Bloom filter exists
+
+
+def init_cache(config: Config, client: redis.Redis | None = None, listen: bool | None = None) -> None:
+    """Build this process's tiers. `client` overrides the Redis that `config` names (tests); `listen`
+    starts the invalidation listener (default: if `enable_listener()` was called in this process)."""
+    global _state
+    reset()
+    if client is None and config.redis_url:
+        client = connect(config.redis_url, config.redis_socket_timeout)
+    elif client is None:
+        from cache import embedded  # imported here: `python -m cache.embedded` must not find it loaded
+
+        client = embedded.client()
+    prefix = config.key_prefix
+    origin = new_origin()
+    _state = _State(
+        config=config,
+        lru=LRUCache(config.l1_max_items, config.l1_ttl),
+        redis=RedisTier(client),
+        key_start=len(prefix) + len(ITEM_NAMESPACE),
+        channel=prefix + CHANNEL,
+        lock=FleetLock(client, prefix, int(config.lock_ttl * 1000), origin),
+        bloom=BloomFilter(client, prefix) if config.bloom else None,
+        origin=origin,
+    )
+    if _listen_on_init if listen is None else listen:
+        _start_listener(_state)
+
+
+def enable_listener() -> None:
+    """Run an invalidation listener in this process: now if the cache exists (an app preloaded before a
+    fork), else as soon as `init_cache` builds it. Call it after any fork, never before."""
+    global _listen_on_init
+    _listen_on_init = True
+    if _state is not None and _state.listener is None:
+        _state.origin = _state.lock.origin = new_origin()  # preloaded in the master: this is a new process
+        flush_l1("subscribe")
+        _start_listener(_state)
+
+
+def _start_listener(s: _State) -> None:
+    s.l1_usable = False  # until subscribed: a message could be missed
+    s.listener = Listener(
+        s.redis.client,
+        s.channel,
+        s.origin,
+        on_subscribed=lambda reason: _on_subscribed(s, reason),
+        on_lost=lambda: _on_lost(s),
+        on_message=lambda key, version: _on_message(s, key, version),
+        on_tick=lambda: _maintain(s),
+    )
+    s.listener.start()
+
+
+def _on_subscribed(s: _State, reason: str) -> None:
+    flush_l1(reason)
+    s.l1_usable = True
+    _replay_pending(s)
+
+
+def _on_message(s: _State, key: str, version: int) -> bool:
+    """Another process wrote `key` at `version` (or flushed everything): drop what L1 holds of it."""
+    if key == FLUSH_ALL:
+        flush_l1("admin")
+        return True
+    s.fills.notify(key)  # a reader in this process may be waiting for that very fill
+    return s.lru.invalidate(key, version)
+
+
+def _on_lost(s: _State) -> None:
+    s.l1_usable = False
+    s.generation += 1
+
+
+def set_bloom_rebuilder(rebuild: Callable[[], object] | None) -> None:
+    """What a listener calls when it finds no Bloom filter (none built yet, flushed, or disabled)."""
+    global _bloom_rebuilder
+    _bloom_rebuilder = rebuild
+
+
+def _maintain(s: _State) -> None:
+    """The listener's periodic chores, while Redis answers: replay missed writes, keep a Bloom filter."""
+    _replay_pending(s)
+    if s.bloom is None or _bloom_rebuilder is None or time.monotonic() - s.bloom_checked_at < BLOOM_CHECK_INTERVAL:
+        return
+    s.bloom_checked_at = time.monotonic()
+    if not s.bloom.is_built():
+        _bloom_rebuilder()
+
+
+def _replay_pending(s: _State) -> None:
+    if s.pending.bloom_missed and s.bloom is not None and s.bloom.disable():
+        s.pending.bloom_missed = False  # it may lack an id now: stop trusting it until it is rebuilt
+        s.bloom_checked_at = float("-inf")
+        logger.warning("a Bloom filter add failed while Redis was down: filter disabled until rebuilt")
+    if len(s.pending):
+        written = s.pending.replay(lambda key, entry, ttl_ms: write_redis(s, key, entry, ttl_ms))
+        if written:
+            logger.info("replayed %d cache write(s) Redis had missed; %d still pending", written, len(s.pending))
+
+
+def flush_l1(reason: str) -> None:
+    """Empty this process's L1 (counted in cache_l1_flushes_total{reason})."""
+    s = state()
+    s.generation += 1
+    s.lru.clear()
+    L1_ENTRIES.set(0)
+    L1_FLUSHES.labels(reason).inc()
+
+
+def reset() -> None:
+    """Stop the listener and forget this process's cache state (tests)."""
+    global _state
+    if _state is not None and _state.listener is not None:
+        _state.listener.stop()
+    _state = None
+
+
+def state() -> _State:
+    if _state is None:
+        raise RuntimeError("cache not initialised: call init_cache(config) first (create_app does)")
+    return _state
+
+
+def write_redis(
+    s: _State, key: str, entry: CacheEntry, ttl_ms: int, replay: bool = False, extend: bool = False
+) -> int | None:
+    message = encode_message(key, entry.version, s.origin)
+    result = s.redis.set_if_newer(key, entry, ttl_ms, s.channel, message, extend=extend)
+    if result is None and replay and s.listener is not None:
+        s.pending.remember(key, entry, ttl_ms)
+    return result

@@ -1,0 +1,35 @@
+"""Admin: warm every tier from the database, flush the tiers. Always behind the API token."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app
+from flask.typing import ResponseReturnValue
+
+from cache import state, warm
+from routes.auth import require_token
+from routes.errors import ApiError
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+@bp.before_request
+def _authenticate() -> None:
+    require_token(admin=True)
+
+
+@bp.post("/cache/warm")
+def warm_cache() -> ResponseReturnValue:
+    """Start a warm in the background: 202, or 409 while one is already running."""
+    s = state()
+    lock = s.bloom.build_lock if s.bloom else f"{s.config.key_prefix}warm-lock"
+    if s.redis.client.exists(lock):
+        raise ApiError(409, "warm_in_progress", "a warm is already running; try again when it has finished")
+    store = current_app.extensions["item_store"]
+    warm.in_background(store, fill_cache=True)
+    return {"status": "warming", "items": store.count()}, 202
+
+
+@bp.delete("/cache")
+def flush_cache() -> ResponseReturnValue:
+    """Delete this service's cached items from Redis and empty every worker's L1."""
+    return {"status": "flushed", "redis_keys_deleted": warm.flush()}, 200
