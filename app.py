@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 from flask import Flask
+from flask.cli import with_appcontext
 
 import cache
 import routes
@@ -55,6 +56,7 @@ def _configure_logging(level: str) -> None:
 
 
 @click.command("init-db")
+@with_appcontext
 def init_db_command() -> None:
     """Create the schema if it is missing (the Procfile's release phase)."""
     from flask import current_app
@@ -64,6 +66,7 @@ def init_db_command() -> None:
 
 
 @click.command("warm-cache")
+@with_appcontext
 def warm_cache_command() -> None:
     """Load every item into Redis (CACHE_LONG_TTL) and rebuild the Bloom filter, in batches."""
     import sys

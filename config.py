@@ -54,8 +54,10 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maxi
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float, low: float = 0.0, high: float = 3600.0) -> float:
-    """A number in (low, high]; seconds unless the variable says otherwise."""
+def _float(
+    env: Mapping[str, str], name: str, default: float, high: float = 3600.0, zero_ok: bool = False
+) -> float:
+    """A number above 0 (or 0 itself, with `zero_ok`) and at most `high`; seconds unless said otherwise."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -63,8 +65,9 @@ def _float(env: Mapping[str, str], name: str, default: float, low: float = 0.0, 
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not low < value <= high:
-        raise ConfigError(f"{name} must be more than {low:g} and at most {high:g}, got {raw!r}")
+    if not (0 <= value if zero_ok else 0 < value) or value > high:
+        lowest = "at least 0" if zero_ok else "more than 0"
+        raise ConfigError(f"{name} must be {lowest} and at most {high:g}, got {raw!r}")
     return value
 
 
@@ -131,7 +134,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         lock_wait=_float(env, "CACHE_LOCK_WAIT", lock_ttl + 1.0, high=600),
         stampede_protection=_bool(env, "CACHE_STAMPEDE_PROTECTION", default=True),
         bloom=_bool(env, "CACHE_BLOOM", default=True),
-        ttl_jitter=_float(env, "CACHE_TTL_JITTER", 0.1, low=-0.000001, high=0.5),
-        xfetch_beta=_float(env, "CACHE_XFETCH_BETA", 1.0, low=-0.000001, high=100),
+        ttl_jitter=_float(env, "CACHE_TTL_JITTER", 0.1, high=0.5, zero_ok=True),
+        xfetch_beta=_float(env, "CACHE_XFETCH_BETA", 1.0, high=100, zero_ok=True),
         warm_on_start=_bool(env, "CACHE_WARM_ON_START"),
     )

@@ -104,11 +104,23 @@ def stack(request, tmp_path, key_prefix) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture
-def app(stack):
-    application = create_app(stack)
-    yield application
-    application.extensions["item_store"].close()
+def make_app(stack):
+    """Build the app on this stack with extra settings; only one per test (the cache is per process)."""
+    built = []
+
+    def make(**env: str):
+        built.append(create_app({**stack, **env}))
+        return built[-1]
+
+    yield make
+    for application in built:
+        application.extensions["item_store"].close()
     cache.reset()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
 
 
 @pytest.fixture

@@ -117,6 +117,40 @@ def postgres_schema_url(base_url: str) -> Iterator[str]:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+def with_port(url: str, port: int) -> str:
+    """`url` with its host:port replaced by 127.0.0.1:`port` (to route a client through a TcpProxy)."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def seed_items(database_url: str, n: int, prefix: str = "item") -> list[str]:
+    """Insert `n` items straight into the database (bulk: COPY or executemany), bypassing the cache."""
+    from db import open_store
+    from db.base import utc_now
+
+    store = open_store(database_url)
+    store.init_schema()
+    store.close()
+    ids = [f"{prefix}-{i}" for i in range(n)]
+    now = utc_now()
+    rows = [(item_id, '{"seeded":true}', 1, 1, False, now) for item_id in ids]
+    if database_url.startswith(("postgres://", "postgresql://")):
+        import psycopg
+
+        with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+            with cur.copy("COPY items (id, fields, version, created_version, deleted, updated_at) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+    else:
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as conn, conn:
+            conn.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", rows)
+    return ids
+
+
 class Gunicorn:
     """`gunicorn app:app` with the production config, on a free port, as a process group of our own."""
 
@@ -187,8 +221,9 @@ class TcpProxy:
     """A loopback TCP forwarder that can go silent: `pause()` stops relaying bytes on every connection,
     old and new, without closing any of them, which is what a half-open connection looks like to a client."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, delay: float = 0.0) -> None:
         self.upstream_port = upstream_port
+        self.delay = delay  # seconds added to every reply from upstream: a slow server
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
         self.running = threading.Event()
@@ -219,10 +254,10 @@ class TcpProxy:
                 client.close()
                 continue
             self.sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, 0.0), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, self.delay), daemon=True).start()
 
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+    def _pump(self, source: socket.socket, target: socket.socket, delay: float) -> None:
         with contextlib.suppress(OSError):  # the other direction may have closed it already
             source.settimeout(0.05)
         while not self.closed:
@@ -236,6 +271,8 @@ class TcpProxy:
                 break
             if not data:
                 break
+            if delay:
+                time.sleep(delay)
             try:
                 target.sendall(data)
             except OSError:

@@ -49,6 +49,11 @@ def test_values_are_converted():
         ("LOG_LEVEL", "LOUD"),
         ("MAX_ITEM_BYTES", "10"),
         ("CACHE_KEY_PREFIX", "has space"),
+        ("CACHE_TTL_JITTER", "-0.1"),
+        ("CACHE_TTL_JITTER", "0.9"),
+        ("CACHE_XFETCH_BETA", "-1"),
+        ("CACHE_LOCK_TTL", "0"),
+        ("CACHE_BLOOM", "sometimes"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(name, value):

@@ -1,0 +1,88 @@
+"""A fleet for integration tests and bench/: redis-server, PostgreSQL behind a TCP proxy (to slow it or
+stop it), 2 gunicorn instances x 2 workers; and the helpers that drive and measure it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.integration.consistency import request
+from tests.support import ROOT, Gunicorn, RedisServer, TcpProxy, postgres_schema_url, seed_items, with_port
+
+TOKEN = "admin-token"
+LOCK_TTL = 2.0
+
+
+def total(servers: list[Gunicorn], sample: str) -> float:
+    found = 0.0
+    for server in servers:
+        match = re.search(rf"^{re.escape(sample)} (\S+)$", server.get("/metrics")[2].decode(), re.M)
+        found += float(match.group(1)) if match else 0.0
+    return found
+
+
+@contextlib.contextmanager
+def fleet(postgres_url: str, db_delay: float = 0.0, seed: int = 0, **env: str) -> Iterator[tuple]:
+    """redis-server + PostgreSQL (through a proxy) + 2 instances x 2 workers; yields what tests poke.
+    `seed` items are inserted before the service starts (rows written behind its back would be unknown
+    to the Bloom filter until the next warm)."""
+    with RedisServer() as redis_server, postgres_schema_url(postgres_url) as db_url:
+        seed_items(db_url, seed)
+        proxy = TcpProxy(int(db_url.split("@127.0.0.1:")[1].split("/")[0]), delay=db_delay)
+        env = {
+            "REDIS_URL": redis_server.url,
+            "DATABASE_URL": with_port(db_url, proxy.port),
+            "CACHE_LOCK_TTL": str(LOCK_TTL),
+            "API_TOKEN": TOKEN,
+            **env,
+        }
+        servers = [Gunicorn(env, workers=2), Gunicorn(env, workers=2)]
+        try:
+            for server in servers:
+                server.start()
+            yield redis_server, servers, proxy, db_url
+        finally:
+            for server in servers:
+                server.close()
+            proxy.close()
+
+
+def get_all(servers: list[Gunicorn], paths: list[str], threads: int) -> list[tuple[int, float]]:
+    """GET every path (spread over the instances) from `threads` threads at once: (status, seconds)."""
+    start = threading.Barrier(min(threads, len(paths)))
+
+    def one(n: int) -> tuple[int, float]:
+        if n < threads:
+            start.wait(10)
+        began = time.monotonic()
+        try:
+            status = request(servers[n % len(servers)].base, "GET", paths[n])[0]
+        except OSError:
+            status = 0  # the worker that served it was killed
+        return status, time.monotonic() - began
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, range(len(paths))))
+
+
+def warm_peak_rss_kb(env: dict[str, str]) -> tuple[int, str]:
+    """Run `flask --app app warm-cache` in a child process; its peak RSS and what it printed."""
+    code = (
+        "import resource, sys\n"
+        "from flask.cli import main\n"
+        "sys.argv = ['flask', '--app', 'app', 'warm-cache']\n"
+        "try:\n    main()\n"
+        "finally:\n    print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(re.search(r"maxrss (\d+)", out.stdout).group(1)), out.stdout

@@ -1,0 +1,198 @@
+"""Miss protection and warming through the app, on both stacks."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+import cache
+from cache import warm
+from cache.metrics import DB_LOADS, REQUESTS_BY_TIER, STAMPEDE_WAITS
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def value(counter) -> float:
+    return counter._value.get()
+
+
+def seed(app, n: int, prefix: str = "item") -> list[str]:
+    store = app.extensions["item_store"]
+    ids = [f"{prefix}-{i}" for i in range(n)]
+    for item_id in ids:
+        store.upsert(item_id, {"n": item_id})
+    return ids
+
+
+@pytest.fixture
+def quick_bloom(monkeypatch):
+    monkeypatch.setattr(warm, "BLOOM_GRACE", 0.0)  # no writes are in flight in these tests
+
+
+def test_concurrent_cold_reads_load_the_database_once(make_app, monkeypatch):
+    app = make_app()
+    seed(app, 1)
+    store = app.extensions["item_store"]
+    real_get, gate = store.get, threading.Event()
+
+    def slow_get(item_id):  # the database takes a while, so every reader arrives during the load
+        gate.wait(2)
+        return real_get(item_id)
+
+    monkeypatch.setattr(store, "get", slow_get)
+    loads, waits = value(DB_LOADS), value(STAMPEDE_WAITS)
+    statuses: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: statuses.append(app.test_client().get("/items/item-0").status_code))
+        for _ in range(20)
+    ]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert statuses == [200] * 20
+    assert value(DB_LOADS) - loads == 1
+    assert value(STAMPEDE_WAITS) - waits >= 1
+
+
+def test_stampede_protection_off_lets_every_reader_load(make_app, monkeypatch):
+    app = make_app(CACHE_STAMPEDE_PROTECTION="false")
+    seed(app, 1)
+    store = app.extensions["item_store"]
+    real_get, barrier = store.get, threading.Barrier(5, timeout=5)
+
+    def slow_get(item_id):
+        barrier.wait()  # all five readers are inside the database at once
+        return real_get(item_id)
+
+    monkeypatch.setattr(store, "get", slow_get)
+    loads = value(DB_LOADS)
+    threads = [threading.Thread(target=lambda: app.test_client().get("/items/item-0")) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert value(DB_LOADS) - loads == 5
+
+
+def test_bloom_filter_answers_never_existing_ids_without_the_database(make_app, quick_bloom):
+    app = make_app()
+    seed(app, 200)
+    warm.warm(app.extensions["item_store"])
+    client = app.test_client()
+    loads, bloom_answers = value(DB_LOADS), value(REQUESTS_BY_TIER["bloom"])
+    statuses = [client.get(f"/items/never-{n}").status_code for n in range(300)]
+    assert statuses == [404] * 300
+    assert value(DB_LOADS) - loads <= 6  # ~1% false positives may reach the database
+    assert value(REQUESTS_BY_TIER["bloom"]) - bloom_answers >= 294
+    created = client.put("/items/brand-new", data="{}", headers=JSON_HEADERS)
+    assert created.status_code == 201
+    assert client.get("/items/brand-new").status_code == 200  # never a false 404
+    cache.state().lru.clear()
+    assert client.get("/items/brand-new").status_code == 200
+
+
+def test_warm_fills_redis_with_long_ttl_and_reads_skip_the_database(make_app, quick_bloom):
+    app = make_app(CACHE_LONG_TTL="7200", CACHE_TTL_JITTER="0")
+    ids = seed(app, 2500)  # several batches
+    result = warm.warm(app.extensions["item_store"])
+    assert result.items == 2500 and result.bloom_rebuilt
+    client = app.test_client()
+    loads = value(DB_LOADS)
+    assert all(client.get(f"/items/{i}").headers["X-Cache"] == "redis" for i in ids[::100])
+    assert value(DB_LOADS) == loads
+    redis_client = cache.state().redis.client
+    assert 7_100_000 < redis_client.pttl(cache.cache_key(ids[0])) <= 7_200_000
+
+
+def test_warm_never_replaces_a_newer_cached_version(make_app, quick_bloom):
+    app = make_app()
+    seed(app, 1)
+    client = app.test_client()
+    client.put("/items/item-0", data=json.dumps({"n": "newer"}), headers=JSON_HEADERS)  # version 2 cached
+    store = app.extensions["item_store"]
+    old = store.get("item-0")
+    store.get = lambda item_id: old  # noqa: ARG005 - as if the scan had read the row before the write
+    cache.state().lru.clear()
+    warm.warm(store)
+    assert client.get("/items/item-0").json["n"] == "newer"
+
+
+def test_early_refresh_of_a_hot_key_doubles_its_ttl(make_app, monkeypatch):
+    from cache import aside
+
+    app = make_app(CACHE_TTL="100", CACHE_LONG_TTL="1000", CACHE_TTL_JITTER="0", CACHE_L1_MAX_ITEMS="0")
+    seed(app, 1)
+    client = app.test_client()
+    assert client.get("/items/item-0").headers["X-Cache"] == "db"
+    assert client.get("/items/item-0").headers["X-Cache"] == "redis"
+    # XFetch's draw (tested on its own in test_stampede) says "refresh now": one reader reloads it early.
+    monkeypatch.setattr(aside, "_refresh_due", lambda entry: True)
+    loads = value(DB_LOADS)
+    assert client.get("/items/item-0").headers["X-Cache"] == "db"
+    assert value(DB_LOADS) == loads + 1
+    redis_client = cache.state().redis.client
+    assert redis_client.hget(cache.cache_key("item-0"), "t") == b"200000"
+    assert 190_000 < redis_client.pttl(cache.cache_key("item-0")) <= 200_000
+    client.get("/items/item-0")
+    client.get("/items/item-0")  # refreshed again and again: capped at CACHE_LONG_TTL
+    client.get("/items/item-0")
+    assert redis_client.hget(cache.cache_key("item-0"), "t") == b"1000000"
+
+
+def test_admin_needs_the_token_and_is_off_without_one(make_app):
+    client = make_app().test_client()
+    response = client.post("/admin/cache/warm")
+    assert response.status_code == 403 and response.json["error"] == "admin_disabled"
+
+
+def test_admin_rejects_a_wrong_token(make_app):
+    client = make_app(API_TOKEN=TOKEN).test_client()
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {TOKEN}"}):
+        response = client.delete("/admin/cache", headers=headers)
+        assert response.status_code == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_admin_warm_then_flush(make_app, quick_bloom):
+    app = make_app(API_TOKEN=TOKEN)
+    ids = seed(app, 50)
+    client = app.test_client()
+    started = client.post("/admin/cache/warm", headers=AUTH)
+    assert started.status_code == 202 and started.json == {"status": "warming", "items": 50}
+    redis_client = cache.state().redis.client
+    from tests.support import wait_until
+
+    wait_until(lambda: all(redis_client.exists(cache.cache_key(i)) for i in ids), timeout=10)
+    wait_until(lambda: cache.state().bloom.is_built(), timeout=10)
+    assert client.get(f"/items/{ids[0]}").headers["X-Cache"] == "redis"
+    flushed = client.delete("/admin/cache", headers=AUTH)
+    assert flushed.status_code == 200 and flushed.json["redis_keys_deleted"] >= 50
+    assert not any(redis_client.exists(cache.cache_key(i)) for i in ids)
+    assert client.get(f"/items/{ids[0]}").headers["X-Cache"] == "db"
+
+
+def test_writes_need_the_token_when_one_is_set(make_app):
+    client = make_app(API_TOKEN=TOKEN).test_client()
+    denied = client.put("/items/a", data="{}", headers=JSON_HEADERS)
+    assert denied.status_code == 401 and denied.headers["WWW-Authenticate"].startswith("Bearer")
+    assert client.put("/items/a", data="{}", headers={**JSON_HEADERS, **AUTH}).status_code == 201
+    assert client.delete("/items/a").status_code == 401
+    assert client.get("/items/a").status_code == 200  # reads stay open
+
+
+def test_warm_cache_cli(make_app, quick_bloom):
+    app = make_app()
+    seed(app, 30)
+    result = app.test_cli_runner().invoke(args=["warm-cache"])
+    assert result.exit_code == 0 and "warmed 30 items" in result.output
+    assert cache.state().bloom.is_built()
+
+
+def test_init_db_cli(make_app):
+    result = make_app().test_cli_runner().invoke(args=["init-db"])
+    assert result.exit_code == 0 and "schema ready" in result.output
