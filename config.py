@@ -54,9 +54,7 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maxi
     return value
 
 
-def _float(
-    env: Mapping[str, str], name: str, default: float, high: float = 3600.0, zero_ok: bool = False
-) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, high: float = 3600.0, zero_ok: bool = False) -> float:
     """A number above 0 (or 0 itself, with `zero_ok`) and at most `high`; seconds unless said otherwise."""
     raw = env.get(name, "").strip()
     if not raw:
