@@ -28,7 +28,7 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=config.max_item_bytes, SERVICE_CONFIG=config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    store = open_store(config.database_url)
+    store = open_store(config.database_url, config.database_timeout)
     try:
         store.init_schema()
     except DatabaseUnavailable as exc:  # keep serving cached reads; readiness reports the database

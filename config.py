@@ -39,6 +39,9 @@ class Config:
     ttl_jitter: float
     xfetch_beta: float
     warm_on_start: bool
+    breaker_threshold: int  # Redis failures in a row that open the circuit
+    breaker_cooldown: float  # seconds the circuit stays open before one probe call
+    database_timeout: float  # seconds a request waits for a database connection
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = 2**31) -> int:
@@ -135,4 +138,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         ttl_jitter=_float(env, "CACHE_TTL_JITTER", 0.1, high=0.5, zero_ok=True),
         xfetch_beta=_float(env, "CACHE_XFETCH_BETA", 1.0, high=100, zero_ok=True),
         warm_on_start=_bool(env, "CACHE_WARM_ON_START"),
+        breaker_threshold=_int(env, "REDIS_BREAKER_FAILURES", 5, minimum=1),
+        breaker_cooldown=_float(env, "REDIS_BREAKER_COOLDOWN", 1.0, high=300),
+        database_timeout=_float(env, "DATABASE_TIMEOUT", 3.0, high=60),
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from cache import breaker as breakers
 from cache.bloom import BloomFilter
 from cache.entry import CacheEntry
 from cache.invalidation import CHANNEL, FLUSH_ALL, Listener, PendingWrites, encode_message, new_origin
@@ -57,6 +58,7 @@ def init_cache(config: Config, client: redis.Redis | None = None, listen: bool |
     starts the invalidation listener (default: if `enable_listener()` was called in this process)."""
     global _state
     reset()
+    breakers.configure(config.breaker_threshold, config.breaker_cooldown)
     if client is None and config.redis_url:
         client = connect(config.redis_url, config.redis_socket_timeout)
     elif client is None:

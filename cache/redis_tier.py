@@ -14,6 +14,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from cache import breaker as breakers
 from cache.entry import MISS, CacheEntry, _Miss, make_etag
 from cache.metrics import REDIS_ERRORS
 
@@ -126,13 +127,21 @@ class RedisTier:
 
 
 def guard(op: str, key: str, call: Callable[..., Any], default: T, *args: Any, **kwargs: Any) -> Any:
-    """Run one Redis call; on failure log it (op and key, never values), count it, and return `default`."""
+    """Run one Redis call; on failure log it (op and key, never values), count it, and return `default`.
+    While the circuit breaker is open the call is skipped (`default` at once, no timeout waited out)."""
+    breaker = breakers.breaker
+    if not breaker.allow():
+        return default
     try:
-        return call(*args, **kwargs)
+        result = call(*args, **kwargs)
     except REDIS_ERRORS_CAUGHT as exc:
         REDIS_ERRORS.labels(op).inc()
         logger.warning("redis %s failed for key %s: %s: %s", op, key, type(exc).__name__, exc)
+        if not isinstance(exc, redis.ResponseError):  # Redis answered: it is up, the command was wrong
+            breaker.failure()
         return default
+    breaker.success()
+    return result
 
 
 INFO_FIELDS = (

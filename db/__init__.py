@@ -5,15 +5,16 @@ from __future__ import annotations
 from db.base import DatabaseUnavailable, Item, ItemStore, WriteResult
 
 
-def open_store(url: str) -> ItemStore:
-    """Build the store for `url` (sqlite:///path, postgres:// or postgresql://); connects lazily."""
+def open_store(url: str, timeout: float = 3.0) -> ItemStore:
+    """Build the store for `url` (sqlite:///path, postgres:// or postgresql://); connects lazily.
+    `timeout`: seconds a call may wait for a connection (or SQLite's lock) before DatabaseUnavailable."""
     if url.startswith(("postgres://", "postgresql://")):
         from db.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, connect_timeout=timeout, pool_timeout=timeout)
     from db.sqlite import SQLiteStore
 
-    return SQLiteStore(url.removeprefix("sqlite:///"))
+    return SQLiteStore(url.removeprefix("sqlite:///"), timeout=timeout)
 
 
 __all__ = ["DatabaseUnavailable", "Item", "ItemStore", "WriteResult", "open_store"]

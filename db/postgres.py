@@ -45,6 +45,8 @@ class PostgresStore(SQLStore):
                     kwargs={
                         "autocommit": True,
                         "connect_timeout": max(1, int(self.connect_timeout)),
+                        # A connection whose peer vanished (no ACKs) fails after this, not never.
+                        "tcp_user_timeout": 10_000,
                     },
                     # One cheap round trip per checkout, so a connection broken by a database restart
                     # is replaced instead of failing a request.

@@ -14,8 +14,9 @@ from db.sql import SQLStore, schema_sql
 
 
 class SQLiteStore(SQLStore):
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, timeout: float = 3.0) -> None:
         self.path = path
+        self.timeout = timeout
         self._local = threading.local()
         self._pid = os.getpid()
 
@@ -27,7 +28,7 @@ class SQLiteStore(SQLStore):
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             # Autocommit: every statement we run is a transaction of its own.
-            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn

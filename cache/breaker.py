@@ -1,0 +1,66 @@
+"""A circuit breaker for Redis, one per process: after a run of failures, stop calling Redis for a while
+(each call would wait out its timeout), then let one call through to see whether it is back.
+
+closed --(threshold consecutive failures)--> open --(cooldown)--> half-open: one probe call
+half-open --(probe succeeds)--> closed;  half-open --(probe fails)--> open again
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from cache.metrics import CIRCUIT_OPEN
+
+logger = logging.getLogger(__name__)
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+
+class CircuitBreaker:
+    def __init__(self, threshold: int = 5, cooldown: float = 1.0, timer: Callable[[], float] = time.monotonic):
+        self.threshold, self.cooldown, self.timer = threshold, cooldown, timer
+        self.state = CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        """May a call go to Redis now? While open, no; after the cooldown, exactly one (the probe)."""
+        if self.state == CLOSED:  # the hot path: no lock
+            return True
+        with self._lock:
+            if self.state == OPEN and self.timer() - self.opened_at >= self.cooldown:
+                self.state = HALF_OPEN
+                return True
+            return False
+
+    def success(self) -> None:
+        if self.state == CLOSED and not self.failures:
+            return
+        with self._lock:
+            if self.state != CLOSED:
+                logger.warning("redis circuit closed: Redis answers again")
+                CIRCUIT_OPEN.set(0)
+            self.state, self.failures = CLOSED, 0
+
+    def failure(self) -> None:
+        with self._lock:
+            self.failures += 1
+            if self.state == HALF_OPEN or (self.state == CLOSED and self.failures >= self.threshold):
+                if self.state == CLOSED:
+                    logger.warning("redis circuit open after %d failures in a row: skipping Redis", self.failures)
+                self.state, self.opened_at = OPEN, self.timer()
+                CIRCUIT_OPEN.set(1)
+
+
+breaker = CircuitBreaker()
+
+
+def configure(threshold: int, cooldown: float) -> None:
+    """A fresh breaker for this process (init_cache)."""
+    global breaker
+    breaker = CircuitBreaker(threshold, cooldown)
+    CIRCUIT_OPEN.set(0)

@@ -1,0 +1,89 @@
+"""The Redis circuit breaker: opens after a run of failures, skips Redis while open, probes once."""
+
+from __future__ import annotations
+
+import time
+
+import cache
+from cache import CacheEntry, breaker, cache_get, cache_key, cache_set
+from cache.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from cache.metrics import CIRCUIT_OPEN, REDIS_ERRORS
+from cache.redis_tier import connect
+from config import load_config
+from tests.support import RedisServer
+
+
+class FakeTimer:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_opens_after_threshold_failures_in_a_row():
+    b = CircuitBreaker(threshold=3, cooldown=1.0, timer=FakeTimer())
+    b.failure()
+    b.failure()
+    b.success()  # a success breaks the run
+    b.failure()
+    b.failure()
+    assert b.state == CLOSED and b.allow()
+    b.failure()
+    assert b.state == OPEN and not b.allow()
+
+
+def test_half_open_lets_exactly_one_probe_through_after_the_cooldown():
+    timer = FakeTimer()
+    b = CircuitBreaker(threshold=1, cooldown=2.0, timer=timer)
+    b.failure()
+    timer.now = 1.9
+    assert not b.allow()
+    timer.now = 2.0
+    assert b.allow() and b.state == HALF_OPEN
+    assert not b.allow()  # only one probe at a time
+    b.failure()  # the probe failed: open for another cooldown
+    assert b.state == OPEN and not b.allow()
+    timer.now = 4.0
+    assert b.allow()
+    b.success()
+    assert b.state == CLOSED and b.allow()
+
+
+def test_a_stopped_redis_opens_the_breaker_and_reads_stop_waiting(key_prefix):
+    with RedisServer() as server:
+        client = connect(server.url, socket_timeout=0.2)
+        cache.init_cache(load_config({"CACHE_KEY_PREFIX": key_prefix, "REDIS_BREAKER_FAILURES": "3",
+                                      "REDIS_BREAKER_COOLDOWN": "0.5"}), client=client)
+        try:
+            key = cache_key("a")
+            cache_set(key, CacheEntry.build("a", 1, b"one"))
+            cache.state().lru.clear()
+            server.pause()
+            errors = REDIS_ERRORS.labels("get")._value.get()
+            for _ in range(3):
+                assert cache_get(key) == (cache.MISS, None)  # each waits out the 0.2 s timeout
+            assert breaker.breaker.state == OPEN and CIRCUIT_OPEN._value.get() == 1
+            started = time.monotonic()
+            for _ in range(50):
+                assert cache_get(key) == (cache.MISS, None)
+            assert time.monotonic() - started < 0.2  # skipped, not timed out: 50 x 0.2 s otherwise
+            assert REDIS_ERRORS.labels("get")._value.get() == errors + 3
+            server.resume()
+            time.sleep(0.6)  # the cooldown: the next call is the probe
+            assert cache_get(key)[1] == "redis"
+            assert breaker.breaker.state == CLOSED and CIRCUIT_OPEN._value.get() == 0
+        finally:
+            server.resume()
+            cache.reset()
+
+
+def test_a_wrong_command_is_not_an_outage(redis_client, key_prefix):
+    cache.init_cache(load_config({"CACHE_KEY_PREFIX": key_prefix, "REDIS_BREAKER_FAILURES": "1"}), client=redis_client)
+    try:
+        key = cache_key("a")
+        redis_client.set(key, "not a hash")  # HMGET on a string: WRONGTYPE, Redis is fine
+        assert cache_get(key) == (cache.MISS, None)
+        assert breaker.breaker.state == CLOSED
+    finally:
+        cache.reset()
