@@ -20,8 +20,15 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 
 class CircuitBreaker:
-    def __init__(self, threshold: int = 5, cooldown: float = 1.0, timer: Callable[[], float] = time.monotonic):
-        self.threshold, self.cooldown, self.timer = threshold, cooldown, timer
+    def __init__(
+        self,
+        threshold: int = 5,
+        cooldown: float = 1.0,
+        timer: Callable[[], float] = time.monotonic,
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
+        """`on_change(closed)` is called when the circuit opens (False) and when it closes again (True)."""
+        self.threshold, self.cooldown, self.timer, self.on_change = threshold, cooldown, timer, on_change
         self.state = CLOSED
         self.failures = 0
         self.opened_at = 0.0
@@ -41,26 +48,32 @@ class CircuitBreaker:
         if self.state == CLOSED and not self.failures:
             return
         with self._lock:
-            if self.state != CLOSED:
-                logger.warning("redis circuit closed: Redis answers again")
-                CIRCUIT_OPEN.set(0)
+            was_open = self.state != CLOSED
             self.state, self.failures = CLOSED, 0
+        if was_open:
+            logger.warning("redis circuit closed: Redis answers again")
+            CIRCUIT_OPEN.set(0)
+            if self.on_change:
+                self.on_change(True)
 
     def failure(self) -> None:
         with self._lock:
             self.failures += 1
-            if self.state == HALF_OPEN or (self.state == CLOSED and self.failures >= self.threshold):
-                if self.state == CLOSED:
-                    logger.warning("redis circuit open after %d failures in a row: skipping Redis", self.failures)
+            opening = self.state == CLOSED and self.failures >= self.threshold
+            if opening or self.state == HALF_OPEN:
                 self.state, self.opened_at = OPEN, self.timer()
-                CIRCUIT_OPEN.set(1)
+        if opening:
+            logger.warning("redis circuit open after %d failures in a row: skipping Redis", self.failures)
+            CIRCUIT_OPEN.set(1)
+            if self.on_change:
+                self.on_change(False)
 
 
 breaker = CircuitBreaker()
 
 
-def configure(threshold: int, cooldown: float) -> None:
+def configure(threshold: int, cooldown: float, on_change: Callable[[bool], None] | None = None) -> None:
     """A fresh breaker for this process (init_cache)."""
     global breaker
-    breaker = CircuitBreaker(threshold, cooldown)
+    breaker = CircuitBreaker(threshold, cooldown, on_change=on_change)
     CIRCUIT_OPEN.set(0)

@@ -40,9 +40,12 @@ class _State:
     pending: PendingWrites = field(default_factory=PendingWrites)
     fills: FillNotifier = field(default_factory=FillNotifier)
     listener: Listener | None = None
-    # L1 is only trusted while invalidations can reach it; `generation` changes at every flush, so a
-    # read that began before a flush never puts what it read into the flushed L1.
+    # L1 is only trusted while invalidations can reach it: the listener is subscribed and Redis answers
+    # (a process whose Redis calls fail cannot count on hearing of other processes' writes either).
+    # `generation` changes whenever that trust is lost, so a read that began before never fills L1.
     l1_usable: bool = True
+    subscribed: bool = True  # no listener (tests, tools): nothing to wait for
+    redis_answers: bool = True
     generation: int = 0
     bloom_checked_at: float = float("-inf")
 
@@ -58,7 +61,7 @@ def init_cache(config: Config, client: redis.Redis | None = None, listen: bool |
     starts the invalidation listener (default: if `enable_listener()` was called in this process)."""
     global _state
     reset()
-    breakers.configure(config.breaker_threshold, config.breaker_cooldown)
+    breakers.configure(config.breaker_threshold, config.breaker_cooldown, on_change=_on_breaker)
     if client is None and config.redis_url:
         client = connect(config.redis_url, config.redis_socket_timeout)
     elif client is None:
@@ -92,8 +95,26 @@ def enable_listener() -> None:
         _start_listener(_state)
 
 
+def _set_trust(s: _State, *, subscribed: bool | None = None, redis_answers: bool | None = None) -> None:
+    if subscribed is not None:
+        s.subscribed = subscribed
+    if redis_answers is not None:
+        s.redis_answers = redis_answers
+    usable = s.subscribed and s.redis_answers
+    if not usable:
+        s.generation += 1
+    s.l1_usable = usable
+
+
+def _on_breaker(closed: bool) -> None:
+    if _state is not None:
+        _set_trust(_state, redis_answers=closed)
+        if closed:
+            _replay_pending(_state)  # Redis is back: our writes first, before others read old versions
+
+
 def _start_listener(s: _State) -> None:
-    s.l1_usable = False  # until subscribed: a message could be missed
+    _set_trust(s, subscribed=False)  # until subscribed: a message could be missed
     s.listener = Listener(
         s.redis.client,
         s.channel,
@@ -108,8 +129,9 @@ def _start_listener(s: _State) -> None:
 
 def _on_subscribed(s: _State, reason: str) -> None:
     flush_l1(reason)
-    s.l1_usable = True
-    _replay_pending(s)
+    breakers.breaker.success()  # Redis just answered our SUBSCRIBE: no need to wait out the cooldown
+    _set_trust(s, subscribed=True)
+    _replay_pending(s)  # before anything else: Redis may still hold versions older than our writes
 
 
 def _on_message(s: _State, key: str, version: int) -> bool:
@@ -122,8 +144,7 @@ def _on_message(s: _State, key: str, version: int) -> bool:
 
 
 def _on_lost(s: _State) -> None:
-    s.l1_usable = False
-    s.generation += 1
+    _set_trust(s, subscribed=False)
 
 
 def set_bloom_rebuilder(rebuild: Callable[[], object] | None) -> None:

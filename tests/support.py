@@ -281,9 +281,19 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 sock.close()
 
-    def close(self) -> None:
+    def cut(self) -> None:
+        """Unreachable: every connection closed, new ones refused (until `restore`)."""
         self.closed = True
         self.listener.close()
         for sock in self.sockets:
             with contextlib.suppress(OSError):
                 sock.close()
+        self.sockets = []
+
+    def restore(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.cut()

@@ -53,8 +53,12 @@ def test_half_open_lets_exactly_one_probe_through_after_the_cooldown():
 def test_a_stopped_redis_opens_the_breaker_and_reads_stop_waiting(key_prefix):
     with RedisServer() as server:
         client = connect(server.url, socket_timeout=0.2)
-        cache.init_cache(load_config({"CACHE_KEY_PREFIX": key_prefix, "REDIS_BREAKER_FAILURES": "3",
-                                      "REDIS_BREAKER_COOLDOWN": "0.5"}), client=client)
+        cache.init_cache(
+            load_config(
+                {"CACHE_KEY_PREFIX": key_prefix, "REDIS_BREAKER_FAILURES": "3", "REDIS_BREAKER_COOLDOWN": "0.5"}
+            ),
+            client=client,
+        )
         try:
             key = cache_key("a")
             cache_set(key, CacheEntry.build("a", 1, b"one"))

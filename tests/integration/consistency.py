@@ -27,6 +27,7 @@ class Read:
     version: int
     started: float
     tier: str
+    elapsed: float = 0.0
 
 
 @dataclass
@@ -47,11 +48,15 @@ class Report:
         )
 
 
-def request(base: str, method: str, path: str, body: bytes | None = None) -> tuple[int, dict, bytes]:
+def request(
+    base: str, method: str, path: str, body: bytes | None = None, token: str | None = None
+) -> tuple[int, dict, bytes]:
     host, port = base.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
         headers = {"Content-Type": "application/json", "Connection": "close"} if body is not None else {}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
         return response.status, dict(response.getheaders()), response.read()
@@ -60,8 +65,10 @@ def request(base: str, method: str, path: str, body: bytes | None = None) -> tup
 
 
 class Checker:
-    def __init__(self, bases: list[str], keys: int = 20, writers: int = 2, readers: int = 4) -> None:
-        self.bases = bases
+    def __init__(
+        self, bases: list[str], keys: int = 20, writers: int = 2, readers: int = 4, token: str | None = None
+    ) -> None:
+        self.bases, self.token = bases, token
         self.keys = [f"chk-{n}" for n in range(keys)]
         self.writers, self.readers = writers, readers
         self.acks: dict[str, list[tuple[int, float]]] = {k: [] for k in self.keys}
@@ -99,7 +106,7 @@ class Checker:
 
     def _write(self, base: str, key: str) -> None:
         try:
-            status, _, body = request(base, "PUT", f"/items/{key}", json.dumps({"by": base}).encode())
+            status, _, body = request(base, "PUT", f"/items/{key}", json.dumps({"by": base}).encode(), self.token)
         except OSError:
             status, body = 0, b""
         acked = time.monotonic()
@@ -117,9 +124,16 @@ class Checker:
             status = 0
         with self._lock:
             if status == 200:
-                self.reads.append(Read(key, json.loads(body)["version"], started, headers.get("X-Cache", "?")))
+                tier, elapsed = headers.get("X-Cache", "?"), time.monotonic() - started
+                self.reads.append(Read(key, json.loads(body)["version"], started, tier, elapsed))
             else:
                 self.read_errors += 1
+
+    def read_latency(self, start: float, end: float, q: float) -> float:
+        """The q-quantile of the latency of reads that started between `start` and `end` (monotonic)."""
+        with self._lock:
+            latencies = sorted(r.elapsed for r in self.reads if start <= r.started <= end)
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0.0
 
     def newest_versions(self) -> dict[str, int]:
         with self._lock:

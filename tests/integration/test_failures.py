@@ -1,0 +1,104 @@
+"""The failure policy with real processes: Redis killed, Redis frozen, the database unreachable, all while
+2 instances x 2 workers serve a steady read/write load. Each test prints what it measured."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+
+from tests.integration.consistency import Checker, read_everywhere
+from tests.integration.fleet import TOKEN, fleet, total
+from tests.support import Gunicorn, wait_until
+
+AUTH_JSON = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+
+def all_subscribed(servers: list[Gunicorn]) -> bool:
+    return total(servers, "cache_listener_subscribed") == len(servers)
+
+
+def first_log_time(server: Gunicorn, text: str, since: float) -> float | None:
+    for line in server.output().splitlines():
+        if text in line:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if stamp >= since:
+                return stamp
+    return None
+
+
+def outage(request, capsys, title: str, stop, start, seconds: float = 10.0) -> tuple:
+    """Run the checker, take Redis away with `stop` for `seconds`, bring it back with `start`; judge."""
+    with fleet(request.getfixturevalue("postgres_url")) as (redis_server, servers, _, _):
+        wait_until(lambda: all_subscribed(servers), timeout=15)
+        checker = Checker([s.base for s in servers], token=TOKEN).start()
+        time.sleep(3)
+        down_wall, down = time.time(), time.monotonic()
+        stop(redis_server)
+        time.sleep(seconds)
+        up = time.monotonic()
+        start(redis_server)
+        wait_until(lambda: all_subscribed(servers), timeout=20)
+        time.sleep(3)
+        checker.stop()
+        report = checker.report()
+        p99 = checker.read_latency(down, up, 0.99)
+        wrong = read_everywhere([s.base for s in servers], checker.newest_versions())
+        opened = [first_log_time(s, "redis circuit open", down_wall) for s in servers]
+        breaker_after = max(t - down_wall for t in opened) if all(opened) else None
+        breaker_text = f"{breaker_after:.2f}s" if breaker_after is not None else "not opened"
+        with capsys.disabled():
+            print(
+                f"\n[{title}] {report.line()}\n[{title}] read p99 while Redis was down: {p99 * 1000:.0f}ms; "
+                f"breaker open on every instance after: {breaker_text}"
+            )
+    return report, p99, wrong, breaker_after
+
+
+def test_redis_killed_for_10s_under_load_loses_nothing(request, capsys):
+    report, p99, wrong, _ = outage(request, capsys, "redis SIGKILL 10s", lambda r: r.kill(), lambda r: r.start())
+    assert report.read_errors == 0 and report.write_errors == 0
+    assert wrong == []  # every acknowledged write, at its version, from every worker
+    assert p99 < 1.0  # bounded by the socket timeout and the breaker, not by Redis
+
+
+def test_redis_frozen_opens_the_breaker_and_loses_nothing(request, capsys):
+    report, p99, wrong, breaker_after = outage(
+        request, capsys, "redis SIGSTOP 8s", lambda r: r.pause(), lambda r: r.resume(), seconds=8.0
+    )
+    assert report.read_errors == 0 and report.write_errors == 0
+    assert wrong == []
+    assert breaker_after is not None and breaker_after < 3.0
+    assert p99 < 1.0
+
+
+def test_database_unreachable_cached_reads_answer_writes_503_nothing_half_written(request, capsys):
+    with fleet(request.getfixturevalue("postgres_url")) as (redis_server, servers, proxy, db_url):
+        base = servers[0]
+        for n in range(5):
+            assert base.request("PUT", f"/items/db-{n}", json.dumps({"n": n}).encode(), AUTH_JSON)[0] == 201
+        proxy.cut()
+        try:
+            reads = [servers[n % 2].get(f"/items/db-{n % 5}")[0] for n in range(40)]
+            started = time.monotonic()
+            status, headers, body = base.request("PUT", "/items/db-0", b'{"n": "lost"}', AUTH_JSON)
+            write_seconds = time.monotonic() - started
+            create = base.request("PUT", "/items/db-new", b"{}", AUTH_JSON)
+            missing = base.get("/items/db-never")
+            ready = base.get("/health/ready")
+        finally:
+            proxy.restore()
+        with capsys.disabled():
+            print(
+                f"\n[database cut] cached reads: {reads.count(200)}/40 answered 200; write: {status} "
+                f"in {write_seconds:.2f}s; uncached read: {missing[0]}; readiness: {ready[0]}"
+            )
+        assert reads == [200] * 40
+        assert status == 503 and headers["Retry-After"] and json.loads(body)["error"] == "database_unavailable"
+        assert create[0] == 503 and missing[0] == 503
+        assert ready[0] == 503 and json.loads(ready[2])["checks"]["database"].startswith("unavailable")
+        wait_until(lambda: base.get("/health/ready")[0] == 200, timeout=20)
+        # Nothing half-written: the database and every cache tier still hold version 1.
+        after = [json.loads(servers[n % 2].get("/items/db-0")[2]) for n in range(8)]
+        assert all(item["version"] == 1 and item["n"] == 0 for item in after)
+        assert base.get("/items/db-new")[0] == 404
