@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from routes import admin, errors, health, items, metrics
+from routes import admin, errors, health, items, metrics, openapi
 
 
 def register(app: Flask) -> None:
@@ -13,4 +13,5 @@ def register(app: Flask) -> None:
     app.register_blueprint(metrics.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(openapi.bp)
     errors.register(app)

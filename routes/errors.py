@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, json
+from flask import Flask, Response, current_app, json
 from werkzeug.exceptions import HTTPException
 
 from db import DatabaseUnavailable
@@ -34,7 +34,10 @@ def _http_error(exc: HTTPException) -> Response:
         return error_response(exc.code, exc.error, exc.description or "", exc.extra_headers)
     name = (exc.name or "error").lower().replace(" ", "_")
     headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
-    return error_response(exc.code or 500, name, exc.description or name, headers)
+    message = exc.description or name
+    if exc.code == 413:
+        message = f"the body is larger than MAX_ITEM_BYTES ({current_app.config['MAX_CONTENT_LENGTH']} bytes)"
+    return error_response(exc.code or 500, name, message, headers)
 
 
 def _database_down(exc: DatabaseUnavailable) -> Response:
@@ -52,7 +55,20 @@ def _unexpected(exc: Exception) -> Response:
     return error_response(500, "internal_error", "The server failed to handle this request; it was logged.")
 
 
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",  # a JSON body is never to be sniffed into HTML
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _secure(response: Response) -> Response:
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
 def register(app: Flask) -> None:
+    app.after_request(_secure)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(DatabaseUnavailable, _database_down)
     app.register_error_handler(Exception, _unexpected)

@@ -60,11 +60,10 @@ def list_items() -> Response:
 @bp.post("")
 def create_item() -> Response:
     body = parse_item_body()
-    item_id = body.pop("id", None)
-    if item_id is None:
+    if "id" not in body:
         item_id = secrets.token_urlsafe(12)  # 16 characters of the id alphabet
-    elif not isinstance(item_id, str):
-        return error_response(400, "invalid_id", "id must be a string")
+    elif not isinstance(item_id := body.pop("id"), str):
+        return error_response(400, "invalid_id", "id must be a string (or left out, to have one made up)")
     return _upsert(check_id(item_id), body)
 
 

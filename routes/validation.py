@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any
 
-from flask import request
+from flask import current_app, request
 
 from routes.errors import ApiError
 
@@ -46,7 +46,11 @@ def parse_item_body() -> dict[str, Any]:
     """The request's JSON object, or a 4xx: 415 wrong type, 413 too large, 400 not a valid object."""
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send the item as JSON with 'Content-Type: application/json'")
-    raw = request.get_data(cache=False)  # MAX_CONTENT_LENGTH is enforced here (413) before reading
+    raw = request.get_data(cache=False)  # a declared Content-Length over MAX_CONTENT_LENGTH: 413 before reading
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and len(raw) >= limit and request.environ["wsgi.input"].read(1):
+        # A chunked body is cut at the limit, not refused: one byte more means it was too large.
+        raise ApiError(413, "request_entity_too_large", f"the body is larger than MAX_ITEM_BYTES ({limit} bytes)")
     if not raw.strip():
         raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
     try:

@@ -9,6 +9,7 @@ import pytest
 import cache
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+UNSUPPORTED = "unsupported_media_type"
 
 
 def put(client, item_id, body, headers=JSON_HEADERS):
@@ -125,12 +126,54 @@ def test_list_pagination(client):
         ("PATCH", "/items/ok", b"{}", JSON_HEADERS, 405, "method_not_allowed"),
         ("DELETE", "/items", None, {}, 405, "method_not_allowed"),
         ("GET", "/nowhere", None, {}, 404, "not_found"),
+        ("GET", "/items/%C3%A9t%C3%A9", None, {}, 400, "invalid_id"),
+        ("GET", "/items/a.b", None, {}, 400, "invalid_id"),
+        ("GET", "/items/%00", None, {}, 400, "invalid_id"),
+        ("PUT", "/items/ok", b"null", JSON_HEADERS, 400, "not_an_object"),
+        ("PUT", "/items/ok", b"42", JSON_HEADERS, 400, "not_an_object"),
+        ("PUT", "/items/ok", b'{"a": -Infinity}', JSON_HEADERS, 400, "invalid_json"),
+        ("PUT", "/items/ok", b'{"a": ' + b"9" * 5000 + b"}", JSON_HEADERS, 400, "invalid_json"),
+        ("PUT", "/items/ok", b'{"a": 1,}', JSON_HEADERS, 400, "invalid_json"),
+        ("PUT", "/items/ok", b'{"a": {"b": 1, "b": 2}}', JSON_HEADERS, 400, "invalid_json"),
+        ("PUT", "/items/ok", b'{"a": 1} trailing', JSON_HEADERS, 400, "invalid_json"),
+        ("PUT", "/items/ok", b'{"version": null}', JSON_HEADERS, 400, "read_only_field"),
+        (
+            "PUT",
+            "/items/ok",
+            b"a=1",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "PUT",
+            "/items/ok",
+            b"--x--",
+            {"Content-Type": "multipart/form-data; boundary=x"},
+            415,
+            "unsupported_media_type",
+        ),
+        ("POST", "/items", b'{"id": null}', JSON_HEADERS, 400, "invalid_id"),
+        ("POST", "/items", b'{"id": ""}', JSON_HEADERS, 400, "invalid_id"),
+        ("POST", "/items", b'{"id": "' + b"x" * 65 + b'"}', JSON_HEADERS, 400, "invalid_id"),
+        ("POST", "/items", b'{"id": ["a"]}', JSON_HEADERS, 400, "invalid_id"),
+        ("POST", "/items/x", b"{}", JSON_HEADERS, 405, "method_not_allowed"),
+        ("GET", "/items?limit=-1", None, {}, 400, "invalid_limit"),
+        ("GET", "/items?limit=1.5", None, {}, 400, "invalid_limit"),
+        ("GET", "/items?limit=1001", None, {}, 400, "invalid_limit"),
+        ("GET", "/items?after=", None, {}, 400, "invalid_after"),
+        ("GET", "/items?after=" + "a" * 65, None, {}, 400, "invalid_after"),
+        ("TRACE", "/items/ok", None, {}, 405, "method_not_allowed"),
+        ("PROPFIND", "/items", None, {}, 405, "method_not_allowed"),
+        ("POST", "/admin/cache/warm", None, {}, 403, "admin_disabled"),
     ],
 )
 def test_bad_requests_get_json_4xx_and_store_nothing(client, app, method, path, body, headers, status, error):
     response = client.open(path, method=method, data=body, headers=headers)
     assert response.status_code == status, response.data
     assert response.is_json and response.json["error"] == error and response.json["message"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert b"Traceback" not in response.data and b'File "' not in response.data
     assert app.extensions["item_store"].count() == 0
     assert client.get("/health/live").status_code == 200
 

@@ -74,3 +74,28 @@ def test_bad_configuration_stops_start_up_naming_the_variable(tmp_path, name, va
     assert server.launch().wait(timeout=20) != 0
     assert f"configuration error: {name}" in server.output()
     server.close()
+
+
+def test_oversized_bodies_are_refused_before_they_are_stored(tmp_path):
+    """413 for a declared Content-Length over the cap (refused before reading) and for a chunked body
+    that grows past it; the worker keeps serving and nothing is stored."""
+    import http.client
+
+    env = {"REDIS_URL": "", "DATABASE_URL": f"sqlite:///{tmp_path / 'items.sqlite3'}", "MAX_ITEM_BYTES": "1024"}
+    with Gunicorn(env, workers=1) as server:
+        big = b'{"x": "' + b"a" * 5000 + b'"}'
+        assert server.request("PUT", "/items/big", big, JSON_HEADERS)[0] == 413
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.putrequest("PUT", "/items/chunked")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        for start in range(0, len(big), 1000):
+            chunk = big[start : start + 1000]
+            conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        conn.send(b"0\r\n\r\n")
+        response = conn.getresponse()
+        assert response.status == 413 and json.loads(response.read())["error"] == "request_entity_too_large"
+        conn.close()
+        assert server.get("/items/big")[0] == 404 and server.get("/items/chunked")[0] == 404
+        assert server.get("/health/live")[0] == 200
