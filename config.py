@@ -42,6 +42,8 @@ class Config:
     breaker_threshold: int  # Redis failures in a row that open the circuit
     breaker_cooldown: float  # seconds the circuit stays open before one probe call
     database_timeout: float  # seconds a request waits for a database connection
+    compress_min_bytes: int  # bodies at least this large are stored zlib-compressed in Redis (0: never)
+    redis_tls_verify: bool  # verify a rediss:// server's certificate (Heroku Redis: self-signed, so false)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = 2**31) -> int:
@@ -141,4 +143,6 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         breaker_threshold=_int(env, "REDIS_BREAKER_FAILURES", 5, minimum=1),
         breaker_cooldown=_float(env, "REDIS_BREAKER_COOLDOWN", 1.0, high=300),
         database_timeout=_float(env, "DATABASE_TIMEOUT", 3.0, high=60),
+        compress_min_bytes=_int(env, "CACHE_COMPRESS_MIN_BYTES", 1024),
+        redis_tls_verify=_bool(env, "REDIS_TLS_VERIFY", default=True),
     )

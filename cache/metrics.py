@@ -9,6 +9,8 @@ disable_created_metrics()  # *_created series double the output and no dashboard
 
 REQUESTS = Counter("cache_requests", "Item reads answered, by the tier that answered", ["tier"])
 DB_LOADS = Counter("cache_db_loads", "Item reads that reached the database")
+COMPRESSION_SAVED = Counter("cache_compression_saved_bytes", "Bytes of Redis values saved by compression")
+DECODE_ERRORS = Counter("cache_decode_errors", "Redis values that failed to decode (treated as a miss, deleted)")
 STAMPEDE_WAITS = Counter("cache_stampede_waits", "Readers that waited for another loader instead of reading the DB")
 REDIS_ERRORS = Counter("cache_redis_errors", "Redis calls that failed and were absorbed", ["op"])
 INVALIDATIONS = Counter(

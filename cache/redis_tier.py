@@ -15,8 +15,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from cache import breaker as breakers
+from cache import codec
 from cache.entry import MISS, CacheEntry, _Miss, make_etag
-from cache.metrics import REDIS_ERRORS
+from cache.metrics import DECODE_ERRORS, REDIS_ERRORS
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,8 +78,9 @@ def connect(url: str, socket_timeout: float) -> redis.Redis:
 
 
 class RedisTier:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, compress_min_bytes: int = 1024) -> None:
         self.client = client
+        self.compress_min_bytes = compress_min_bytes
         self._set_if_newer = client.register_script(SET_IF_NEWER)
         self._read = client.register_script(READ)
 
@@ -87,10 +89,17 @@ class RedisTier:
         fields = self._guard("get", key, self._read, MISS, keys=[key])
         if not fields:
             return MISS
-        version, body, load_ms, ttl_ms, remaining_ms = fields
+        version, stored, load_ms, ttl_ms, remaining_ms = fields
+        body = codec.decode(stored)
+        if body is codec.CORRUPT:
+            DECODE_ERRORS.inc()
+            logger.warning("redis value for key %s does not decode: deleted, treated as a miss", key)
+            self._guard("delete", key, self.client.delete, 0, key)
+            return MISS
+        assert body is None or isinstance(body, bytes)
         return CacheEntry(
             version=int(version),
-            body=body or None,
+            body=body,
             etag=make_etag(item_id, int(version)),
             load_ms=int(load_ms),
             ttl_ms=int(ttl_ms),
@@ -110,7 +119,8 @@ class RedisTier:
         """Write `entry` (and publish `message` on `channel`) unless Redis holds the same or a newer
         version: WRITTEN, SAME, NEWER, or None when Redis failed. `extend`: on SAME, take the new TTL.
         `client`: a pipeline to queue the call on instead (the result then comes from its execute())."""
-        args = (entry.version, entry.body or b"", ttl_ms, entry.load_ms, channel, message, "1" if extend else "0")
+        stored = codec.encode(entry.body, self.compress_min_bytes)
+        args = (entry.version, stored, ttl_ms, entry.load_ms, channel, message, "1" if extend else "0")
         if client is not None:
             return self._set_if_newer(keys=[key], args=args, client=client)  # type: ignore[no-any-return]
         result = self._guard("set", key, self._set_if_newer, None, keys=[key], args=args)

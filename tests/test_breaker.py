@@ -61,7 +61,7 @@ def test_a_stopped_redis_opens_the_breaker_and_reads_stop_waiting(key_prefix):
         )
         try:
             key = cache_key("a")
-            cache_set(key, CacheEntry.build("a", 1, b"one"))
+            cache_set(key, CacheEntry.build("a", 1, b'{"v":"one"}'))
             cache.state().lru.clear()
             server.pause()
             errors = REDIS_ERRORS.labels("get")._value.get()

@@ -74,11 +74,11 @@ def test_redis_value_keeps_version_body_load_time_and_ttl(cache_on):
 def test_older_version_never_replaces_newer(cache_on):
     client = cache_on()
     key = cache_key("a")
-    assert cache_set(key, entry("a", 5, b"new"))
+    assert cache_set(key, entry("a", 5, b'{"v":"new"}'))
     cache.state().lru.clear()
-    assert not cache_set(key, entry("a", 4, b"old"))  # the slow reader loses
-    assert client.hget(key, "b") == b"new"
-    assert cache_get(key)[0].body == b"new"
+    assert not cache_set(key, entry("a", 4, b'{"v":"old"}'))  # the slow reader loses
+    assert client.hget(key, "b") == b'{"v":"new"}'
+    assert cache_get(key)[0].body == b'{"v":"new"}'
 
 
 def test_delete_leaves_versioned_tombstone_that_blocks_older_fills(cache_on):
@@ -92,8 +92,8 @@ def test_delete_leaves_versioned_tombstone_that_blocks_older_fills(cache_on):
     cache.state().lru.clear()
     assert not cache_set(key, entry("a", 2))  # a reader that loaded v2 before the delete
     assert not cache_get(key)[0].exists
-    assert cache_set(key, entry("a", 4, b"reborn"))  # a re-create above the tombstone wins
-    assert cache_get(key)[0].body == b"reborn"
+    assert cache_set(key, entry("a", 4, b'{"v":"reborn"}'))  # a re-create above the tombstone wins
+    assert cache_get(key)[0].body == b'{"v":"reborn"}'
 
 
 def test_plain_delete_removes_from_both_tiers(cache_on):

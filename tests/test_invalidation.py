@@ -69,24 +69,24 @@ def test_own_and_stale_messages_leave_l1_alone(redis_client, listening):
     listening(redis_client)
     key = cache_key("a")
     own, stale = counter(INVALIDATIONS, "own"), counter(INVALIDATIONS, "stale")
-    cache_set(key, CacheEntry.build("a", 5, b"five"))
+    cache_set(key, CacheEntry.build("a", 5, b'{"v":"five"}'))
     wait_until(lambda: counter(INVALIDATIONS, "own") == own + 1, timeout=5)
     s = cache.state()
     redis_client.publish(s.channel, encode_message(key, 4, "another-process"))  # an old, late message
     wait_until(lambda: counter(INVALIDATIONS, "stale") == stale + 1, timeout=5)
-    assert cache_get(key) == (CacheEntry.build("a", 5, b"five"), "lru")
+    assert cache_get(key) == (CacheEntry.build("a", 5, b'{"v":"five"}'), "lru")
 
 
 def test_killed_subscriber_connection_resubscribes_and_flushes(redis_url, listening, key_prefix):
     client = redis.Redis.from_url(redis_url, protocol=2)
     s = listening(client)
     key = cache_key("a")
-    cache_set(key, CacheEntry.build("a", 1, b"one"))
+    cache_set(key, CacheEntry.build("a", 1, b'{"v":"one"}'))
     flushes = counter(L1_FLUSHES, "subscribe")
     assert client.client_kill_filter(_type="pubsub", skipme=True) >= 1
     wait_until(lambda: counter(L1_FLUSHES, "subscribe") >= flushes + 1 and s.l1_usable, timeout=10)
     assert cache_get(key)[1] == "redis"  # the flush emptied L1: possibly missed messages cannot linger
-    other_process_writes(client, key, 2, b"two")
+    other_process_writes(client, key, 2, b'{"v":"two"}')
     wait_until(lambda: cache_get(key)[0].version == 2, timeout=5)
 
 
@@ -95,16 +95,16 @@ def test_write_missed_by_a_stopped_redis_is_replayed_when_it_answers(listening):
         client = connect(server.url, socket_timeout=0.25)
         s = listening(client)
         key = cache_key("a")
-        cache_set(key, CacheEntry.build("a", 1, b"one"))
+        cache_set(key, CacheEntry.build("a", 1, b'{"v":"one"}'))
         server.pause()  # SIGSTOP: the data stays, the server does not answer
         try:
-            assert cache_set(key, CacheEntry.build("a", 2, b"two"))  # the DB write succeeded; absorbed
+            assert cache_set(key, CacheEntry.build("a", 2, b'{"v":"two"}'))  # the DB write succeeded; absorbed
             assert len(s.pending) == 1
             wait_until(lambda: not s.l1_usable, timeout=10)  # the watchdog notices; L1 bypassed
         finally:
             server.resume()
         wait_until(lambda: len(s.pending) == 0 and s.l1_usable, timeout=15)
-        assert client.hget(key, "v") == b"2" and client.hget(key, "b") == b"two"
+        assert client.hget(key, "v") == b"2" and client.hget(key, "b") == b'{"v":"two"}'
 
 
 def test_watchdog_detects_a_silent_connection_and_bypasses_l1(listening):
@@ -113,7 +113,7 @@ def test_watchdog_detects_a_silent_connection_and_bypasses_l1(listening):
         try:
             s = listening(connect(proxy.url, socket_timeout=0.25))
             key = cache_key("a")
-            cache_set(key, CacheEntry.build("a", 1, b"one"))
+            cache_set(key, CacheEntry.build("a", 1, b'{"v":"one"}'))
             assert cache_get(key)[1] == "lru"
             watchdog = counter(L1_FLUSHES, "watchdog")
             proxy.pause()
