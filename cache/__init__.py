@@ -42,6 +42,9 @@ def cache_get(key: str) -> tuple[CacheEntry | _Miss, str | None]:
     if found is MISS:
         return MISS, None
     assert isinstance(found, CacheEntry)
+    if found.version < s.lru.known_version(key):
+        # Redis lost a newer write (a failover) or missed one (an outage): load it again, repairing Redis.
+        return MISS, None
     _fill_l1(s, key, found, generation)
     return found, "redis"
 

@@ -144,7 +144,8 @@ class BloomFilter:
         capacity = max(MIN_CAPACITY, int(expected_items * HEADROOM))
         m, k = size_for(capacity)
         pipe = self.client.pipeline(transaction=False)
-        pipe.delete(self.next_bits, self.built_bits)
+        pipe.delete(self.next_bits)  # one key per command: cluster pipelines refuse multi-key DEL
+        pipe.delete(self.built_bits)
         pipe.hset(self.next_meta, mapping={"m": m, "k": k, "capacity": capacity})
         pipe.execute()
         return m, k

@@ -19,13 +19,11 @@ import secrets
 import socket
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
-from cache.entry import CacheEntry
 from cache.metrics import INVALIDATION_LAG, INVALIDATIONS, LISTENER_SUBSCRIBED
 from cache.redis_tier import REDIS_ERRORS_CAUGHT
 
@@ -49,44 +47,6 @@ class ConnectionSilent(Exception):
     """The subscribed connection stopped answering (no pong, or no subscribe confirmation) in time."""
 
 
-class PendingWrites:
-    """Cache writes that Redis did not take (it was down), newest per key, bounded; replayed later."""
-
-    def __init__(self, max_keys: int = 10000) -> None:
-        self.max_keys = max_keys
-        self._entries: OrderedDict[str, tuple[CacheEntry, int]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.dropped = 0
-        self.bloom_missed = False  # a Bloom filter add failed: the filter may lack an id
-
-    def remember(self, key: str, entry: CacheEntry, ttl_ms: int) -> None:
-        with self._lock:
-            held = self._entries.get(key)
-            if held is None or held[0].version < entry.version:
-                self._entries[key] = (entry, ttl_ms)
-            while len(self._entries) > self.max_keys:  # beyond this, CACHE_TTL bounds the staleness
-                self._entries.popitem(last=False)
-                self.dropped += 1
-
-    def replay(self, write: Callable[[str, CacheEntry, int], int | None]) -> int:
-        """Write each pending entry with `write`; stop at the first failure. Returns how many were written."""
-        done = 0
-        while True:
-            with self._lock:
-                if not self._entries:
-                    return done
-                key, (entry, ttl_ms) = next(iter(self._entries.items()))
-            if write(key, entry, ttl_ms) is None:
-                return done
-            with self._lock:
-                if self._entries.get(key, (None,))[0] is entry:
-                    del self._entries[key]
-            done += 1
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
 class Listener:
     """The per-process subscriber. `on_subscribed(reason)` / `on_lost()` let the cache flush and bypass L1;
     `on_message(key, version)` applies an invalidation and returns False when it was stale; `on_tick()`
@@ -102,12 +62,14 @@ class Listener:
         on_lost: Callable[[], None],
         on_message: Callable[[str, int], bool],
         on_tick: Callable[[], None],
+        before_subscribe: Callable[[], object] | None = None,
         ping_interval: float = 0.5,
         pong_timeout: float = 2.0,
     ) -> None:
         self.client, self.channel, self.origin = client, channel, origin
         self.on_subscribed, self.on_lost, self.on_message, self.on_tick = on_subscribed, on_lost, on_message, on_tick
         self.ping_interval, self.pong_timeout = ping_interval, pong_timeout
+        self.before_subscribe = before_subscribe
         self.subscribed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -143,6 +105,8 @@ class Listener:
         self.on_lost()
 
     def _session(self) -> None:
+        if self.before_subscribe is not None:
+            self.before_subscribe()
         pubsub = self.client.pubsub()
         try:
             pubsub.subscribe(self.channel)

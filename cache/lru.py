@@ -69,6 +69,14 @@ class LRUCache(Generic[V]):
             self._put(key, (self.timer() + self.ttl, version, None))
             return True
 
+    def known_version(self, key: str) -> int:
+        """The newest version this cache has seen for `key` (a value's or a floor's), or -1.
+
+        Versions only grow, so whatever copy is older than this is stale, wherever it came from."""
+        with self._lock:
+            slot = self._slots.get(key)
+            return slot[1] if slot is not None and slot[0] > self.timer() else -1
+
     def delete(self, key: str) -> None:
         with self._lock:
             self._slots.pop(key, None)

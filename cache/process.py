@@ -15,10 +15,11 @@ import redis
 from cache import breaker as breakers
 from cache.bloom import BloomFilter
 from cache.entry import CacheEntry
-from cache.invalidation import CHANNEL, FLUSH_ALL, Listener, PendingWrites, encode_message, new_origin
+from cache.invalidation import CHANNEL, FLUSH_ALL, Listener, encode_message, new_origin
 from cache.lru import LRUCache
 from cache.metrics import L1_ENTRIES, L1_FLUSHES
 from cache.redis_tier import RedisTier, connect
+from cache.replay import PendingWrites
 from cache.stampede import FillNotifier, FleetLock
 from config import Config
 
@@ -63,7 +64,7 @@ def init_cache(config: Config, client: redis.Redis | None = None, listen: bool |
     reset()
     breakers.configure(config.breaker_threshold, config.breaker_cooldown, on_change=_on_breaker)
     if client is None and config.redis_url:
-        client = connect(config.redis_url, config.redis_socket_timeout)
+        client = connect(config.redis_url, config.redis_socket_timeout, config.redis_cluster, config.redis_tls_verify)
     elif client is None:
         from cache import embedded  # imported here: `python -m cache.embedded` must not find it loaded
 
@@ -115,10 +116,13 @@ def _on_breaker(closed: bool) -> None:
 
 def _start_listener(s: _State) -> None:
     _set_trust(s, subscribed=False)  # until subscribed: a message could be missed
+    nodes = getattr(s.redis.client, "nodes_manager", None)  # Redis Cluster
     s.listener = Listener(
         s.redis.client,
         s.channel,
         s.origin,
+        # A cluster client may still point at the node that just failed: ask the cluster anew first.
+        before_subscribe=nodes.initialize if nodes is not None else None,
         on_subscribed=lambda reason: _on_subscribed(s, reason),
         on_lost=lambda: _on_lost(s),
         on_message=lambda key, version: _on_message(s, key, version),
@@ -202,6 +206,9 @@ def write_redis(
 ) -> int | None:
     message = encode_message(key, entry.version, s.origin)
     result = s.redis.set_if_newer(key, entry, ttl_ms, s.channel, message, extend=extend)
-    if result is None and replay and s.listener is not None:
-        s.pending.remember(key, entry, ttl_ms)
+    if replay and s.listener is not None:
+        if result is None:
+            s.pending.remember(key, entry, ttl_ms)
+        else:
+            s.pending.written(key, entry, ttl_ms)
     return result

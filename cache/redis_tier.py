@@ -57,24 +57,29 @@ return {f[1], f[2], f[3] or '0', f[4] or '0', redis.call('PTTL', KEYS[1])}
 """
 
 WRITTEN, SAME, NEWER = 1, 0, -1
-REDIS_ERRORS_CAUGHT = (redis.RedisError, OSError)
+REDIS_ERRORS_CAUGHT = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
 
 
-def connect(url: str, socket_timeout: float) -> redis.Redis:
-    """A client with short timeouts and exactly one immediate retry on a broken connection.
+def connect(url: str, socket_timeout: float, cluster: bool = False, tls_verify: bool = True) -> redis.Redis:
+    """A client (of one server, or of a Redis Cluster through any seed node) with short timeouts and
+    exactly one immediate retry on a broken connection.
 
-    One retry replaces a pooled connection the server closed (restart, idle kill) without failing the
-    call; more, or any backoff, would only lengthen the time a request waits on a dead Redis. Timeouts
-    are not retried: a server that does not answer in time is treated as down for this call.
+    One retry replaces a pooled connection the server closed (restart, idle kill, a cluster failover)
+    without failing the call; more, or any backoff, would only lengthen the time a request waits on a
+    dead Redis. Timeouts are not retried: a server that does not answer in time is down for this call.
+    `tls_verify=False` accepts a self-signed certificate on rediss:// (Heroku Redis).
     """
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_timeout,
-        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-        protocol=2,
-        health_check_interval=0,
-    )
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        "protocol": 2,
+    }
+    if url.startswith("rediss://") and not tls_verify:
+        options["ssl_cert_reqs"] = "none"
+    if cluster:
+        return redis.RedisCluster.from_url(url, **options)  # type: ignore[return-value]
+    return redis.Redis.from_url(url, health_check_interval=0, **options)
 
 
 class RedisTier:
@@ -118,11 +123,13 @@ class RedisTier:
     ) -> int | None:
         """Write `entry` (and publish `message` on `channel`) unless Redis holds the same or a newer
         version: WRITTEN, SAME, NEWER, or None when Redis failed. `extend`: on SAME, take the new TTL.
-        `client`: a pipeline to queue the call on instead (the result then comes from its execute())."""
+        `client`: a pipeline (plain or cluster) to queue the call on instead; its execute() has the result."""
         stored = codec.encode(entry.body, self.compress_min_bytes)
         args = (entry.version, stored, ttl_ms, entry.load_ms, channel, message, "1" if extend else "0")
         if client is not None:
-            return self._set_if_newer(keys=[key], args=args, client=client)  # type: ignore[no-any-return]
+            # EVAL with the script's text, not EVALSHA: nothing to preload on every node, and cluster
+            # pipelines allow it (Redis caches the compiled script by its hash all the same).
+            return client.execute_command("EVAL", SET_IF_NEWER, 1, key, *args)  # type: ignore[no-any-return]
         result = self._guard("set", key, self._set_if_newer, None, keys=[key], args=args)
         return None if result is None else int(result)
 
@@ -171,4 +178,7 @@ def info_summary(tier: RedisTier, embedded: bool) -> dict[str, Any]:
     info = tier._guard("info", "-", tier.client.info, None)
     if info is None:
         return {"embedded": False, "error": "redis unavailable"}
-    return {"embedded": False} | {name: info.get(name) for name in INFO_FIELDS}
+    summary = {"embedded": False} | {name: info.get(name) for name in INFO_FIELDS}
+    if hasattr(tier.client, "get_nodes"):  # a cluster: INFO above is one node's
+        summary["cluster_nodes"] = len(tier.client.get_nodes())
+    return summary

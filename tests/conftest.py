@@ -18,7 +18,7 @@ import redis
 import cache
 from app import create_app
 from db import open_store
-from tests.support import RedisServer, postgres_schema_url, redis_server_available
+from tests.support import RedisClusterServers, RedisServer, postgres_schema_url, redis_server_available
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -46,6 +46,15 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A real Redis Cluster (3 primaries, 3 replicas) of this session's own."""
+    if not redis_server_available():
+        pytest.skip("no redis-server to form a Redis Cluster with")
+    with RedisClusterServers() as cluster:
+        yield cluster.url
+
+
+@pytest.fixture(scope="session")
 def postgres_url() -> str:
     url = os.environ.get("TEST_DATABASE_URL")
     if not url:
@@ -59,12 +68,15 @@ def key_prefix() -> str:
     return f"test-{uuid.uuid4().hex[:12]}:"
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
+@pytest.fixture(params=["fakeredis", "redis", "cluster"])
 def redis_client(request, key_prefix) -> Iterator[redis.Redis]:
     if request.param == "fakeredis":
         yield fakeredis.FakeRedis(server=fakeredis.FakeServer(), protocol=2)
         return
-    client = redis.Redis.from_url(request.getfixturevalue("redis_url"), protocol=2)
+    if request.param == "cluster":
+        client = redis.RedisCluster.from_url(request.getfixturevalue("redis_cluster_url"), protocol=2)
+    else:
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"), protocol=2)
     yield client
     for key in client.scan_iter(match=f"{key_prefix}*", count=1000):
         client.delete(key)
@@ -88,12 +100,25 @@ def store(database_url):
     store.close()
 
 
-@pytest.fixture(params=["embedded", "real"])
+@pytest.fixture(params=["embedded", "real", "cluster"])
 def stack(request, tmp_path, key_prefix) -> Iterator[dict[str, str]]:
-    """The environment overrides for one full stack."""
+    """The environment overrides for one full stack: fakeredis + SQLite, Redis + PostgreSQL, or a Redis
+    Cluster + SQLite."""
+    sqlite_url = f"sqlite:///{tmp_path / 'items.sqlite3'}"
     if request.param == "embedded":
-        sqlite_url = f"sqlite:///{tmp_path / 'items.sqlite3'}"
         yield {"REDIS_URL": "", "DATABASE_URL": sqlite_url, "CACHE_KEY_PREFIX": key_prefix}
+        return
+    if request.param == "cluster":
+        cluster_url = request.getfixturevalue("redis_cluster_url")
+        yield {
+            "REDIS_URL": cluster_url,
+            "REDIS_CLUSTER": "true",
+            "DATABASE_URL": sqlite_url,
+            "CACHE_KEY_PREFIX": key_prefix,
+        }
+        client = redis.RedisCluster.from_url(cluster_url)
+        for key in client.scan_iter(match=f"{key_prefix}*", count=1000):
+            client.delete(key)
         return
     redis_url = request.getfixturevalue("redis_url")
     with postgres_schema_url(request.getfixturevalue("postgres_url")) as db_url:

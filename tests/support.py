@@ -53,22 +53,68 @@ def redis_server_available() -> bool:
 class RedisServer:
     """A redis-server of our own on a free loopback port: start, kill -9, stop/continue, restart."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, tls: bool = False) -> None:
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="redis-test-")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_args: list[str] = []
+        self.tls = tls  # TLS only, with a self-signed certificate (as Heroku Redis has)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    def _tls_args(self) -> list[str]:
+        cert, key = os.path.join(self.dir, "cert.pem"), os.path.join(self.dir, "key.pem")
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                key,
+                "-out",
+                cert,
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            cert,
+            "--tls-auth-clients",
+            "no",
+        ]
 
     def start(self) -> RedisServer:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen([*args, "--dir", self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_args = self._tls_args() if self.tls else ["--port", str(self.port)]
+        args = ["redis-server", *port_args, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            [*args, "--dir", self.dir, *self.extra_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_until(self._pong, timeout=10)
         return self
 
     def _pong(self) -> bool:
+        if self.tls:
+            import redis
+
+            return bool(redis.Redis.from_url(self.url, ssl_cert_reqs="none", socket_timeout=0.5).ping())
         with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
@@ -94,6 +140,94 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster-bus port (+10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 < 65536:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+
+
+class RedisClusterServers:
+    """A real Redis Cluster of our own: 3 primaries and 3 replicas on free loopback ports."""
+
+    def __init__(self, primaries: int = 3, node_timeout_ms: int = 1000) -> None:
+        self.nodes = [RedisServer(free_cluster_port()) for _ in range(primaries * 2)]
+        self.primaries = primaries
+        self.node_timeout_ms = node_timeout_ms
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> RedisClusterServers:
+        for node in self.nodes:
+            node.extra_args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                str(self.node_timeout_ms),
+                "--repl-diskless-sync",
+                "yes",
+                "--repl-diskless-sync-delay",
+                "0",
+                "--cluster-require-full-coverage",
+                "no",
+            ]
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+        wait_until(self.healthy, timeout=30)
+        return self
+
+    def info(self, node: RedisServer) -> str:
+        out = subprocess.run(["redis-cli", "-p", str(node.port), "cluster", "info"], capture_output=True, text=True)
+        return out.stdout
+
+    def healthy(self) -> bool:
+        live = [n for n in self.nodes if n.proc and n.proc.poll() is None]
+        return all("cluster_state:ok" in self.info(n) and "cluster_slots_ok:16384" in self.info(n) for n in live)
+
+    def primary_ports(self) -> list[int]:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.live_node().port), "cluster", "nodes"], capture_output=True, text=True
+        ).stdout
+        return [
+            int(line.split()[1].split(":")[1].split("@")[0])
+            for line in out.splitlines()
+            if "master" in line.split()[2] and "fail" not in line.split()[2]
+        ]
+
+    def live_node(self) -> RedisServer:
+        return next(n for n in self.nodes if n.proc and n.proc.poll() is None)
+
+    def node(self, port: int) -> RedisServer:
+        return next(n for n in self.nodes if n.port == port)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisClusterServers:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -125,3 +125,14 @@ def test_redis_down_is_absorbed_and_counted(key_prefix):
         assert cache_get(key)[1] == "lru"
     finally:
         cache.reset()
+
+
+def test_redis_copy_older_than_a_version_this_process_has_seen_is_a_miss(cache_on):
+    """After a failover loses a write, Redis may hold an older version than one already announced."""
+    client = cache_on()
+    key = cache_key("a")
+    cache_set(key, entry("a", 5))
+    cache.state().lru.invalidate(key, 6)  # version 6 was announced...
+    assert cache_get(key) == (MISS, None)  # ...so Redis' version 5 is not served
+    cache_set(key, entry("a", 6, b'{"v":6}'))  # the reload repairs Redis
+    assert client.hget(key, "v") == b"6"

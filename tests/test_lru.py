@@ -105,3 +105,14 @@ def test_clear_and_delete():
     assert lru.get("a") is None and lru.get("b") == Value(1)
     lru.clear()
     assert len(lru) == 0
+
+
+def test_known_version_remembers_values_and_floors_until_they_expire():
+    lru, timer = make(ttl=5)
+    assert lru.known_version("a") == -1
+    lru.set("a", Value(3))
+    assert lru.known_version("a") == 3
+    lru.invalidate("a", 7)
+    assert lru.known_version("a") == 7 and lru.get("a") is None
+    timer.tick(6)
+    assert lru.known_version("a") == -1

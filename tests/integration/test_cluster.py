@@ -1,0 +1,76 @@
+"""The service on a real Redis Cluster (3 primaries, 3 replicas): the consistency checker, and a primary
+killed under load. 2 gunicorn instances x 2 workers. Each test prints what it measured."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+from tests.integration.consistency import Checker, read_everywhere
+from tests.integration.fleet import total
+from tests.support import Gunicorn, RedisClusterServers, postgres_schema_url, wait_until
+
+
+def all_subscribed(servers: list[Gunicorn]) -> bool:
+    return total(servers, "cache_listener_subscribed") == len(servers)
+
+
+@contextlib.contextmanager
+def cluster_fleet(request, tmp_path) -> Iterator[tuple[RedisClusterServers, list[Gunicorn]]]:
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(RedisClusterServers())
+        if os.environ.get("TEST_DATABASE_URL"):
+            db_url = stack.enter_context(postgres_schema_url(request.getfixturevalue("postgres_url")))
+        else:
+            db_url = f"sqlite:///{tmp_path / 'items.sqlite3'}"
+        env = {"REDIS_URL": cluster.url, "REDIS_CLUSTER": "true", "DATABASE_URL": db_url, "CACHE_L1_TTL": "10"}
+        servers = [stack.enter_context(Gunicorn(env, workers=2)) for _ in range(2)]
+        wait_until(lambda: all_subscribed(servers), timeout=20)
+        yield cluster, servers
+
+
+def test_checker_on_a_cluster_serves_no_stale_read_after_the_lag(request, tmp_path, capsys):
+    with cluster_fleet(request, tmp_path) as (_, servers):
+        checker = Checker([s.base for s in servers]).start()
+        time.sleep(10)
+        checker.stop()
+        report = checker.report(allowance=0.1)
+        wrong = read_everywhere([s.base for s in servers], checker.newest_versions())
+        with capsys.disabled():
+            print(f"\n[cluster] {report.line()}")
+    assert report.reads > 500 and report.writes > 50
+    assert report.stale_reads == 0 and report.read_errors == 0 and report.write_errors == 0 and wrong == []
+
+
+def test_primary_killed_under_load_fails_over_and_nothing_stale_remains(request, tmp_path, capsys):
+    with cluster_fleet(request, tmp_path) as (cluster, servers):
+        checker = Checker([s.base for s in servers]).start()
+        time.sleep(3)
+        victim = cluster.node(cluster.primary_ports()[0])
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+
+        # A replica has taken over the dead primary's slots once no live node lists it as a primary.
+        def promoted() -> bool:
+            primaries = cluster.primary_ports()
+            return len(primaries) == cluster.primaries and victim.port not in primaries and cluster.healthy()
+
+        wait_until(promoted, timeout=30)
+        failed_over = time.monotonic() - killed
+        wait_until(lambda: all_subscribed(servers), timeout=30)
+        recovered_at = time.monotonic()
+        time.sleep(4)
+        checker.stop()
+        overall, after = checker.report(allowance=0.1), checker.report(allowance=0.1, since=recovered_at)
+        wrong = read_everywhere([s.base for s in servers], checker.newest_versions())
+        with capsys.disabled():
+            print(
+                f"\n[cluster failover] replica promoted after {failed_over:.2f}s, every listener subscribed "
+                f"after {recovered_at - killed:.2f}s\n[cluster failover] whole run: {overall.line()}"
+                f"\n[cluster failover] after recovery: {after.line()}"
+            )
+    assert overall.read_errors == 0 and overall.write_errors == 0
+    assert after.stale_reads == 0 and wrong == []
