@@ -44,6 +44,8 @@ class Config:
     database_timeout: float  # seconds a request waits for a database connection
     compress_min_bytes: int  # bodies at least this large are stored zlib-compressed in Redis (0: never)
     redis_tls_verify: bool  # verify a rediss:// server's certificate (Heroku Redis: self-signed, so false)
+    cache_enabled: bool  # false: every read goes to the database (to measure what the cache buys)
+    request_metrics: bool  # per-endpoint request counts and latencies (prometheus-flask-exporter)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = 2**31) -> int:
@@ -145,4 +147,6 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         database_timeout=_float(env, "DATABASE_TIMEOUT", 3.0, high=60),
         compress_min_bytes=_int(env, "CACHE_COMPRESS_MIN_BYTES", 1024),
         redis_tls_verify=_bool(env, "REDIS_TLS_VERIFY", default=True),
+        cache_enabled=_bool(env, "CACHE_ENABLED", default=True),
+        request_metrics=_bool(env, "REQUEST_METRICS", default=True),
     )

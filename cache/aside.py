@@ -29,6 +29,9 @@ def read_item(store: ItemStore, item_id: str) -> tuple[CacheEntry, str]:
     `entry.exists` is False for an id that does not exist: that answer is cached too (negative entry).
     Raises DatabaseUnavailable only when the cache had nothing and the database is down.
     """
+    if not state().config.cache_enabled:
+        REQUESTS_BY_TIER["db"].inc()
+        return _load(store, item_id), "db"
     key = cache_key(item_id)
     entry, tier = cache_get(key)
     if isinstance(entry, CacheEntry) and tier is not None:
@@ -137,7 +140,8 @@ def write_item(store: ItemStore, item_id: str, fields: dict[str, Any]) -> tuple[
         s.pending.bloom_missed = True
     result = store.upsert(item_id, fields)
     entry = CacheEntry.build(item_id, result.item.version, result.item.to_json())
-    cache_set(cache_key(item_id), entry)
+    if s.config.cache_enabled:
+        cache_set(cache_key(item_id), entry)
     return result, entry
 
 
@@ -146,5 +150,6 @@ def remove_item(store: ItemStore, item_id: str) -> bool:
     version = store.delete(item_id)
     if version is None:
         return False
-    cache_delete(cache_key(item_id), version)
+    if state().config.cache_enabled:
+        cache_delete(cache_key(item_id), version)
     return True

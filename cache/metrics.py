@@ -26,6 +26,9 @@ LISTENER_SUBSCRIBED = Gauge(
     "cache_listener_subscribed", "1 while every worker's listener is subscribed", multiprocess_mode="livemin"
 )
 CIRCUIT_OPEN = Gauge("cache_circuit_open", "1 while the Redis circuit breaker is open", multiprocess_mode="max")
+PENDING_WRITES = Gauge(
+    "cache_pending_writes", "Cache writes Redis missed, waiting to be replayed", multiprocess_mode="livesum"
+)
 L1_ENTRIES = Gauge("cache_l1_entries", "Entries in the in-process LRU", multiprocess_mode="livesum")
 
 TIERS = ("lru", "redis", "db", "negative", "bloom")

@@ -18,7 +18,7 @@ from cache.entry import CacheEntry
 from cache.invalidation import CHANNEL, FLUSH_ALL, Listener, encode_message, new_origin
 from cache.lru import LRUCache
 from cache.metrics import L1_ENTRIES, L1_FLUSHES
-from cache.redis_tier import RedisTier, connect
+from cache.redis_tier import RedisTier, connect, guard
 from cache.replay import PendingWrites
 from cache.stampede import FillNotifier, FleetLock
 from config import Config
@@ -49,6 +49,7 @@ class _State:
     redis_answers: bool = True
     generation: int = 0
     bloom_checked_at: float = float("-inf")
+    topology_refreshed_at: float = float("-inf")
 
 
 _state: _State | None = None
@@ -176,6 +177,11 @@ def _replay_pending(s: _State) -> None:
         written = s.pending.replay(lambda key, entry, ttl_ms: write_redis(s, key, entry, ttl_ms))
         if written:
             logger.info("replayed %d cache write(s) Redis had missed; %d still pending", written, len(s.pending))
+        nodes = getattr(s.redis.client, "nodes_manager", None)
+        if len(s.pending) and nodes is not None and time.monotonic() - s.topology_refreshed_at > 1.0:
+            # A cluster client learns of a failover slowly; our writes wait on it: ask the cluster now.
+            s.topology_refreshed_at = time.monotonic()
+            guard("topology", "-", nodes.initialize, None)
 
 
 def flush_l1(reason: str) -> None:

@@ -13,6 +13,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from cache.entry import CacheEntry
+from cache.metrics import PENDING_WRITES
 
 RECENT_SECONDS = 10.0  # how far back an outage puts acknowledged writes in doubt
 
@@ -46,6 +47,7 @@ class PendingWrites:
         while len(self._entries) > self.max_keys:  # beyond this, CACHE_TTL bounds the staleness
             self._entries.popitem(last=False)
             self.dropped += 1
+        PENDING_WRITES.set(len(self._entries))
 
     def replay(self, write: Callable[[str, CacheEntry, int], int | None]) -> int:
         """Write each pending entry with `write`; stop at the first failure. Returns how many were written.
@@ -60,6 +62,7 @@ class PendingWrites:
         done = 0
         while True:
             with self._lock:
+                PENDING_WRITES.set(len(self._entries))
                 if not self._entries:
                     return done
                 key, (entry, ttl_ms) = next(iter(self._entries.items()))

@@ -21,7 +21,8 @@ HIT_TIERS = ("lru", "redis", "negative", "bloom")  # answered without the databa
 def init_request_metrics(app: Flask) -> None:
     """Request counts and latencies per endpoint (not raw path: ids would explode the label set)."""
     registry = CollectorRegistry(auto_describe=True)  # per app, so tests can build many apps
-    PrometheusMetrics(app, path=None, group_by="endpoint", registry=registry)
+    if app.config["SERVICE_CONFIG"].request_metrics:
+        PrometheusMetrics(app, path=None, group_by="endpoint", registry=registry)
     app.extensions["request_metrics_registry"] = registry
 
 

@@ -294,6 +294,7 @@ class Gunicorn:
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each instance gets its own (gunicorn.conf.py)
         self.log = tempfile.NamedTemporaryFile(prefix="gunicorn-", suffix=".log", delete=False)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.app = "app:app"  # the WSGI app gunicorn serves
 
     @property
     def base(self) -> str:
@@ -301,7 +302,7 @@ class Gunicorn:
 
     def launch(self) -> subprocess.Popen[bytes]:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "app:app"],
+            [sys.executable, "-m", "gunicorn", self.app],
             cwd=ROOT,
             env=self.env,
             stdout=self.log,

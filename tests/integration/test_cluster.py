@@ -60,7 +60,8 @@ def test_primary_killed_under_load_fails_over_and_nothing_stale_remains(request,
 
         wait_until(promoted, timeout=30)
         failed_over = time.monotonic() - killed
-        wait_until(lambda: all_subscribed(servers), timeout=30)
+        # Recovered: every listener subscribed, and every write Redis missed meanwhile replayed.
+        wait_until(lambda: all_subscribed(servers) and total(servers, "cache_pending_writes") == 0, timeout=30)
         recovered_at = time.monotonic()
         time.sleep(4)
         checker.stop()

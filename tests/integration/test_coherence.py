@@ -28,7 +28,10 @@ def metric(server: Gunicorn, sample: str) -> float:
 
 
 def all_subscribed(servers: list[Gunicorn]) -> bool:
-    return all(metric(s, "cache_listener_subscribed") == 1.0 for s in servers)
+    """Every worker's listener subscribed and no write waiting to be replayed: recovered."""
+    return all(
+        metric(s, "cache_listener_subscribed") == 1.0 and metric(s, "cache_pending_writes") == 0 for s in servers
+    )
 
 
 def lag_bound(servers: list[Gunicorn], q: float = 1.0, since: list[tuple[float, float]] = ()) -> float:

@@ -15,7 +15,8 @@ AUTH_JSON = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/js
 
 
 def all_subscribed(servers: list[Gunicorn]) -> bool:
-    return total(servers, "cache_listener_subscribed") == len(servers)
+    """Every worker's listener subscribed and no write waiting to be replayed: recovered."""
+    return total(servers, "cache_listener_subscribed") == len(servers) and total(servers, "cache_pending_writes") == 0
 
 
 def first_log_time(server: Gunicorn, text: str, since: float) -> float | None:

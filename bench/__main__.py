@@ -1,0 +1,187 @@
+"""Throughput and latency of every tier, side by side in one run, as ratios to a baseline route.
+
+    python -m bench [--seconds 5] [--rounds 3] [--database-url postgresql://...]
+
+Starts its own redis-server and gunicorn services (the production gunicorn.conf.py, one setting changed
+per service), seeds the items, and drives each scenario with wrk in alternating rounds (A B C ... A B
+C ...); every figure is the median over rounds, every ratio the median of per-round ratios to the
+baseline measured in that same round. Writes the "throughput" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from bench.load import Result, measure, process_tree
+from bench.report import machine, update_section
+from tests.integration.consistency import request
+from tests.support import Gunicorn, RedisServer, postgres_schema_url, seed_items
+
+# Why sync workers for measuring: with gthread, wrk's keep-alive connections stay with the worker that
+# accepted them, and in some runs all of them land on one worker, so ratios swing with the draw. A sync
+# worker answers one request per connection and the kernel spreads the next connect; every scenario pays
+# the same connect, so ratios stay fair. (gevent: CPU-bound routes stall the loop.)
+WORKER_ARGS = "--worker-class sync --workers 2"
+
+
+@dataclass
+class Scenario:
+    name: str
+    service: str
+    path: str = "/items/item-0"
+    script: str | None = None
+    results: list[Result] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    tiers: dict[str, float] = field(default_factory=dict)
+
+
+def tier_counts(server: Gunicorn) -> dict[str, float]:
+    text = server.get("/metrics")[2].decode()
+    return {tier: float(n) for tier, n in re.findall(r'^cache_requests_total\{tier="(\w+)"\} (\S+)$', text, re.M)}
+
+
+def start_services(redis_url: str, sqlite_url: str, pg_url: str | None) -> dict[str, Gunicorn]:
+    base = {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": sqlite_url,
+        "GUNICORN_CMD_ARGS": WORKER_ARGS,
+        "LOG_LEVEL": "WARNING",
+        "CACHE_BLOOM": "false",
+    }
+    specs: dict[str, dict[str, str]] = {
+        "app": {"CACHE_KEY_PREFIX": "app:"},
+        "no-metrics": {"CACHE_KEY_PREFIX": "nm:", "REQUEST_METRICS": "false"},
+        "l1-off": {"CACHE_KEY_PREFIX": "l1off:", "CACHE_L1_MAX_ITEMS": "0"},
+        "no-cache": {"CACHE_KEY_PREFIX": "nc:", "CACHE_ENABLED": "false"},
+        "peer": {},
+    }
+    if pg_url:
+        specs |= {
+            "no-cache-pg": {"CACHE_KEY_PREFIX": "ncpg:", "CACHE_ENABLED": "false", "DATABASE_URL": pg_url},
+            "app-pg": {"CACHE_KEY_PREFIX": "apg:", "DATABASE_URL": pg_url},
+            "l1-off-pg": {"CACHE_KEY_PREFIX": "l1pg:", "CACHE_L1_MAX_ITEMS": "0", "DATABASE_URL": pg_url},
+        }
+    services = {}
+    for name, env in specs.items():
+        server = Gunicorn({**base, **env})
+        if name == "peer":
+            server.app = "bench.peer_app:app"
+        services[name] = server.start()
+    return services
+
+
+def scenarios(pg: bool) -> list[Scenario]:
+    found = [
+        Scenario("baseline: GET /health/live", "app", "/health/live"),
+        Scenario("baseline, request metrics off", "no-metrics", "/health/live"),
+        Scenario("L1 hit: GET one hot item", "app"),
+        Scenario("L2 hit: L1 off (CACHE_L1_MAX_ITEMS=0)", "l1-off"),
+        Scenario("DB: cache off, SQLite", "no-cache"),
+        Scenario("peer: Flask-Caching @cache.cached, Redis", "peer"),
+    ]
+    if pg:
+        found += [
+            Scenario("DB: cache off, PostgreSQL", "no-cache-pg"),
+            Scenario("mixed Zipf, 5% writes, PostgreSQL: both tiers", "app-pg", "/", "zipf.lua"),
+            Scenario("mixed Zipf, 5% writes, PostgreSQL: L1 off", "l1-off-pg", "/", "zipf.lua"),
+            Scenario("mixed Zipf, 5% writes, PostgreSQL: no cache", "no-cache-pg", "/", "zipf.lua"),
+        ]
+    return found
+
+
+def run(seconds: float, rounds: int, pg_base: str | None, connections: int) -> list[Scenario]:
+    with contextlib.ExitStack() as stack:
+        redis_server = stack.enter_context(RedisServer())
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        sqlite_url = f"sqlite:///{tmp}/items.sqlite3"
+        seed_items(sqlite_url, 1)
+        pg_url = None
+        if pg_base:
+            pg_url = stack.enter_context(postgres_schema_url(pg_base))
+            seed_items(pg_url, 100_000)
+        os.environ["ITEMS"], os.environ["WRITE_PCT"] = "100000", "5"  # for zipf.lua
+        services = start_services(redis_server.url, sqlite_url, pg_url)
+        for server in services.values():
+            stack.callback(server.close)
+        plan = scenarios(bool(pg_url))
+        for scenario in plan:  # warm every tier, unmeasured
+            measure(services[scenario.service].base + scenario.path, 1.0, connections, scenario.script)
+        for round_number in range(rounds):
+            baseline = None
+            for scenario in plan:
+                server = services[scenario.service]
+                before = tier_counts(server) if scenario.script else {}
+                pids = process_tree(server.proc.pid)
+                result = measure(server.base + scenario.path, seconds, connections, scenario.script, pids)
+                scenario.results.append(result)
+                if scenario.script:
+                    after = tier_counts(server)
+                    for tier, n in after.items():
+                        scenario.tiers[tier] = scenario.tiers.get(tier, 0) + n - before.get(tier, 0)
+                baseline = baseline or result.rps
+                scenario.ratios.append(result.rps / baseline)
+                print(
+                    f"round {round_number + 1} {scenario.name}: {result.rps:.0f} req/s, p99 {result.p99_ms:.2f} ms, "
+                    f"{result.cpu_us_per_request:.0f} us CPU/req, errors {result.errors}",
+                    flush=True,
+                )
+        return plan
+
+
+def table(plan: list[Scenario]) -> list[str]:
+    rows = [
+        "| scenario | req/s | ratio to baseline | p50 ms | p99 ms | server CPU us/req | tier mix |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in plan:
+        med = lambda attr: statistics.median(getattr(r, attr) for r in s.results)  # noqa: E731
+        total = sum(s.tiers.values())
+        mix = (
+            ", ".join(f"{t} {n / total:.0%}" for t, n in sorted(s.tiers.items(), key=lambda kv: -kv[1]) if n)
+            if total
+            else ""
+        )
+        rows.append(
+            f"| {s.name} | {med('rps'):,.0f} | {statistics.median(s.ratios):.2f} | {med('p50_ms'):.2f} | "
+            f"{med('p99_ms'):.2f} | {med('cpu_us_per_request'):.0f} | {mix} |"
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--database-url", default=os.environ.get("TEST_DATABASE_URL"))
+    args = parser.parse_args()
+    started = time.monotonic()
+    plan = run(args.seconds, args.rounds, args.database_url, args.connections)
+    command = f"python -m bench --seconds {args.seconds:g} --rounds {args.rounds} --connections {args.connections}"
+    section = "\n".join(
+        [
+            "## Throughput: each tier against the baseline route",
+            "",
+            f"`{command}` with `--database-url` for PostgreSQL ({machine()}; {time.monotonic() - started:.0f} s).",
+            f"gunicorn with the production gunicorn.conf.py and `{WORKER_ARGS}` (see bench/__main__.py for why),",
+            f"one redis-server, wrk -t1 -c{args.connections}, all on loopback; medians over {args.rounds} alternating "
+            "rounds; ratios are per-round ratios to the baseline of that round.",
+            "",
+            *table(plan),
+        ]
+    )
+    update_section("throughput", section)
+    print(section)
+    print(json.dumps({s.name: statistics.median(s.ratios) for s in plan}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Load generation and measurement: wrk when installed (a Lua script for mixed workloads), a small
+Python generator otherwise; server CPU seconds per request from /proc."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+LUA = Path(__file__).resolve().parent / "lua"
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    cpu_us_per_request: float = 0.0
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, seconds: float, connections: int, script: str | None = None, env: dict | None = None) -> Result:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if script:
+        args += ["-s", str(LUA / script)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30, env={**os.environ, **(env or {})})
+    text = out.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", text).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", text).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    failed = int(errors.group(1)) if errors else 0
+    failed += sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
+    return Result(rps, p50, p99, total, failed)
+
+
+def python_load(url: str, seconds: float, connections: int) -> Result:
+    """Keep-alive GETs from `connections` threads: a fallback when wrk is missing (it measures less)."""
+    host, port_path = url.removeprefix("http://").split(":", 1)
+    port, path = port_path.split("/", 1)
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        mine = []
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            try:
+                conn.request("GET", "/" + path)
+                response = conn.getresponse()
+                response.read()
+                ok = response.status < 400
+            except OSError:
+                conn = http.client.HTTPConnection(host, int(port), timeout=10)
+                ok = False
+            mine.append(time.perf_counter() - started)
+            if not ok:
+                with lock:
+                    errors[0] += 1
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    latencies.sort()
+    n = len(latencies)
+    return Result(n / seconds, latencies[n // 2] * 1000, latencies[int(n * 0.99)] * 1000, n, errors[0])
+
+
+def measure(url: str, seconds: float, connections: int = 16, script: str | None = None, pids: list[int] = ()) -> Result:
+    """Load `url` for `seconds`; with `pids`, also the server CPU they used per request."""
+    before = cpu_seconds(pids)
+    if shutil.which("wrk"):
+        result = wrk(url, seconds, connections, script)
+    else:
+        if script:
+            raise SystemExit("mixed workloads need wrk (apt-get install wrk)")
+        result = python_load(url, seconds, connections)
+    used = cpu_seconds(pids) - before
+    result.cpu_us_per_request = used / max(result.requests, 1) * 1e6
+    return result
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes (and of their reaped children), from /proc."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its children (gunicorn's master and workers)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.name))
+    return [pid, *children]
