@@ -115,8 +115,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     prefix = env.get("CACHE_KEY_PREFIX", "").strip()
-    if len(prefix) > 64 or any(c.isspace() for c in prefix):
-        raise ConfigError("CACHE_KEY_PREFIX must be at most 64 characters with no spaces")
+    if len(prefix) > 64 or any(c.isspace() or c in "{}" for c in prefix):
+        raise ConfigError("CACHE_KEY_PREFIX must be at most 64 characters with no spaces or braces")
     cache_ttl = _int(env, "CACHE_TTL", 300, minimum=1)
     lock_ttl = _float(env, "CACHE_LOCK_TTL", 5.0, high=300)
     return Config(

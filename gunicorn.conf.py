@@ -14,11 +14,13 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 # Processes: Heroku sets WEB_CONCURRENCY from the dyno's memory; 2 fits a 2-core machine.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 
-# gthread: a request mostly waits on a Redis or database socket, so a few threads per process overlap
-# those waits; they also share one L1 and one invalidation listener, so fewer, fuller L1s. Not gevent:
-# monkey-patching a CPU-bound route (an L1 hit does no I/O) stalls the other greenlets of that worker.
-# Known cost: a keep-alive connection stays with the worker that accepted it, so a load generator that
-# opens few long-lived connections can pin them unevenly (bench/ says how it measures around that).
+# gthread: a request can wait (a Redis or database round trip, a lock held by another loader for up to
+# CACHE_LOCK_WAIT, a database timeout); threads keep such a wait from holding the whole worker. They also
+# share one L1 and one invalidation listener per process: fewer, fuller L1s. Not gevent: an L1 hit is
+# pure CPU, and a CPU-bound greenlet stalls the others of its worker. Not sync: one slow request blocks it.
+# Measured costs (BENCHMARKS.md): threads contend for the GIL on CPU-bound routes (one worker served
+# /health/live at ~2,000 req/s with 1 thread, ~1,300 with 4); and a keep-alive connection stays with the
+# worker that accepted it, so a client with few long-lived connections can load workers unevenly.
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 

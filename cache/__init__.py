@@ -42,7 +42,7 @@ def cache_get(key: str) -> tuple[CacheEntry | _Miss, str | None]:
     if found is MISS:
         return MISS, None
     assert isinstance(found, CacheEntry)
-    if found.version < s.lru.known_version(key):
+    if s.config.l1_max_items and found.version < s.lru.known_version(key):
         # Redis lost a newer write (a failover) or missed one (an outage): load it again, repairing Redis.
         return MISS, None
     _fill_l1(s, key, found, generation)
@@ -50,13 +50,20 @@ def cache_get(key: str) -> tuple[CacheEntry | _Miss, str | None]:
 
 
 def cache_set(
-    key: str, entry: CacheEntry, ttl: float | None = None, *, replay: bool = True, extend: bool = False
+    key: str,
+    entry: CacheEntry,
+    ttl: float | None = None,
+    *,
+    replay: bool = True,
+    extend: bool = False,
+    release: tuple[str, str] | None = None,
 ) -> bool:
     """Write Redis (announcing it to the other processes), then L1, unless a newer version is already
     cached. False when it was refused.
 
     `ttl` (seconds, spread by CACHE_TTL_JITTER) defaults to CACHE_TTL for an item and CACHE_NEGATIVE_TTL
-    for an absent id; `extend` gives the same version already cached the new TTL (an early refresh). A
+    for an absent id; `extend` gives the same version already cached the new TTL (an early refresh);
+    `release` (lock key, token) frees the caller's load lock in the same step. A
     Redis failure is absorbed (logged, counted) and L1 is still written; with `replay` (a write, not a
     read's fill) the entry is also remembered and written to Redis when it answers again.
     """
@@ -64,7 +71,7 @@ def cache_set(
     if ttl is None:
         ttl = s.config.cache_ttl if entry.exists else s.config.negative_ttl
     generation = s.generation
-    if write_redis(s, key, entry, jittered(ttl, s.config.ttl_jitter), replay, extend) == NEWER:
+    if write_redis(s, key, entry, jittered(ttl, s.config.ttl_jitter), replay, extend, release) == NEWER:
         return False
     _fill_l1(s, key, entry, generation)
     return True

@@ -63,23 +63,27 @@ def read_item(store: ItemStore, item_id: str) -> tuple[CacheEntry, str]:
 def _load_once(store: ItemStore, item_id: str, key: str) -> tuple[CacheEntry, str]:
     """Load under the fleet lock; if another process holds it, wait for its fill instead."""
     s = state()
-    token = s.lock.acquire(key)
-    if token is None:
+    lock_key, token = s.lock.key(key), s.lock.new_token()
+    # One step: filled while we came here? Then no load at all. Else take the lock (or learn who has it).
+    found = s.redis.read_or_lock(key, item_id, lock_key, token, s.lock.ttl_ms)
+    if isinstance(found, CacheEntry) and found.version >= s.lru.known_version(key):
+        return found, "redis"
+    holder: str | None = token if found is True else None  # None: Redis failed, load without a lock
+    if found is False:
         STAMPEDE_WAITS.inc()
-        found = _wait_for_fill(key)
-        if isinstance(found, CacheEntry):
-            return found, "redis"
-        token = found
+        waited = _wait_for_fill(key)
+        if isinstance(waited, CacheEntry):
+            return waited, "redis"
+        holder = waited
     try:
-        entry, tier = cache_get(key)  # filled while we queued for the lock? then no load at all
-        if isinstance(entry, CacheEntry) and tier is not None:
-            return entry, tier
         entry = _load(store, item_id)
-        cache_set(key, entry, replay=False)  # a fill, not a write: if Redis missed it, the next read refills
-        return entry, "db"
-    finally:
-        if token is not None:
-            s.lock.release(key, token)
+    except BaseException:
+        if holder is not None:
+            s.lock.release(key, holder)
+        raise
+    # A fill, not a write: if Redis misses it, the next read refills. The lock goes in the same step.
+    cache_set(key, entry, replay=False, release=(lock_key, holder) if holder else None)
+    return entry, "db"
 
 
 def _wait_for_fill(key: str) -> CacheEntry | str | None:

@@ -78,7 +78,7 @@ def init_cache(config: Config, client: redis.Redis | None = None, listen: bool |
         redis=RedisTier(client, config.compress_min_bytes),
         key_start=len(prefix) + len(ITEM_NAMESPACE),
         channel=prefix + CHANNEL,
-        lock=FleetLock(client, prefix, int(config.lock_ttl * 1000), origin),
+        lock=FleetLock(client, int(config.lock_ttl * 1000), origin),
         bloom=BloomFilter(client, prefix) if config.bloom else None,
         origin=origin,
     )
@@ -208,10 +208,16 @@ def state() -> _State:
 
 
 def write_redis(
-    s: _State, key: str, entry: CacheEntry, ttl_ms: int, replay: bool = False, extend: bool = False
+    s: _State,
+    key: str,
+    entry: CacheEntry,
+    ttl_ms: int,
+    replay: bool = False,
+    extend: bool = False,
+    release: tuple[str, str] | None = None,
 ) -> int | None:
     message = encode_message(key, entry.version, s.origin)
-    result = s.redis.set_if_newer(key, entry, ttl_ms, s.channel, message, extend=extend)
+    result = s.redis.set_if_newer(key, entry, ttl_ms, s.channel, message, extend=extend, release=release)
     if replay and s.listener is not None:
         if result is None:
             s.pending.remember(key, entry, ttl_ms)

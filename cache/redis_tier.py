@@ -24,37 +24,55 @@ T = TypeVar("T")
 
 # KEYS[1]: the item's key, a hash: v version, b body ('' for an id known to be absent), d how long the
 #          database load took (ms), t the TTL it was given (ms)
+# KEYS[2]: (optional) the load lock to release, if ARGV[8] is still its token; hash-tagged to KEYS[1]'s slot
 # ARGV[1]: version  ARGV[2]: body  ARGV[3]: TTL (ms)  ARGV[4]: load time (ms)
 # ARGV[5]: channel to announce the write on ('' for none)  ARGV[6]: the announcement
 # ARGV[7]: '1' to extend the TTL when this very version is already there (a refresh or a warm)
 # returns: 1 written (and announced); 0 this version is already there; -1 a newer one is there
-# One key, so it runs unchanged on Redis Cluster; the publish is atomic with the write it announces.
+# One slot, so it runs unchanged on Redis Cluster; the publish is atomic with the write it announces.
 SET_IF_NEWER = """
+local function done(result)
+  if KEYS[2] and redis.call('GET', KEYS[2]) == ARGV[8] then redis.call('DEL', KEYS[2]) end
+  return result
+end
 local held = tonumber(redis.call('HGET', KEYS[1], 'v'))
 local version = tonumber(ARGV[1])
 if held then
-  if held > version then return -1 end
+  if held > version then return done(-1) end
   if held == version then
     if ARGV[7] == '1' then
       redis.call('HSET', KEYS[1], 'd', ARGV[4], 't', ARGV[3])
       redis.call('PEXPIRE', KEYS[1], ARGV[3])
     end
-    return 0
+    return done(0)
   end
 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'b', ARGV[2], 'd', ARGV[4], 't', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
-return 1
+return done(1)
+"""
+
+_READ_FIELDS = """
+local f = redis.call('HMGET', KEYS[1], 'v', 'b', 'd', 't')
+if f[1] then return {f[1], f[2], f[3] or '0', f[4] or '0', redis.call('PTTL', KEYS[1])} end
 """
 
 # KEYS[1]: the item's key
 # returns: nil when absent, else {version, body, load ms, TTL ms, remaining TTL ms} in one round trip
-READ = """
-local f = redis.call('HMGET', KEYS[1], 'v', 'b', 'd', 't')
-if not f[1] then return false end
-return {f[1], f[2], f[3] or '0', f[4] or '0', redis.call('PTTL', KEYS[1])}
+READ = _READ_FIELDS + "return false"
+
+# KEYS[1]: the item's key   KEYS[2]: its load lock (hash-tagged to the same slot)
+# ARGV[1]: a token   ARGV[2]: the lock's TTL (ms)
+# returns: the fields, as READ, when the item is cached; 1 when the lock is now ours; 0 when another holds it
+# One round trip for "still missing? then I load it": no fill can land between the look and the lock.
+READ_OR_LOCK = (
+    _READ_FIELDS
+    + """
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
 """
+)
 
 WRITTEN, SAME, NEWER = 1, 0, -1
 REDIS_ERRORS_CAUGHT = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
@@ -88,12 +106,23 @@ class RedisTier:
         self.compress_min_bytes = compress_min_bytes
         self._set_if_newer = client.register_script(SET_IF_NEWER)
         self._read = client.register_script(READ)
+        self._read_or_lock = client.register_script(READ_OR_LOCK)
 
     def get(self, key: str, item_id: str) -> CacheEntry | _Miss:
         """The cached entry for `key`, or MISS (also on any Redis error)."""
         fields = self._guard("get", key, self._read, MISS, keys=[key])
-        if not fields:
-            return MISS
+        return self._entry(key, item_id, fields) if fields else MISS
+
+    def read_or_lock(self, key: str, item_id: str, lock_key: str, token: str, ttl_ms: int) -> CacheEntry | bool | None:
+        """The cached entry if there is one by now; True: load it yourself (the lock is now yours, or the
+        copy did not decode); False: another process holds the lock; None: Redis failed."""
+        found = self._guard("lock", key, self._read_or_lock, None, keys=[key, lock_key], args=[token, ttl_ms])
+        if found is None or isinstance(found, int):
+            return None if found is None else bool(found)
+        entry = self._entry(key, item_id, found)
+        return entry if isinstance(entry, CacheEntry) else True
+
+    def _entry(self, key: str, item_id: str, fields: list[Any]) -> CacheEntry | _Miss:
         version, stored, load_ms, ttl_ms, remaining_ms = fields
         body = codec.decode(stored)
         if body is codec.CORRUPT:
@@ -120,17 +149,22 @@ class RedisTier:
         message: bytes = b"",
         extend: bool = False,
         client: Any = None,
+        release: tuple[str, str] | None = None,
     ) -> int | None:
         """Write `entry` (and publish `message` on `channel`) unless Redis holds the same or a newer
         version: WRITTEN, SAME, NEWER, or None when Redis failed. `extend`: on SAME, take the new TTL.
         `client`: a pipeline (plain or cluster) to queue the call on instead; its execute() has the result."""
         stored = codec.encode(entry.body, self.compress_min_bytes)
-        args = (entry.version, stored, ttl_ms, entry.load_ms, channel, message, "1" if extend else "0")
+        args: tuple[Any, ...] = (entry.version, stored, ttl_ms, entry.load_ms, channel, message, "1" if extend else "0")
+        keys = [key]
+        if release is not None:  # (lock key, token): release the load lock in the same step
+            keys.append(release[0])
+            args += (release[1],)
         if client is not None:
             # EVAL with the script's text, not EVALSHA: nothing to preload on every node, and cluster
             # pipelines allow it (Redis caches the compiled script by its hash all the same).
             return client.execute_command("EVAL", SET_IF_NEWER, 1, key, *args)  # type: ignore[no-any-return]
-        result = self._guard("set", key, self._set_if_newer, None, keys=[key], args=args)
+        result = self._guard("set", key, self._set_if_newer, None, keys=keys, args=args)
         return None if result is None else int(result)
 
     def delete(self, key: str) -> bool:

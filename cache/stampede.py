@@ -97,17 +97,23 @@ class FleetLock:
     """`SET key token NX PX ttl`; released by compare-and-delete, so a holder whose lock expired never
     frees someone else's. A crashed holder's lock frees itself after `ttl_ms`."""
 
-    def __init__(self, client: redis.Redis, prefix: str, ttl_ms: int, origin: str) -> None:
-        self.client, self.prefix, self.ttl_ms, self.origin = client, prefix, ttl_ms, origin
+    def __init__(self, client: redis.Redis, ttl_ms: int, origin: str) -> None:
+        self.client, self.ttl_ms, self.origin = client, ttl_ms, origin
         self._release = client.register_script(RELEASE)
 
-    def key(self, item_key: str) -> str:
-        return f"{self.prefix}lock:{item_key}"
+    @staticmethod
+    def key(item_key: str) -> str:
+        """`{<item key>}:lock`: the hash tag puts the lock in its item's Redis Cluster slot, so one script
+        can look at the item and take the lock (or fill the item and release it) in one step."""
+        return f"{{{item_key}}}:lock"
+
+    def new_token(self) -> str:
+        return f"{self.origin}:{secrets.token_hex(8)}"
 
     def acquire(self, item_key: str) -> str | None:
         """A token when this caller now holds the lock, None when another does. If Redis fails, a token
         too: with no way to coordinate, loading is better than failing."""
-        token = f"{self.origin}:{secrets.token_hex(8)}"
+        token = self.new_token()
         acquired = guard("lock", item_key, self.client.set, True, self.key(item_key), token, nx=True, px=self.ttl_ms)
         return token if acquired else None
 

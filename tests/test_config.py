@@ -49,6 +49,7 @@ def test_values_are_converted():
         ("LOG_LEVEL", "LOUD"),
         ("MAX_ITEM_BYTES", "10"),
         ("CACHE_KEY_PREFIX", "has space"),
+        ("CACHE_KEY_PREFIX", "{tag}"),
         ("CACHE_TTL_JITTER", "-0.1"),
         ("CACHE_TTL_JITTER", "0.9"),
         ("CACHE_XFETCH_BETA", "-1"),

@@ -57,22 +57,24 @@ def test_single_flight_follower_loads_itself_when_the_leader_is_stuck():
 
 
 def test_fleet_lock_is_exclusive_and_only_its_holder_releases_it(redis_client, key_prefix):
-    lock = FleetLock(redis_client, key_prefix, ttl_ms=5000, origin="me")
-    token = lock.acquire("item:a")
-    assert token and token.startswith("me:")
-    assert lock.acquire("item:a") is None
-    lock.release("item:a", "someone-elses-token")
-    assert lock.acquire("item:a") is None
-    lock.release("item:a", token)
-    assert lock.acquire("item:a") is not None
+    lock = FleetLock(redis_client, ttl_ms=5000, origin="me")
+    item = f"{key_prefix}item:a"
+    token = lock.acquire(item)
+    assert token and token.startswith("me:") and lock.key(item) == "{" + item + "}:lock"
+    assert lock.acquire(item) is None
+    lock.release(item, "someone-elses-token")
+    assert lock.acquire(item) is None
+    lock.release(item, token)
+    assert lock.acquire(item) is not None
 
 
 def test_fleet_lock_frees_itself_when_its_holder_dies(redis_client, key_prefix):
-    lock = FleetLock(redis_client, key_prefix, ttl_ms=100, origin="me")
-    assert lock.acquire("item:a")
-    assert 0 < redis_client.pttl(lock.key("item:a")) <= 100
+    lock = FleetLock(redis_client, ttl_ms=100, origin="me")
+    item = f"{key_prefix}item:a"
+    assert lock.acquire(item)
+    assert 0 < redis_client.pttl(lock.key(item)) <= 100
     time.sleep(0.15)
-    assert lock.acquire("item:a") is not None
+    assert lock.acquire(item) is not None
 
 
 def test_backoff_doubles_up_to_its_cap_and_adds_up_to_the_total():
