@@ -24,11 +24,14 @@ def machine() -> str:
     return f"{cpu}, {subprocess.getoutput('nproc')} cores, Python {platform.python_version()}, Redis {redis_version}"
 
 
+HEADER = "# Benchmarks\n"
+
+
 def update_section(name: str, markdown: str) -> None:
     """Replace the text between the section's markers (appending the section if it is new)."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{markdown.strip()}\n{end}"
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     BENCHMARKS.write_text(text)

@@ -8,6 +8,7 @@ processes (cache/invalidation.py) runs when `enable_listener()` was called first
 
 from __future__ import annotations
 
+from cache import process
 from cache.entry import MISS, CacheEntry, _Miss
 from cache.metrics import L1_ENTRIES
 from cache.process import (
@@ -32,7 +33,7 @@ def cache_key(item_id: str) -> str:
 
 def cache_get(key: str) -> tuple[CacheEntry | _Miss, str | None]:
     """L1, then Redis (promoting a hit into L1). Returns (entry, "lru" | "redis") or (MISS, None)."""
-    s = state()
+    s = process._state or state()  # the attribute, not the call: this is the L1-hit path
     if s.l1_usable:
         entry = s.lru.get(key)
         if entry is not None:

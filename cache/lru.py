@@ -32,16 +32,17 @@ class LRUCache(Generic[V]):
         self._lock = threading.Lock()
 
     def get(self, key: str) -> V | None:
-        """The live value for `key`, or None (absent, expired, or a floor)."""
+        """The live value for `key`, or None (absent, expired, or a floor). The hot path: kept minimal."""
+        slots = self._slots
         with self._lock:
-            slot = self._slots.get(key)
+            slot = slots.get(key)
             if slot is None:
                 return None
-            if slot[0] <= self.timer():
-                del self._slots[key]
-                return None
-            self._slots.move_to_end(key)
-            return slot[2]
+            if slot[0] > self.timer():
+                slots.move_to_end(key)
+                return slot[2]
+            del slots[key]
+            return None
 
     def set(self, key: str, value: V) -> bool:
         """Store `value` unless the slot already holds this version or a newer one (or a newer floor)."""
