@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 from tests.integration.consistency import request
 from tests.support import ROOT, Gunicorn, RedisServer, TcpProxy, postgres_schema_url, seed_items, with_port
@@ -20,12 +21,31 @@ TOKEN = "admin-token"
 LOCK_TTL = 2.0
 
 
+def metric(server: Gunicorn, sample: str) -> float:
+    """One sample of the instance's /metrics (summed over its workers by the multiprocess collector)."""
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", server.get("/metrics")[2].decode(), re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def total(servers: list[Gunicorn], sample: str) -> float:
-    found = 0.0
-    for server in servers:
-        match = re.search(rf"^{re.escape(sample)} (\S+)$", server.get("/metrics")[2].decode(), re.M)
-        found += float(match.group(1)) if match else 0.0
-    return found
+    return sum(metric(server, sample) for server in servers)
+
+
+def recovered(servers: list[Gunicorn]) -> bool:
+    """Every worker's listener subscribed and no cache write left to replay."""
+    return all(
+        metric(s, "cache_listener_subscribed") == 1.0 and metric(s, "cache_pending_writes") == 0 for s in servers
+    )
+
+
+def first_log_time(server: Gunicorn, text: str, since: float) -> float | None:
+    """The wall-clock time of the first line of the instance's log containing `text`, at or after `since`."""
+    for line in server.output().splitlines():
+        if text in line:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if stamp >= since:
+                return stamp
+    return None
 
 
 @contextlib.contextmanager

@@ -10,12 +10,8 @@ import time
 from collections.abc import Iterator
 
 from tests.integration.consistency import Checker, read_everywhere
-from tests.integration.fleet import total
+from tests.integration.fleet import recovered
 from tests.support import Gunicorn, RedisClusterServers, postgres_schema_url, wait_until
-
-
-def all_subscribed(servers: list[Gunicorn]) -> bool:
-    return total(servers, "cache_listener_subscribed") == len(servers)
 
 
 @contextlib.contextmanager
@@ -28,7 +24,7 @@ def cluster_fleet(request, tmp_path) -> Iterator[tuple[RedisClusterServers, list
             db_url = f"sqlite:///{tmp_path / 'items.sqlite3'}"
         env = {"REDIS_URL": cluster.url, "REDIS_CLUSTER": "true", "DATABASE_URL": db_url, "CACHE_L1_TTL": "10"}
         servers = [stack.enter_context(Gunicorn(env, workers=2)) for _ in range(2)]
-        wait_until(lambda: all_subscribed(servers), timeout=20)
+        wait_until(lambda: recovered(servers), timeout=20)
         yield cluster, servers
 
 
@@ -61,7 +57,7 @@ def test_primary_killed_under_load_fails_over_and_nothing_stale_remains(request,
         wait_until(promoted, timeout=30)
         failed_over = time.monotonic() - killed
         # Recovered: every listener subscribed, and every write Redis missed meanwhile replayed.
-        wait_until(lambda: all_subscribed(servers) and total(servers, "cache_pending_writes") == 0, timeout=30)
+        wait_until(lambda: recovered(servers), timeout=30)
         recovered_at = time.monotonic()
         time.sleep(4)
         checker.stop()

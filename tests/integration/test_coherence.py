@@ -5,33 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 from collections.abc import Iterator
-from datetime import datetime
 
 import pytest
 import redis
 
 from bench.coherence import lag_buckets
 from tests.integration.consistency import Checker, read_everywhere
+from tests.integration.fleet import first_log_time, metric, recovered
 from tests.support import Gunicorn, RedisServer, TcpProxy, postgres_schema_url, wait_until
 
 L1_TTL = 10.0  # seconds: the hard cap on staleness the faults must stay under
 HEALTHY_SECONDS = float(os.environ.get("CHECKER_SECONDS", "30"))
-
-
-def metric(server: Gunicorn, sample: str) -> float:
-    text = server.get("/metrics")[2].decode()
-    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
-
-
-def all_subscribed(servers: list[Gunicorn]) -> bool:
-    """Every worker's listener subscribed and no write waiting to be replayed: recovered."""
-    return all(
-        metric(s, "cache_listener_subscribed") == 1.0 and metric(s, "cache_pending_writes") == 0 for s in servers
-    )
 
 
 def lag_bound(servers: list[Gunicorn], q: float = 1.0, since: list[tuple[float, float]] = ()) -> float:
@@ -46,16 +32,6 @@ def lag_bound(servers: list[Gunicorn], q: float = 1.0, since: list[tuple[float, 
 def recovery_mark(servers: list[Gunicorn]) -> tuple[float, list[tuple[float, float]]]:
     """When recovery was seen, and the lag histogram then: what comes after is judged on its own lag."""
     return time.monotonic(), lag_buckets(servers)
-
-
-def watchdog_fired(server: Gunicorn, since: float) -> float | None:
-    """The wall-clock time of the first watchdog log line after `since`, if any."""
-    for line in server.output().splitlines():
-        if "no pong within" in line or "no subscribe confirmation" in line:
-            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            if stamp >= since:
-                return stamp
-    return None
 
 
 @contextlib.contextmanager
@@ -77,21 +53,21 @@ def fleet(request, tmp_path, redis_url_of=lambda server: server.url) -> Iterator
         try:
             for server in servers:
                 server.start()
-            wait_until(lambda: all_subscribed(servers), timeout=15)
+            wait_until(lambda: recovered(servers), timeout=15)
             yield redis_server, servers
         finally:
             for server in servers:
                 server.close()
 
 
-def finish(checker: Checker, servers: list[Gunicorn], recovered: tuple, capsys, title: str):
+def finish(checker: Checker, servers: list[Gunicorn], mark: tuple, capsys, title: str):
     """Stop the load and judge it. A read counts as stale when it started later after a newer write's
     acknowledgement than the slowest invalidation any worker applied in that period (at least 50 ms):
     staleness within the lag is the promise; beyond it, an invalidation was lost or a race let old data in."""
     checker.stop()
-    wait_until(lambda: all_subscribed(servers), timeout=15)
-    allowance, allowance_after = max(0.05, lag_bound(servers)), max(0.05, lag_bound(servers, since=recovered[1]))
-    overall, after = checker.report(allowance), checker.report(allowance_after, since=recovered[0])
+    wait_until(lambda: recovered(servers), timeout=15)
+    allowance, allowance_after = max(0.05, lag_bound(servers)), max(0.05, lag_bound(servers, since=mark[1]))
+    overall, after = checker.report(allowance), checker.report(allowance_after, since=mark[0])
     wrong = read_everywhere([s.base for s in servers], checker.newest_versions())
     with capsys.disabled():
         print(f"\n[{title}] whole run (lag allowance {allowance * 1000:g}ms): {overall.line()}")
@@ -122,9 +98,9 @@ def test_killed_pubsub_connections_resubscribe_and_flush(request, tmp_path, caps
             lambda: sum(metric(s, 'cache_l1_flushes_total{reason="subscribe"}') for s in servers) >= flushes + 4,
             timeout=10,
         )
-        recovered = recovery_mark(servers)
+        mark = recovery_mark(servers)
         time.sleep(4)
-        overall, after, wrong = finish(checker, servers, recovered, capsys, "pubsub killed")
+        overall, after, wrong = finish(checker, servers, mark, capsys, "pubsub killed")
     assert killed == 4  # one subscriber per worker
     assert after.stale_reads == 0 and overall.max_staleness < L1_TTL
     assert overall.read_errors == 0 and overall.write_errors == 0 and wrong == []
@@ -139,10 +115,10 @@ def test_redis_killed_and_restarted_under_load(request, tmp_path, capsys):
         time.sleep(3)
         writes_while_down = checker.report().writes - writes_before
         redis_server.start()  # same port
-        wait_until(lambda: all_subscribed(servers), timeout=15)
-        recovered = recovery_mark(servers)
+        wait_until(lambda: recovered(servers), timeout=15)
+        mark = recovery_mark(servers)
         time.sleep(4)
-        overall, after, wrong = finish(checker, servers, recovered, capsys, "redis SIGKILL")
+        overall, after, wrong = finish(checker, servers, mark, capsys, "redis SIGKILL")
     assert writes_while_down > 0  # writes kept succeeding while Redis was down (DB first)
     assert overall.read_errors == 0 and overall.write_errors == 0
     assert after.stale_reads == 0 and overall.max_staleness < L1_TTL and wrong == []
@@ -164,13 +140,13 @@ def test_half_open_connection_is_detected_by_the_watchdog(request, tmp_path, cap
             paused = time.time()
             # Detection time from the worker's own log line (a /metrics poll would queue behind requests
             # that are each waiting out Redis timeouts on this instance).
-            detected = wait_until(lambda: watchdog_fired(servers[0], paused), timeout=10) - paused
+            detected = wait_until(lambda: first_log_time(servers[0], "no pong within", paused), timeout=10) - paused
             time.sleep(2)
             proxies[0].resume()
-            wait_until(lambda: all_subscribed(servers), timeout=15)
-            recovered = recovery_mark(servers)
+            wait_until(lambda: recovered(servers), timeout=15)
+            mark = recovery_mark(servers)
             time.sleep(4)
-            overall, after, wrong = finish(checker, servers, recovered, capsys, "half-open")
+            overall, after, wrong = finish(checker, servers, mark, capsys, "half-open")
             watchdog_flushes = metric(servers[0], 'cache_l1_flushes_total{reason="watchdog"}') - watchdog
             with capsys.disabled():
                 print(f"[half-open] detected by the watchdog after {detected:.2f}s")

@@ -5,33 +5,18 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
 
 from tests.integration.consistency import Checker, read_everywhere
-from tests.integration.fleet import TOKEN, fleet, total
-from tests.support import Gunicorn, wait_until
+from tests.integration.fleet import TOKEN, first_log_time, fleet, recovered
+from tests.support import wait_until
 
 AUTH_JSON = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-
-
-def all_subscribed(servers: list[Gunicorn]) -> bool:
-    """Every worker's listener subscribed and no write waiting to be replayed: recovered."""
-    return total(servers, "cache_listener_subscribed") == len(servers) and total(servers, "cache_pending_writes") == 0
-
-
-def first_log_time(server: Gunicorn, text: str, since: float) -> float | None:
-    for line in server.output().splitlines():
-        if text in line:
-            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            if stamp >= since:
-                return stamp
-    return None
 
 
 def outage(request, capsys, title: str, stop, start, seconds: float = 10.0) -> tuple:
     """Run the checker, take Redis away with `stop` for `seconds`, bring it back with `start`; judge."""
     with fleet(request.getfixturevalue("postgres_url")) as (redis_server, servers, _, _):
-        wait_until(lambda: all_subscribed(servers), timeout=15)
+        wait_until(lambda: recovered(servers), timeout=15)
         checker = Checker([s.base for s in servers], token=TOKEN).start()
         time.sleep(3)
         down_wall, down = time.time(), time.monotonic()
@@ -39,7 +24,7 @@ def outage(request, capsys, title: str, stop, start, seconds: float = 10.0) -> t
         time.sleep(seconds)
         up = time.monotonic()
         start(redis_server)
-        wait_until(lambda: all_subscribed(servers), timeout=20)
+        wait_until(lambda: recovered(servers), timeout=20)
         time.sleep(3)
         checker.stop()
         report = checker.report()

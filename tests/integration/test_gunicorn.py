@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
+from tests.integration.fleet import metric
 from tests.support import Gunicorn, RedisServer, postgres_schema_url
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -24,12 +24,6 @@ def read_many(server: Gunicorn, ids: list[str], rounds: int) -> list[str]:
             assert status == 200
             tiers.append(headers["X-Cache"])
     return tiers
-
-
-def metric(server: Gunicorn, sample: str) -> float:
-    text = server.get("/metrics")[2].decode()
-    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 def exercise(server: Gunicorn) -> None:
