@@ -37,6 +37,7 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     cache.init_cache(config)
     # A listener that finds no Bloom filter (first start, flushed, disabled) has one built, in the background.
     cache.set_bloom_rebuilder(lambda: warm.in_background(store, fill_cache=False, only_if_no_bloom=True))
+    cache.set_outbox(store)  # cache writes Redis missed are recorded there, and repaired by any process
     if config.warm_on_start:
         warm.in_background(store, fill_cache=True)
     if config.api_token is None:

@@ -19,6 +19,7 @@ from cache.process import (
     init_cache,
     reset,
     set_bloom_rebuilder,
+    set_outbox,
     state,
     write_redis,
 )
@@ -108,5 +109,6 @@ __all__ = [
     "init_cache",
     "reset",
     "set_bloom_rebuilder",
+    "set_outbox",
     "state",
 ]

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 import redis
 
 from cache import breaker as breakers
+from cache import outbox
 from cache.bloom import BloomFilter
 from cache.entry import CacheEntry
 from cache.invalidation import CHANNEL, FLUSH_ALL, Listener, encode_message, new_origin
 from cache.lru import LRUCache
 from cache.metrics import L1_ENTRIES, L1_FLUSHES
+from cache.outbox import Outbox, drain
 from cache.redis_tier import RedisTier, connect, guard
 from cache.replay import PendingWrites
 from cache.stampede import FillNotifier, FleetLock
@@ -49,13 +51,16 @@ class _State:
     redis_answers: bool = True
     generation: int = 0
     bloom_checked_at: float = float("-inf")
+    outbox_checked_at: float = float("-inf")
     topology_refreshed_at: float = float("-inf")
 
 
 _state: _State | None = None
 _listen_on_init = False
 _bloom_rebuilder: Callable[[], object] | None = None
+_outbox: Outbox | None = None
 BLOOM_CHECK_INTERVAL = 30.0  # seconds between a listener's checks that the Bloom filter exists
+OUTBOX_INTERVAL = 1.0  # seconds between a listener's looks at the database's list of missed cache writes
 
 
 def init_cache(config: Config, client: redis.Redis | None = None, listen: bool | None = None) -> None:
@@ -158,9 +163,19 @@ def set_bloom_rebuilder(rebuild: Callable[[], object] | None) -> None:
     _bloom_rebuilder = rebuild
 
 
+def set_outbox(outbox: Outbox | None) -> None:
+    """Where to record cache writes Redis missed, so that any process (not only the writer) repairs them."""
+    global _outbox
+    _outbox = outbox
+
+
 def _maintain(s: _State) -> None:
-    """The listener's periodic chores, while Redis answers: replay missed writes, keep a Bloom filter."""
+    """The listener's periodic chores, while Redis answers: replay missed writes (ours, then those the
+    outbox lists), keep a Bloom filter."""
     _replay_pending(s)
+    if _outbox is not None and time.monotonic() - s.outbox_checked_at >= OUTBOX_INTERVAL:
+        s.outbox_checked_at = time.monotonic()
+        drain(_outbox, s.redis, s.lru, s.config.key_prefix + ITEM_NAMESPACE, s.channel, s.origin)
     if s.bloom is None or _bloom_rebuilder is None or time.monotonic() - s.bloom_checked_at < BLOOM_CHECK_INTERVAL:
         return
     s.bloom_checked_at = time.monotonic()
@@ -221,6 +236,8 @@ def write_redis(
     if replay and s.listener is not None:
         if result is None:
             s.pending.remember(key, entry, ttl_ms)
+            if _outbox is not None:
+                outbox.record(_outbox, key[s.key_start :], entry.version)
         else:
             s.pending.written(key, entry, ttl_ms)
     return result

@@ -74,6 +74,17 @@ return 0
 """
 )
 
+# KEYS[1]: the item's key   ARGV[1]: a version the database has committed
+# ARGV[2]: channel   ARGV[3]: the announcement
+# returns: 0 Redis already holds that version or newer; 1 any older copy is gone and every process told
+DROP_IF_OLDER = """
+local held = tonumber(redis.call('HGET', KEYS[1], 'v'))
+if held and held >= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
 WRITTEN, SAME, NEWER = 1, 0, -1
 REDIS_ERRORS_CAUGHT = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
 
@@ -107,6 +118,7 @@ class RedisTier:
         self._set_if_newer = client.register_script(SET_IF_NEWER)
         self._read = client.register_script(READ)
         self._read_or_lock = client.register_script(READ_OR_LOCK)
+        self._drop_if_older = client.register_script(DROP_IF_OLDER)
 
     def get(self, key: str, item_id: str) -> CacheEntry | _Miss:
         """The cached entry for `key`, or MISS (also on any Redis error)."""
@@ -165,6 +177,12 @@ class RedisTier:
             # pipelines allow it (Redis caches the compiled script by its hash all the same).
             return client.execute_command("EVAL", SET_IF_NEWER, 1, key, *args)  # type: ignore[no-any-return]
         result = self._guard("set", key, self._set_if_newer, None, keys=keys, args=args)
+        return None if result is None else int(result)
+
+    def drop_if_older(self, key: str, version: int, channel: str, message: bytes) -> int | None:
+        """Drop a cached copy older than `version` and announce it: 1 dropped/announced, 0 Redis is
+        already as new, None when Redis failed."""
+        result = self._guard("outbox", key, self._drop_if_older, None, keys=[key], args=[version, channel, message])
         return None if result is None else int(result)
 
     def delete(self, key: str) -> bool:

@@ -36,6 +36,14 @@ LIST_FIRST = "SELECT id, fields, version, updated_at FROM items WHERE NOT delete
 LIST_AFTER = "SELECT id, fields, version, updated_at FROM items WHERE NOT deleted AND id > ? ORDER BY id LIMIT ?"
 COUNT = "SELECT count(*) FROM items WHERE NOT deleted"
 
+OUTBOX_ADD = """
+INSERT INTO cache_outbox (id, version) VALUES (?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    version = CASE WHEN excluded.version > cache_outbox.version THEN excluded.version ELSE cache_outbox.version END
+"""
+OUTBOX_LIST = "SELECT id, version FROM cache_outbox ORDER BY id LIMIT ?"
+OUTBOX_DONE = "DELETE FROM cache_outbox WHERE id = ? AND version <= ?"
+
 
 def schema_sql(name: str) -> str:
     return resources.files("db").joinpath("schema", f"{name}.sql").read_text()
@@ -82,3 +90,12 @@ class SQLStore:
 
     def ping(self) -> None:
         self._fetch("SELECT 1")
+
+    def outbox_add(self, item_id: str, version: int) -> None:
+        self._fetch(OUTBOX_ADD, (item_id, version))
+
+    def outbox_list(self, limit: int = 100) -> builtins.list[tuple[str, int]]:
+        return [(row[0], int(row[1])) for row in self._fetch(OUTBOX_LIST, (limit,))]
+
+    def outbox_done(self, item_id: str, version: int) -> None:
+        self._fetch(OUTBOX_DONE, (item_id, version))

@@ -10,3 +10,11 @@ CREATE TABLE IF NOT EXISTS items (
     deleted         BOOLEAN NOT NULL DEFAULT FALSE,
     updated_at      TEXT NOT NULL
 );
+
+-- Cache writes that did not reach Redis (it was unreachable from the writer): the newest version per id.
+-- Any process that reaches Redis drops older cached copies of these ids, then deletes the row, so a
+-- writer that cannot reach Redis (or dies before it can) never leaves an old version served for long.
+CREATE TABLE IF NOT EXISTS cache_outbox (
+    id      TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+);
