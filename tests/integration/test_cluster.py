@@ -65,8 +65,9 @@ def test_primary_killed_under_load_fails_over_and_nothing_stale_remains(request,
         wrong = read_everywhere([s.base for s in servers], checker.newest_versions())
         with capsys.disabled():
             print(
-                f"\n[cluster failover] replica promoted after {failed_over:.2f}s, every listener subscribed "
-                f"after {recovered_at - killed:.2f}s\n[cluster failover] whole run: {overall.line()}"
+                f"\n[cluster failover] replica promoted after {failed_over:.2f}s; recovered (every listener "
+                f"subscribed, no write left to replay) after {recovered_at - killed:.2f}s"
+                f"\n[cluster failover] whole run: {overall.line()}"
                 f"\n[cluster failover] after recovery: {after.line()}"
             )
     assert overall.read_errors == 0 and overall.write_errors == 0
