@@ -75,6 +75,11 @@ class Listener:
         self._thread: threading.Thread | None = None
         self._flush_reason = "subscribe"
 
+    @property
+    def stopped(self) -> threading.Event:
+        """Set once `stop()` was called: threads that live as long as the listener wait on it."""
+        return self._stop
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="cache-invalidation-listener", daemon=True)
         self._thread.start()

@@ -2,9 +2,9 @@
 
 A writer that cannot reach Redis replays its own writes when it can (cache/replay.py); but until then,
 or if it dies first, the other processes would keep serving the older copy Redis still holds. So the
-writer also records (id, version) in the database it just wrote to, and every listener, about once a
-second while Redis answers, drops older cached copies of what is listed, announces it to every process,
-and clears the rows.
+writer also records (id, version) in the database it just wrote to, and every process, about once a
+second while Redis answers (from a thread of its own: database calls may be slow), drops older cached
+copies of what is listed, announces it to every process, and clears the rows.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def drain(
             lru.invalidate(key, version)  # our own announcement never reaches our own listener
             outbox.outbox_done(item_id, version)
             done += 1
-    except Exception:  # noqa: BLE001 - the database is down: the rows stay for the next look
-        logger.warning("could not read the cache outbox", exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - the database is down: the rows stay for the next look
+        logger.warning("could not read the cache outbox: %s: %s", type(exc).__name__, exc)
     if done:
         logger.info("repaired %d cache entries listed in the outbox", done)
     return done

@@ -6,6 +6,7 @@ filter present. The public API over it is in cache/__init__.py.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +52,6 @@ class _State:
     redis_answers: bool = True
     generation: int = 0
     bloom_checked_at: float = float("-inf")
-    outbox_checked_at: float = float("-inf")
     topology_refreshed_at: float = float("-inf")
 
 
@@ -135,6 +135,7 @@ def _start_listener(s: _State) -> None:
         on_tick=lambda: _maintain(s),
     )
     s.listener.start()
+    threading.Thread(target=_drain_outbox_loop, args=(s, s.listener), name="cache-outbox", daemon=True).start()
 
 
 def _on_subscribed(s: _State, reason: str) -> None:
@@ -169,13 +170,17 @@ def set_outbox(outbox: Outbox | None) -> None:
     _outbox = outbox
 
 
+def _drain_outbox_loop(s: _State, listener: Listener) -> None:
+    """Its own thread: a database call can take up to DATABASE_TIMEOUT, far past the listener's pong
+    deadline, so it must never run on the listener's thread."""
+    while not listener.stopped.wait(OUTBOX_INTERVAL):
+        if _outbox is not None and listener.subscribed and s.redis_answers:
+            drain(_outbox, s.redis, s.lru, s.config.key_prefix + ITEM_NAMESPACE, s.channel, s.origin)
+
+
 def _maintain(s: _State) -> None:
-    """The listener's periodic chores, while Redis answers: replay missed writes (ours, then those the
-    outbox lists), keep a Bloom filter."""
+    """The listener's periodic chores, while Redis answers: replay missed writes, keep a Bloom filter."""
     _replay_pending(s)
-    if _outbox is not None and time.monotonic() - s.outbox_checked_at >= OUTBOX_INTERVAL:
-        s.outbox_checked_at = time.monotonic()
-        drain(_outbox, s.redis, s.lru, s.config.key_prefix + ITEM_NAMESPACE, s.channel, s.origin)
     if s.bloom is None or _bloom_rebuilder is None or time.monotonic() - s.bloom_checked_at < BLOOM_CHECK_INTERVAL:
         return
     s.bloom_checked_at = time.monotonic()
@@ -209,11 +214,11 @@ def flush_l1(reason: str) -> None:
 
 
 def reset() -> None:
-    """Stop the listener and forget this process's cache state (tests)."""
-    global _state
+    """Stop the listener and forget this process's cache state and hooks (init_cache starts with it)."""
+    global _state, _outbox, _bloom_rebuilder
     if _state is not None and _state.listener is not None:
         _state.listener.stop()
-    _state = None
+    _state, _outbox, _bloom_rebuilder = None, None, None
 
 
 def state() -> _State:
