@@ -228,7 +228,11 @@ class RedisClusterServers:
             node.stop()
 
     def __enter__(self) -> RedisClusterServers:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # a cluster that failed to form must not leave its nodes running
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
