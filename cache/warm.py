@@ -38,13 +38,19 @@ class WarmResult:
 Progress = Callable[[int, int], None]
 
 
+def lock_key() -> str:
+    """The key that lets one warm (or Bloom filter rebuild) run at a time across the fleet."""
+    s = state()
+    return s.bloom.build_lock if s.bloom else f"{s.config.key_prefix}warm-lock"
+
+
 def warm(store: ItemStore, *, fill_cache: bool = True, progress: Progress | None = None) -> WarmResult:
     """Write every item to Redis with CACHE_LONG_TTL (jittered, pipelined per batch; never over a newer
     version) and rebuild the Bloom filter from the same scan. One warm at a time across the fleet."""
     s = state()
     token = secrets.token_hex(8)
-    lock_key = s.bloom.build_lock if s.bloom else f"{s.config.key_prefix}warm-lock"
-    if not s.redis.client.set(lock_key, token, nx=True, px=BUILD_LOCK_MS):
+    lock = lock_key()
+    if not s.redis.client.set(lock, token, nx=True, px=BUILD_LOCK_MS):
         raise WarmInProgress("a warm or Bloom filter rebuild is already running")
     started, done = time.monotonic(), 0
     try:
@@ -62,7 +68,7 @@ def warm(store: ItemStore, *, fill_cache: bool = True, progress: Progress | None
                     s.redis.set_if_newer(cache_key(item.id), entry, ttl_ms, extend=True, client=pipe)
             if s.bloom and bloom_size:
                 s.bloom.add_batch(pipe, (item.id for item in batch), *bloom_size)
-            pipe.pexpire(lock_key, BUILD_LOCK_MS)
+            pipe.pexpire(lock, BUILD_LOCK_MS)
             pipe.execute()
             done += len(batch)
             if progress:
@@ -70,8 +76,8 @@ def warm(store: ItemStore, *, fill_cache: bool = True, progress: Progress | None
         if s.bloom:
             s.bloom.finish_build()
     finally:
-        if s.redis.client.get(lock_key) == token.encode():
-            s.redis.client.delete(lock_key)
+        if s.redis.client.get(lock) == token.encode():
+            s.redis.client.delete(lock)
     result = WarmResult(items=done, seconds=time.monotonic() - started, bloom_rebuilt=bool(s.bloom))
     logger.info("warmed %d items in %.1fs (bloom rebuilt: %s)", done, result.seconds, result.bloom_rebuilt)
     return result

@@ -20,9 +20,7 @@ def _authenticate() -> None:
 @bp.post("/cache/warm")
 def warm_cache() -> ResponseReturnValue:
     """Start a warm in the background: 202, or 409 while one is already running."""
-    s = state()
-    lock = s.bloom.build_lock if s.bloom else f"{s.config.key_prefix}warm-lock"
-    if s.redis.client.exists(lock):
+    if state().redis.client.exists(warm.lock_key()):
         raise ApiError(409, "warm_in_progress", "a warm is already running; try again when it has finished")
     store = current_app.extensions["item_store"]
     warm.in_background(store, fill_cache=True)
