@@ -34,17 +34,19 @@ def _registries() -> list[CollectorRegistry]:
     return [REGISTRY, current_app.extensions["request_metrics_registry"]]
 
 
-def _totals(name: str, label: str | None = None) -> dict[str, float]:
-    """Sum the samples of metric `name` over all processes, keyed by `label` ("" when unlabelled)."""
-    totals: dict[str, float] = {}
+def _totals(labels: dict[str, str | None]) -> dict[str, dict[str, float]]:
+    """For each metric name in `labels`, its samples summed over all processes, keyed by that label
+    ("" when None). One collection: in gunicorn it reads every worker's files."""
+    totals: dict[str, dict[str, float]] = {name: {} for name in labels}
     for registry in _registries():
         for metric in registry.collect():
-            if metric.name != name:
+            if metric.name not in labels:
                 continue
+            label, sums = labels[metric.name], totals[metric.name]
             for sample in metric.samples:
-                if sample.name in (name, f"{name}_total"):
+                if sample.name in (metric.name, f"{metric.name}_total"):
                     key = sample.labels.get(label, "") if label else ""
-                    totals[key] = totals.get(key, 0.0) + sample.value
+                    sums[key] = sums.get(key, 0.0) + sample.value
     return totals
 
 
@@ -57,20 +59,20 @@ def prometheus() -> ResponseReturnValue:
 @bp.get("/cache")
 def summary() -> ResponseReturnValue:
     state = cache.state()
-    by_tier = _totals("cache_requests", "tier")
-    requests = {tier: int(by_tier.get(tier, 0)) for tier in TIERS}
+    totals = _totals({"cache_requests": "tier", "cache_l1_entries": None, "cache_db_loads": None})
+    requests = {tier: int(totals["cache_requests"].get(tier, 0)) for tier in TIERS}
     total = sum(requests.values())
     hits = sum(requests[tier] for tier in HIT_TIERS)
     return {
         "l1": {
             "entries_this_worker": len(state.lru),
-            "entries_all_workers": int(_totals("cache_l1_entries").get("", 0)),
+            "entries_all_workers": int(totals["cache_l1_entries"].get("", 0)),
             "capacity_per_worker": state.config.l1_max_items,
             "ttl_seconds": state.config.l1_ttl,
         },
         "requests": requests,
         "hit_ratio": round(hits / total, 4) if total else None,
-        "db_loads": int(_totals("cache_db_loads").get("", 0)),
+        "db_loads": int(totals["cache_db_loads"].get("", 0)),
         "redis": info_summary(state.redis, embedded=state.config.redis_embedded or not state.config.redis_url),
         "worker_pid": os.getpid(),
     }
