@@ -122,13 +122,13 @@ class RedisTier:
 
     def get(self, key: str, item_id: str) -> CacheEntry | _Miss:
         """The cached entry for `key`, or MISS (also on any Redis error)."""
-        fields = self._guard("get", key, self._read, MISS, keys=[key])
+        fields = guard("get", key, self._read, MISS, keys=[key])
         return self._entry(key, item_id, fields) if fields else MISS
 
     def read_or_lock(self, key: str, item_id: str, lock_key: str, token: str, ttl_ms: int) -> CacheEntry | bool | None:
         """The cached entry if there is one by now; True: load it yourself (the lock is now yours, or the
         copy did not decode); False: another process holds the lock; None: Redis failed."""
-        found = self._guard("lock", key, self._read_or_lock, None, keys=[key, lock_key], args=[token, ttl_ms])
+        found = guard("lock", key, self._read_or_lock, None, keys=[key, lock_key], args=[token, ttl_ms])
         if found is None or isinstance(found, int):
             return None if found is None else bool(found)
         entry = self._entry(key, item_id, found)
@@ -140,7 +140,7 @@ class RedisTier:
         if body is codec.CORRUPT:
             DECODE_ERRORS.inc()
             logger.warning("redis value for key %s does not decode: deleted, treated as a miss", key)
-            self._guard("delete", key, self.client.delete, 0, key)
+            guard("delete", key, self.client.delete, 0, key)
             return MISS
         assert body is None or isinstance(body, bytes)
         return CacheEntry(
@@ -176,23 +176,20 @@ class RedisTier:
             # EVAL with the script's text, not EVALSHA: nothing to preload on every node, and cluster
             # pipelines allow it (Redis caches the compiled script by its hash all the same).
             return client.execute_command("EVAL", SET_IF_NEWER, 1, key, *args)  # type: ignore[no-any-return]
-        result = self._guard("set", key, self._set_if_newer, None, keys=keys, args=args)
+        result = guard("set", key, self._set_if_newer, None, keys=keys, args=args)
         return None if result is None else int(result)
 
     def drop_if_older(self, key: str, version: int, channel: str, message: bytes) -> int | None:
         """Drop a cached copy older than `version` and announce it: 1 dropped/announced, 0 Redis is
         already as new, None when Redis failed."""
-        result = self._guard("outbox", key, self._drop_if_older, None, keys=[key], args=[version, channel, message])
+        result = guard("outbox", key, self._drop_if_older, None, keys=[key], args=[version, channel, message])
         return None if result is None else int(result)
 
     def delete(self, key: str) -> bool:
-        return bool(self._guard("delete", key, self.client.delete, 0, key))
+        return bool(guard("delete", key, self.client.delete, 0, key))
 
     def ping(self) -> bool:
-        return bool(self._guard("ping", "-", self.client.ping, False))
-
-    def _guard(self, op: str, key: str, call: Callable[..., Any], default: T, *args: Any, **kwargs: Any) -> Any:
-        return guard(op, key, call, default, *args, **kwargs)
+        return bool(guard("ping", "-", self.client.ping, False))
 
 
 def guard(op: str, key: str, call: Callable[..., Any], default: T, *args: Any, **kwargs: Any) -> Any:
@@ -227,7 +224,7 @@ def info_summary(tier: RedisTier, embedded: bool) -> dict[str, Any]:
     """The INFO fields an operator looks at first, or {"error": ...} when Redis does not answer."""
     if embedded:  # fakeredis has no INFO
         return {"embedded": True, "server": "fakeredis (in-memory, this machine only)"}
-    info = tier._guard("info", "-", tier.client.info, None)
+    info = guard("info", "-", tier.client.info, None)
     if info is None:
         return {"embedded": False, "error": "redis unavailable"}
     summary = {"embedded": False} | {name: info.get(name) for name in INFO_FIELDS}
