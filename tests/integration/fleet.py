@@ -49,6 +49,16 @@ def first_log_time(server: Gunicorn, text: str, since: float) -> float | None:
 
 
 @contextlib.contextmanager
+def database_url(request, tmp_path) -> Iterator[str]:
+    """PostgreSQL when the suite has one (always in CI), else a SQLite file both instances share."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        with postgres_schema_url(request.getfixturevalue("postgres_url")) as url:
+            yield url
+    else:
+        yield f"sqlite:///{tmp_path / 'items.sqlite3'}"
+
+
+@contextlib.contextmanager
 def fleet(postgres_url: str, db_delay: float = 0.0, seed: int = 0, **env: str) -> Iterator[tuple]:
     """redis-server + PostgreSQL (through a proxy) + 2 instances x 2 workers; yields what tests poke.
     `seed` items are inserted before the service starts (rows written behind its back would be unknown

@@ -10,18 +10,15 @@ import time
 from collections.abc import Iterator
 
 from tests.integration.consistency import Checker, read_everywhere
-from tests.integration.fleet import recovered
-from tests.support import Gunicorn, RedisClusterServers, postgres_schema_url, wait_until
+from tests.integration.fleet import database_url, recovered
+from tests.support import Gunicorn, RedisClusterServers, wait_until
 
 
 @contextlib.contextmanager
 def cluster_fleet(request, tmp_path) -> Iterator[tuple[RedisClusterServers, list[Gunicorn]]]:
     with contextlib.ExitStack() as stack:
         cluster = stack.enter_context(RedisClusterServers())
-        if os.environ.get("TEST_DATABASE_URL"):
-            db_url = stack.enter_context(postgres_schema_url(request.getfixturevalue("postgres_url")))
-        else:
-            db_url = f"sqlite:///{tmp_path / 'items.sqlite3'}"
+        db_url = stack.enter_context(database_url(request, tmp_path))
         env = {"REDIS_URL": cluster.url, "REDIS_CLUSTER": "true", "DATABASE_URL": db_url, "CACHE_L1_TTL": "10"}
         servers = [stack.enter_context(Gunicorn(env, workers=2)) for _ in range(2)]
         wait_until(lambda: recovered(servers), timeout=20)

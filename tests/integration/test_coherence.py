@@ -13,8 +13,8 @@ import redis
 
 from bench.coherence import lag_buckets
 from tests.integration.consistency import Checker, read_everywhere
-from tests.integration.fleet import first_log_time, metric, recovered
-from tests.support import Gunicorn, RedisServer, TcpProxy, postgres_schema_url, wait_until
+from tests.integration.fleet import database_url, first_log_time, metric, recovered
+from tests.support import Gunicorn, RedisServer, TcpProxy, wait_until
 
 L1_TTL = 10.0  # seconds: the hard cap on staleness the faults must stay under
 HEALTHY_SECONDS = float(os.environ.get("CHECKER_SECONDS", "30"))
@@ -32,16 +32,6 @@ def lag_bound(servers: list[Gunicorn], q: float = 1.0, since: list[tuple[float, 
 def recovery_mark(servers: list[Gunicorn]) -> tuple[float, list[tuple[float, float]]]:
     """When recovery was seen, and the lag histogram then: what comes after is judged on its own lag."""
     return time.monotonic(), lag_buckets(servers)
-
-
-@contextlib.contextmanager
-def database_url(request, tmp_path) -> Iterator[str]:
-    """PostgreSQL when the suite has one (always in CI), else a SQLite file both instances share."""
-    if os.environ.get("TEST_DATABASE_URL"):
-        with postgres_schema_url(request.getfixturevalue("postgres_url")) as url:
-            yield url
-    else:
-        yield f"sqlite:///{tmp_path / 'items.sqlite3'}"
 
 
 @contextlib.contextmanager
