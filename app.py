@@ -15,7 +15,7 @@ import cache
 import routes
 from cache import warm
 from config import ConfigError, load_config
-from db import DatabaseUnavailable, open_store
+from db import DatabaseUnavailable, ItemStore, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +34,10 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     except DatabaseUnavailable as exc:  # keep serving cached reads; readiness reports the database
         logger.error("could not create the schema at start-up: %s", exc)
     app.extensions["item_store"] = store
-    cache.init_cache(config)
-    # A listener that finds no Bloom filter (first start, flushed, disabled) has one built, in the background.
-    cache.set_bloom_rebuilder(lambda: warm.in_background(store, fill_cache=False, only_if_no_bloom=True))
-    cache.set_outbox(store)  # cache writes Redis missed are recorded there, and repaired by any process
+    # The store lists cache writes Redis missed (repaired by any process) and rebuilds the Bloom filter.
+    cache.init_cache(config, store=store)
     if config.warm_on_start:
-        warm.in_background(store, fill_cache=True)
+        _warm_on_start(store)
     if config.api_token is None:
         logger.warning("API_TOKEN is not set: anyone who can reach this service can write items")
 
@@ -47,6 +45,13 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     app.cli.add_command(init_db_command)
     app.cli.add_command(warm_cache_command)
     return app
+
+
+def _warm_on_start(store: ItemStore) -> None:
+    try:
+        warm.warm_in_background(cache.state(), store)
+    except (warm.WarmInProgress, warm.CacheUnavailable) as exc:
+        logger.info("warm on start skipped: %s", exc)
 
 
 def _configure_logging(level: str) -> None:
@@ -74,18 +79,16 @@ def warm_cache_command() -> None:
 
     from flask import current_app
 
-    store = current_app.extensions["item_store"]
-    if sys.stderr.isatty():
-        with click.progressbar(length=store.count(), label="warming", file=sys.stderr) as bar:
-            last = [0]
-
-            def progress(done: int, total: int) -> None:
-                bar.update(done - last[0])
-                last[0] = done
-
-            result = warm.warm(store, progress=progress)
-    else:
-        result = warm.warm(store, progress=warm.log_progress())
+    store, process = current_app.extensions["item_store"], cache.state()
+    try:
+        hold = warm.take_lock(process)
+        if sys.stderr.isatty():
+            with click.progressbar(length=store.count(), label="warming", file=sys.stderr) as bar:
+                result = warm.warm(process, store, hold, lambda done, total: bar.update(done - bar.pos))
+        else:
+            result = warm.warm(process, store, hold, warm.log_progress())
+    except (warm.WarmInProgress, warm.CacheUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"warmed {result.items} items in {result.seconds:.1f}s (bloom filter rebuilt: {result.bloom_rebuilt})")
 
 

@@ -27,7 +27,7 @@ def per_op_ns(statement, repeat: int = 7) -> float:
 
 
 def main() -> None:
-    cache.init_cache(load_config({"CACHE_BLOOM": "false"}), client=fakeredis.FakeRedis(protocol=2), listen=False)
+    cache.init_cache(load_config({"CACHE_BLOOM": "false"}), client=fakeredis.FakeRedis(protocol=2))
     key = cache_key("hot")
     cache_set(key, CacheEntry.build("hot", 1, b'{"id":"hot"}'))
     assert cache_get(key)[1] == "lru"

@@ -1,114 +1,160 @@
 """The cache API: module-level functions over an in-process LRU (L1) and Redis (L2).
 
-The seed's cacheGet / cacheSet / cacheDelete are `cache_get`, `cache_set`, `cache_delete` here. State is
-per process and built by `init_cache` (cache/process.py); tests call `reset()`. Coherence between
-processes (cache/invalidation.py) runs when `enable_listener()` was called first (gunicorn's post_fork,
-`python app.py`) or `init_cache(..., listen=True)`.
+The seed's cacheGet / cacheSet / cacheDelete are `cache_get`, `cache_set`, `cache_delete`; a read's fill
+and an early refresh have names of their own (`cache_fill`, `cache_refresh`). The state behind them is
+per process (cache/process.py), built by `init_cache`; tests call `reset()`.
 """
 
 from __future__ import annotations
 
-from cache import process
+import redis
+
 from cache.entry import MISS, CacheEntry, _Miss
-from cache.metrics import L1_ENTRIES
-from cache.process import (
-    ITEM_NAMESPACE,
-    _State,
-    enable_listener,
-    flush_l1,
-    init_cache,
-    reset,
-    set_bloom_rebuilder,
-    set_outbox,
-    state,
-    write_redis,
-)
-from cache.redis_tier import NEWER
-from cache.stampede import jittered
+from cache.invalidation import new_origin
+from cache.lock import Acquired
+from cache.process import CacheProcess, build, start_listening, stop_listening
+from cache.redis_tier import SetOutcome
+from config import Config
+from db import ItemStore
+
+_process: CacheProcess | None = None
+_listen_after_fork = False  # enable_listener() was called: every cache this process builds listens
+
+
+def init_cache(config: Config, client: redis.Redis | None = None, store: ItemStore | None = None) -> None:
+    """Build this process's cache over `client` (default: the Redis `config` names). `store` (the
+    database) repairs writes Redis missed and rebuilds the Bloom filter. Listens if enable_listener() ran."""
+    global _process
+    _stop()
+    _process = build(config, client, store)
+    if _listen_after_fork:
+        start_listening(_process)
+
+
+def enable_listener() -> None:
+    """Listen in this process (gunicorn's post_fork): now if the cache exists, else once init_cache builds
+    it. Call it after any fork, never before."""
+    global _listen_after_fork
+    _listen_after_fork = True
+    if _process is not None and _process.listener is None:
+        _process.set_origin(new_origin())  # preloaded in the master: this is a new process
+        _process.flush_l1("subscribe")
+        start_listening(_process)
+
+
+def start_listener() -> None:
+    """Start this process's listener now (tests, tools); L1 is bypassed until it is subscribed."""
+    if state().listener is None:
+        start_listening(state())
+
+
+def reset() -> None:
+    """Stop the listener and forget this process's cache (tests)."""
+    global _process, _listen_after_fork
+    _stop()
+    _process, _listen_after_fork = None, False
+
+
+def state() -> CacheProcess:
+    if _process is None:
+        raise RuntimeError("cache not initialised: call init_cache(config) first (create_app does)")
+    return _process
 
 
 def cache_key(item_id: str) -> str:
     """`"item:" + id`, under CACHE_KEY_PREFIX."""
-    return f"{state().config.key_prefix}{ITEM_NAMESPACE}{item_id}"
+    return state().key(item_id)
 
 
 def cache_get(key: str) -> tuple[CacheEntry | _Miss, str | None]:
-    """L1, then Redis (promoting a hit into L1). Returns (entry, "lru" | "redis") or (MISS, None)."""
-    s = process._state or state()  # the attribute, not the call: this is the L1-hit path
-    if s.l1_usable:
+    """L1, then Redis (copied into L1). Returns (entry, "lru" | "redis") or (MISS, None)."""
+    s = _process or state()  # the attribute, not the call: this is the L1-hit path
+    if s.trust.usable:
         entry = s.lru.get(key)
         if entry is not None:
             return entry, "lru"
-    generation = s.generation
-    found = s.redis.get(key, key[s.key_start :])
-    if found is MISS:
+    generation = s.trust.generation
+    found = s.redis.get(key, s.item_id(key))
+    if not isinstance(found, CacheEntry):
         return MISS, None
-    assert isinstance(found, CacheEntry)
     if s.config.l1_max_items and found.version < s.lru.known_version(key):
         # Redis lost a newer write (a failover) or missed one (an outage): load it again, repairing Redis.
         return MISS, None
-    _fill_l1(s, key, found, generation)
+    s.fill_l1(key, found, generation)
     return found, "redis"
 
 
-def cache_set(
-    key: str,
-    entry: CacheEntry,
-    ttl: float | None = None,
-    *,
-    replay: bool = True,
-    extend: bool = False,
-    release: tuple[str, str] | None = None,
-) -> bool:
-    """Write Redis (announcing it to the other processes), then L1, unless a newer version is already
-    cached. False when it was refused.
-
-    `ttl` (seconds, spread by CACHE_TTL_JITTER) defaults to CACHE_TTL for an item and CACHE_NEGATIVE_TTL
-    for an absent id; `extend` gives the same version already cached the new TTL (an early refresh);
-    `release` (lock key, token) frees the caller's load lock in the same step. A
-    Redis failure is absorbed (logged, counted) and L1 is still written; with `replay` (a write, not a
-    read's fill) the entry is also remembered and written to Redis when it answers again.
-    """
+def cache_set(key: str, entry: CacheEntry, ttl: float | None = None) -> SetOutcome:
+    """The seed's cacheSet, for a change the database committed: Redis (unless it holds a newer version;
+    announced to every process), then L1. A write Redis missed is replayed when it answers again."""
     s = state()
-    if ttl is None:
-        ttl = s.config.cache_ttl if entry.exists else s.config.negative_ttl
-    generation = s.generation
-    if write_redis(s, key, entry, jittered(ttl, s.config.ttl_jitter), replay, extend, release) == NEWER:
-        return False
-    _fill_l1(s, key, entry, generation)
-    return True
+    generation, ttl_ms = s.trust.generation, s.ttl_ms(entry, ttl)
+    outcome = s.redis.set_if_newer(key, entry, ttl_ms)
+    s.remember_write(key, entry, ttl_ms, outcome)
+    return _then_l1(s, key, entry, generation, outcome)
+
+
+def cache_fill(key: str, entry: CacheEntry, release: Acquired | None = None) -> SetOutcome:
+    """A read's fill from the database: as cache_set, but never replayed (the next read refills), and
+    `release` frees the caller's load lock in the same step."""
+    s = state()
+    generation = s.trust.generation
+    outcome = s.redis.set_if_newer(key, entry, s.ttl_ms(entry), release)
+    return _then_l1(s, key, entry, generation, outcome)
+
+
+def cache_refresh(key: str, entry: CacheEntry, ttl: float | None) -> SetOutcome:
+    """An early refresh: as cache_fill, and a copy of this very version already in Redis takes `ttl`."""
+    s = state()
+    generation = s.trust.generation
+    outcome = s.redis.refresh(key, entry, s.ttl_ms(entry, ttl))
+    return _then_l1(s, key, entry, generation, outcome)
 
 
 def cache_delete(key: str, version: int | None = None) -> None:
-    """Remove `key` from both tiers. With `version` (a delete the database made), leave a tombstone at
-    that version for CACHE_NEGATIVE_TTL instead, so no slower reader can put an older version back."""
+    """Remove `key` from every tier of every process. With `version` (a delete the database made), leave
+    a tombstone at that version for CACHE_NEGATIVE_TTL instead, so no slower reader can put an older one back."""
     s = state()
-    if version is None:
-        s.redis.delete(key)
-        s.lru.delete(key)
+    if version is not None:
+        cache_set(key, CacheEntry.build(s.item_id(key), version, None))
         return
-    cache_set(key, CacheEntry.build(key[s.key_start :], version, None))
+    s.redis.delete(key)  # announced: the other processes drop their copy whatever its version
+    s.lru.delete(key)
 
 
-def _fill_l1(s: _State, key: str, entry: CacheEntry, generation: int) -> None:
-    if s.l1_usable and s.generation == generation and s.lru.set(key, entry):
-        L1_ENTRIES.set(len(s.lru))
+def flush_l1(reason: str) -> None:
+    """Empty this process's L1 (counted in cache_l1_flushes_total{reason})."""
+    state().flush_l1(reason)
+
+
+def _then_l1(s: CacheProcess, key: str, entry: CacheEntry, generation: int, outcome: SetOutcome) -> SetOutcome:
+    """L1 follows Redis: it takes the entry unless Redis refused it for a newer version (or Redis failed:
+    then L1 still serves this process the version its database just committed)."""
+    if outcome is not SetOutcome.NEWER:
+        s.fill_l1(key, entry, generation)
+    return outcome
+
+
+def _stop() -> None:
+    if _process is not None:
+        stop_listening(_process)
 
 
 __all__ = [
-    "ITEM_NAMESPACE",
     "MISS",
     "CacheEntry",
-    "_State",
+    "CacheProcess",
+    "SetOutcome",
     "cache_delete",
+    "cache_fill",
     "cache_get",
     "cache_key",
+    "cache_refresh",
     "cache_set",
     "enable_listener",
     "flush_l1",
     "init_cache",
     "reset",
-    "set_bloom_rebuilder",
-    "set_outbox",
+    "start_listener",
     "state",
 ]

@@ -8,96 +8,119 @@ Everything that decides what a request sees lives here; the views only translate
                     the others wait for its fill; the loader reads the DB and fills Redis and L1.
     write:  Bloom add -> DB -> Redis (only if newer, announced to every process) -> L1.
     delete: DB -> versioned tombstone in Redis and L1.
+
+Where to look next: the tiers and their settings (L1 size and TTL: CACHE_L1_MAX_ITEMS, CACHE_L1_TTL) are
+built in cache/process.py; an invalidation from another process is applied to L1 in cache/coherence.py;
+a Redis failure is absorbed by cache/guard.py (reads fall through to the DB, writes still succeed, and
+L1 is bypassed while Redis or the listener is down: cache/trust.py).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from cache import CacheEntry, cache_delete, cache_get, cache_key, cache_set, state
-from cache.metrics import DB_LOADS, REQUESTS_BY_TIER, STAMPEDE_WAITS
+from cache import CacheEntry, cache_delete, cache_fill, cache_get, cache_refresh, cache_set, state
+from cache.guard import RedisDown
+from cache.lock import Acquired, FleetLock, HeldByOther
+from cache.metrics import DB_LOADS, REFRESH_FAILURES, REQUESTS_BY_TIER, STAMPEDE_WAITS
+from cache.process import CacheProcess
+from cache.redis_tier import Found
 from cache.stampede import SingleFlight, backoff_delays, should_refresh
-from db import ItemStore, WriteResult
+from db import DatabaseUnavailable, ItemStore, WriteResult
 
-_flights: SingleFlight[tuple[CacheEntry, str]] = SingleFlight()
+logger = logging.getLogger(__name__)
 
 
-def read_item(store: ItemStore, item_id: str) -> tuple[CacheEntry, str]:
-    """The entry for `item_id` and the tier that answered ("lru", "redis" or "db").
+@dataclass(frozen=True, slots=True)
+class Read:
+    entry: CacheEntry  # entry.exists is False for an id that does not exist
+    tier: str  # where the answer came from: lru, redis, db; for an absent id also negative (cached) or bloom
 
-    `entry.exists` is False for an id that does not exist: that answer is cached too (negative entry).
-    Raises DatabaseUnavailable only when the cache had nothing and the database is down.
-    """
-    if not state().config.cache_enabled:
-        REQUESTS_BY_TIER["db"].inc()
-        return _load(store, item_id), "db"
-    key = cache_key(item_id)
+
+_flights: SingleFlight[Read] = SingleFlight()
+
+
+def read_item(store: ItemStore, item_id: str) -> Read:
+    """The entry for `item_id` and where it came from (counted in cache_requests_total{tier}).
+    Raises DatabaseUnavailable only when the cache had nothing and the database is down."""
+    read = _read(store, item_id)
+    REQUESTS_BY_TIER[read.tier].inc()
+    return read
+
+
+def _read(store: ItemStore, item_id: str) -> Read:
+    s = state()
+    if not s.config.cache_enabled:
+        return Read(_load(store, item_id), "db")
+    key = s.key(item_id)
     entry, tier = cache_get(key)
     if isinstance(entry, CacheEntry) and tier is not None:
-        if tier == "redis" and entry.exists and _refresh_due(entry):
-            refreshed = _refresh_early(store, item_id, key, entry)
+        if tier == "redis" and entry.exists and _refresh_due(s, entry):
+            refreshed = _refresh_early(s, store, item_id, entry)
             if refreshed is not None:
-                return refreshed, "db"
-        REQUESTS_BY_TIER[tier if entry.exists else "negative"].inc()
-        return entry, tier
-    bloom = state().bloom
-    if bloom is not None and not bloom.might_contain(item_id):
-        REQUESTS_BY_TIER["bloom"].inc()
-        return CacheEntry.build(item_id, 0, None), "redis"
-    config = state().config
-    if not config.stampede_protection:
+                return Read(refreshed, "db")
+        return _cached(entry, tier)
+    if s.bloom is not None and not s.bloom.might_contain(item_id):
+        return Read(CacheEntry.build(item_id, 0, None), "bloom")
+    if not s.config.stampede_protection:
         entry = _load(store, item_id)
-        cache_set(key, entry, replay=False)
-        REQUESTS_BY_TIER["db"].inc()
-        return entry, "db"
+        cache_fill(key, entry)
+        return Read(entry, "db")
     # Followers wait as long as the leader may: its own wait for another process, then one load.
-    follower_timeout = config.lock_wait + config.lock_ttl
-    (entry, tier), waited = _flights.run(key, lambda: _load_once(store, item_id, key), follower_timeout)
+    follower_timeout = s.config.lock_wait + s.config.lock_ttl
+    read, waited = _flights.run(key, functools.partial(_load_once, s, store, item_id), follower_timeout)
     if waited:
         STAMPEDE_WAITS.inc()
-    REQUESTS_BY_TIER[tier if entry.exists or tier == "db" else "negative"].inc()
-    return entry, tier
+    return read
 
 
-def _load_once(store: ItemStore, item_id: str, key: str) -> tuple[CacheEntry, str]:
+def _cached(entry: CacheEntry, tier: str) -> Read:
+    return Read(entry, tier if entry.exists else "negative")
+
+
+def _load_once(s: CacheProcess, store: ItemStore, item_id: str) -> Read:
     """Load under the fleet lock; if another process holds it, wait for its fill instead."""
-    s = state()
-    lock_key, token = s.lock.key(key), s.lock.new_token()
+    key = s.key(item_id)
+    lock_key = FleetLock.for_item(key)
     # One step: filled while we came here? Then no load at all. Else take the lock (or learn who has it).
-    found = s.redis.read_or_lock(key, item_id, lock_key, token, s.lock.ttl_ms)
-    if isinstance(found, CacheEntry) and found.version >= s.lru.known_version(key):
-        return found, "redis"
-    holder: str | None = token if found is True else None  # None: Redis failed, load without a lock
-    if found is False:
+    found = s.redis.read_or_lock(key, item_id, lock_key, s.lock.new_token(), s.lock.ttl_ms)
+    if isinstance(found, Found) and found.entry.version >= s.lru.known_version(key):
+        return _cached(found.entry, "redis")
+    hold = found if isinstance(found, Acquired) else None  # Redis down, or its copy is stale: no lock
+    if isinstance(found, HeldByOther):
         STAMPEDE_WAITS.inc()
-        waited = _wait_for_fill(key)
+        waited = _wait_for_fill(s, key)
         if isinstance(waited, CacheEntry):
-            return waited, "redis"
-        holder = waited
+            return _cached(waited, "redis")
+        hold = waited
     try:
         entry = _load(store, item_id)
     except BaseException:
-        if holder is not None:
-            s.lock.release(key, holder)
+        if hold is not None:
+            s.lock.release(lock_key, hold.token)
         raise
     # A fill, not a write: if Redis misses it, the next read refills. The lock goes in the same step.
-    cache_set(key, entry, replay=False, release=(lock_key, holder) if holder else None)
-    return entry, "db"
+    cache_fill(key, entry, release=hold)
+    return Read(entry, "db")
 
 
-def _wait_for_fill(key: str) -> CacheEntry | str | None:
-    """Wait (bounded by CACHE_LOCK_WAIT) for another process's fill: the entry when it lands, a lock token
-    if its holder vanished and we got the lock, None when the wait ran out (the caller loads anyway)."""
-    s = state()
+def _wait_for_fill(s: CacheProcess, key: str) -> CacheEntry | Acquired | None:
+    """Wait (up to CACHE_LOCK_WAIT) for another process's fill: the entry when it lands, the lock if its
+    holder vanished, None when the wait ran out or Redis failed (the caller loads without the lock)."""
     for delay in backoff_delays(s.config.lock_wait):
         s.fills.wait(key, delay)
         entry, _ = cache_get(key)
         if isinstance(entry, CacheEntry):
             return entry
-        token = s.lock.acquire(key)
-        if token is not None:
-            return token
+        held = s.lock.acquire(FleetLock.for_item(key))
+        if isinstance(held, Acquired):
+            return held
+        if isinstance(held, RedisDown):
+            return None
     return None
 
 
@@ -112,40 +135,42 @@ def _load(store: ItemStore, item_id: str) -> CacheEntry:
     return CacheEntry.build(item_id, item.version, item.to_json(), load_ms)
 
 
-def _refresh_due(entry: CacheEntry) -> bool:
-    return should_refresh(entry.load_ms, entry.remaining_ms, state().config.xfetch_beta)
+def _refresh_due(s: CacheProcess, entry: CacheEntry) -> bool:
+    return should_refresh(entry.load_ms, entry.remaining_ms, s.config.xfetch_beta)
 
 
-def _refresh_early(store: ItemStore, item_id: str, key: str, cached: CacheEntry) -> CacheEntry | None:
+def _refresh_early(s: CacheProcess, store: ItemStore, item_id: str, cached: CacheEntry) -> CacheEntry | None:
     """Reload a hot key before it expires, in one process (the lock holder); a key refreshed early was
-    being read near its expiry, so it earns twice its TTL, up to CACHE_LONG_TTL."""
-    s = state()
-    token = s.lock.acquire(key)
-    if token is None:
-        return None  # someone else is refreshing it; the cached value is still good
+    being read near its expiry, so it earns twice its TTL, up to CACHE_LONG_TTL. None: serve `cached`."""
+    key = s.key(item_id)
+    held = s.lock.acquire(FleetLock.for_item(key))
+    if not isinstance(held, Acquired):
+        return None  # another process is refreshing it (or Redis failed): the cached value is still good
     try:
         entry = _load(store, item_id)
         ttl = min(max(2 * cached.ttl_ms / 1000, s.config.cache_ttl), s.config.cache_long_ttl)
-        cache_set(key, entry, ttl if entry.exists else None, replay=False, extend=True)
-        REQUESTS_BY_TIER["db"].inc()
+        cache_refresh(key, entry, ttl if entry.exists else None)
         return entry
+    except DatabaseUnavailable as exc:
+        REFRESH_FAILURES.inc()  # the cached copy is still valid: a failed refresh must not fail the read
+        logger.warning("early refresh of %s failed, serving the cached copy: %s", item_id, exc)
+        return None
     finally:
-        s.lock.release(key, token)
+        s.lock.release(FleetLock.for_item(key), held.token)
 
 
 def write_item(store: ItemStore, item_id: str, fields: dict[str, Any]) -> tuple[WriteResult, CacheEntry]:
     """Upsert in the database (the source of truth), then refresh both tiers with the new version.
 
     The Bloom filter learns the id first, so it never says "absent" for a committed item. If the database
-    write fails it raises and the cache is not touched.
-    """
+    write fails it raises and the cache is not touched."""
     s = state()
     if s.bloom is not None and not s.bloom.add(item_id):
         s.pending.bloom_missed = True
     result = store.upsert(item_id, fields)
     entry = CacheEntry.build(item_id, result.item.version, result.item.to_json())
     if s.config.cache_enabled:
-        cache_set(cache_key(item_id), entry)
+        cache_set(s.key(item_id), entry)
     return result, entry
 
 
@@ -155,5 +180,5 @@ def remove_item(store: ItemStore, item_id: str) -> bool:
     if version is None:
         return False
     if state().config.cache_enabled:
-        cache_delete(cache_key(item_id), version)
+        cache_delete(state().key(item_id), version)
     return True

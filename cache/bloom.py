@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import redis
 
-from cache.redis_tier import guard
+from cache.guard import Guard, RedisDown
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +113,8 @@ def positions(item_id: str, m: int, k: int) -> list[int]:
 
 
 class BloomFilter:
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
-        self.client = client
+    def __init__(self, client: redis.Redis, guard: Guard, prefix: str) -> None:
+        self.client, self.guard = client, guard
         tag = f"{prefix}{{bloom}}"  # one hash tag: every key below lives in one Redis Cluster slot
         self.meta, self.bits = f"{tag}:meta", f"{tag}:bits"
         self.next_meta, self.next_bits, self.built_bits = f"{tag}:next-meta", f"{tag}:next-bits", f"{tag}:built"
@@ -125,19 +125,20 @@ class BloomFilter:
 
     def might_contain(self, item_id: str) -> bool:
         """False only when the filter is built and says the id was never added; True on any doubt."""
-        return guard("bloom", item_id, self._check, -1, keys=[self.meta, self.bits], args=[item_id]) != 0
+        return self.guard("bloom", item_id, self._check, keys=[self.meta, self.bits], args=[item_id]) != 0
 
     def add(self, item_id: str) -> bool:
         """Add before the database commits. False when Redis failed (the caller must disable the filter)."""
         keys = [self.meta, self.bits, self.next_meta, self.next_bits]
-        return guard("bloom", item_id, self._add, None, keys=keys, args=[item_id]) is not None
+        return not isinstance(self.guard("bloom", item_id, self._add, keys=keys, args=[item_id]), RedisDown)
 
     def disable(self) -> bool:
         """Stop answering "absent" until rebuilt (the filter may lack an id). False when Redis failed."""
-        return guard("bloom", "-", self.client.delete, None, self.meta) is not None
+        return not isinstance(self.guard("bloom", "-", self.client.delete, self.meta), RedisDown)
 
-    def is_built(self) -> bool:
-        return bool(guard("bloom", "-", self.client.exists, 0, self.meta))
+    def is_built(self) -> bool | RedisDown:
+        built = self.guard("bloom", "-", self.client.exists, self.meta)
+        return built if isinstance(built, RedisDown) else bool(built)
 
     def begin_build(self, expected_items: int) -> tuple[int, int]:
         """Announce a build sized for `expected_items`: from now on, writes add to it too."""

@@ -27,8 +27,9 @@ class CircuitBreaker:
         timer: Callable[[], float] = time.monotonic,
         on_change: Callable[[bool], None] | None = None,
     ) -> None:
-        """`on_change(closed)` is called when the circuit opens (False) and when it closes again (True)."""
+        """`on_change(closed)` hears the circuit open (False) and close again (True), on the calling thread."""
         self.threshold, self.cooldown, self.timer, self.on_change = threshold, cooldown, timer, on_change
+        CIRCUIT_OPEN.set(0)
         self.state = CLOSED
         self.failures = 0
         self.opened_at = 0.0
@@ -67,13 +68,3 @@ class CircuitBreaker:
             CIRCUIT_OPEN.set(1)
             if self.on_change:
                 self.on_change(False)
-
-
-breaker = CircuitBreaker()
-
-
-def configure(threshold: int, cooldown: float, on_change: Callable[[bool], None] | None = None) -> None:
-    """A fresh breaker for this process (init_cache)."""
-    global breaker
-    breaker = CircuitBreaker(threshold, cooldown, on_change=on_change)
-    CIRCUIT_OPEN.set(0)

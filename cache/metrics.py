@@ -11,6 +11,7 @@ REQUESTS = Counter("cache_requests", "Item reads answered, by the tier that answ
 DB_LOADS = Counter("cache_db_loads", "Item reads that reached the database")
 COMPRESSION_SAVED = Counter("cache_compression_saved_bytes", "Bytes of Redis values saved by compression")
 DECODE_ERRORS = Counter("cache_decode_errors", "Redis values that failed to decode (treated as a miss, deleted)")
+REFRESH_FAILURES = Counter("cache_refresh_failures", "Early refreshes that failed (the cached copy was served)")
 STAMPEDE_WAITS = Counter("cache_stampede_waits", "Readers that waited for another loader instead of reading the DB")
 REDIS_ERRORS = Counter("cache_redis_errors", "Redis calls that failed and were absorbed", ["op"])
 INVALIDATIONS = Counter(

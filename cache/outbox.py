@@ -10,12 +10,12 @@ copies of what is listed, announces it to every process, and clears the rows.
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from cache.entry import CacheEntry
-from cache.invalidation import encode_message
-from cache.lru import LRUCache
-from cache.redis_tier import RedisTier
+from cache.guard import RedisDown
+
+if TYPE_CHECKING:
+    from cache.process import CacheProcess
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +37,15 @@ def record(outbox: Outbox, item_id: str, version: int) -> None:
         logger.warning("could not record the missed cache write of %s in the outbox", item_id, exc_info=True)
 
 
-def drain(
-    outbox: Outbox, tier: RedisTier, lru: LRUCache[CacheEntry], key_prefix: str, channel: str, origin: str
-) -> int:
+def drain(outbox: Outbox, cache: CacheProcess) -> int:
     """Repair what the outbox lists; returns how many rows were cleared. Stops at a Redis failure."""
     done = 0
     try:
         for item_id, version in outbox.outbox_list():
-            key = key_prefix + item_id
-            if tier.drop_if_older(key, version, channel, encode_message(key, version, origin)) is None:
+            key = cache.key(item_id)
+            if isinstance(cache.redis.drop_if_older(key, version), RedisDown):
                 break  # Redis failed: the rows stay for the next look
-            lru.invalidate(key, version)  # our own announcement never reaches our own listener
+            cache.lru.invalidate(key, version)  # our own announcement never reaches our own listener
             outbox.outbox_done(item_id, version)
             done += 1
     except Exception as exc:  # noqa: BLE001 - the database is down: the rows stay for the next look

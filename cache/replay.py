@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from cache.entry import CacheEntry
 from cache.metrics import PENDING_WRITES
+from cache.redis_tier import SetOutcome
 
 RECENT_SECONDS = 10.0  # how far back an outage puts acknowledged writes in doubt
 
@@ -49,7 +50,7 @@ class PendingWrites:
             self.dropped += 1
         PENDING_WRITES.set(len(self._entries))
 
-    def replay(self, write: Callable[[str, CacheEntry, int], int | None]) -> int:
+    def replay(self, write: Callable[[str, CacheEntry, int], SetOutcome]) -> int:
         """Write each pending entry with `write`; stop at the first failure. Returns how many were written.
         After an outage, the writes Redis acknowledged in the last RECENT_SECONDS are replayed too."""
         with self._lock:
@@ -66,7 +67,7 @@ class PendingWrites:
                 if not self._entries:
                     return done
                 key, (entry, ttl_ms) = next(iter(self._entries.items()))
-            if write(key, entry, ttl_ms) is None:
+            if write(key, entry, ttl_ms) is SetOutcome.FAILED:
                 return done
             with self._lock:
                 if self._entries.get(key, (None,))[0] is entry:

@@ -1,29 +1,17 @@
-"""Miss protection: one load per key per process (single-flight), one per key across the fleet (a Redis
-lock), TTL jitter, and probabilistic early refresh of hot keys (XFetch).
+"""Miss protection in one process: one load per key (single-flight), readers woken by another process's
+fill, TTL jitter, and probabilistic early refresh of hot keys (XFetch). The fleet-wide lock: cache/lock.py.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import secrets
 import threading
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-import redis
-
-from cache.redis_tier import guard
-
 T = TypeVar("T")
-
-# KEYS[1]: the lock's key   ARGV[1]: the token its holder set
-# returns: 1 released; 0 not ours any more (it expired, and maybe someone else holds it now)
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class SingleFlight(Generic[T]):
@@ -41,6 +29,8 @@ class SingleFlight(Generic[T]):
             if call is None:
                 call = self._calls[key] = _Call()
         if not leader:
+            with self._lock:
+                call.waiters += 1
             if call.done.wait(timeout):
                 return call.result(), True
             return load(), False  # the leader is stuck: load anyway rather than fail
@@ -55,12 +45,19 @@ class SingleFlight(Generic[T]):
             call.done.set()
         return call.value, False
 
+    def waiting(self, key: str) -> int:
+        """How many callers have waited for the load of `key` now running (tests, diagnostics)."""
+        with self._lock:
+            call = self._calls.get(key)
+            return call.waiters if call is not None else 0
+
 
 class _Call(Generic[T]):
     def __init__(self) -> None:
         self.done = threading.Event()
         self.value: T | None = None
         self.error: BaseException | None = None
+        self.waiters = 0
 
     def result(self) -> T:
         if self.error is not None:
@@ -91,34 +88,6 @@ class FillNotifier:
             event = self._events.get(key)
         if event is not None:
             event.set()
-
-
-class FleetLock:
-    """`SET key token NX PX ttl`; released by compare-and-delete, so a holder whose lock expired never
-    frees someone else's. A crashed holder's lock frees itself after `ttl_ms`."""
-
-    def __init__(self, client: redis.Redis, ttl_ms: int, origin: str) -> None:
-        self.client, self.ttl_ms, self.origin = client, ttl_ms, origin
-        self._release = client.register_script(RELEASE)
-
-    @staticmethod
-    def key(item_key: str) -> str:
-        """`{<item key>}:lock`: the hash tag puts the lock in its item's Redis Cluster slot, so one script
-        can look at the item and take the lock (or fill the item and release it) in one step."""
-        return f"{{{item_key}}}:lock"
-
-    def new_token(self) -> str:
-        return f"{self.origin}:{secrets.token_hex(8)}"
-
-    def acquire(self, item_key: str) -> str | None:
-        """A token when this caller now holds the lock, None when another does. If Redis fails, a token
-        too: with no way to coordinate, loading is better than failing."""
-        token = self.new_token()
-        acquired = guard("lock", item_key, self.client.set, True, self.key(item_key), token, nx=True, px=self.ttl_ms)
-        return token if acquired else None
-
-    def release(self, item_key: str, token: str) -> None:
-        guard("unlock", item_key, self._release, 0, keys=[self.key(item_key)], args=[token])
 
 
 def backoff_delays(total: float, first: float = 0.002, cap: float = 0.05) -> list[float]:

@@ -1,20 +1,26 @@
-"""Warming and flushing: stream the table into Redis (and rebuild the Bloom filter) in constant memory;
-flush what this service owns, and only that.
+"""Warming and flushing: stream the table into Redis and the Bloom filter in constant memory, one builder
+at a time across the fleet (the fleet lock, renewed every batch); flush what this service owns, and only that.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from cache import CacheEntry, cache_key, flush_l1, state
+from cache.entry import CacheEntry
+from cache.guard import REDIS_ERRORS_CAUGHT, RedisDown
 from cache.invalidation import FLUSH_ALL, encode_message
+from cache.lock import Acquired, HeldByOther
 from cache.stampede import jittered
-from db import ItemStore
+from db import Item, ItemStore
+
+if TYPE_CHECKING:
+    from cache.process import CacheProcess
 
 logger = logging.getLogger(__name__)
 
@@ -23,64 +29,65 @@ BLOOM_GRACE = 1.0  # seconds between announcing a rebuild and scanning: writes a
 #                    Bloom add (before the announcement) commit within this, so the scan sees them
 BUILD_LOCK_MS = 60_000  # renewed every batch; a dead builder frees it within a minute
 
+Progress = Callable[[int, int], None]
+
 
 class WarmInProgress(Exception):
     """Another process is warming (or rebuilding the Bloom filter) right now."""
 
 
+class CacheUnavailable(Exception):
+    """Redis did not answer: nothing was warmed or flushed."""
+
+
 @dataclass
 class WarmResult:
-    items: int
+    items: int  # rows scanned
     seconds: float
+    cache_filled: bool
     bloom_rebuilt: bool
 
 
-Progress = Callable[[int, int], None]
-
-
-def lock_key() -> str:
+def lock_key(cache: CacheProcess) -> str:
     """The key that lets one warm (or Bloom filter rebuild) run at a time across the fleet."""
-    s = state()
-    return s.bloom.build_lock if s.bloom else f"{s.config.key_prefix}warm-lock"
+    return cache.bloom.build_lock if cache.bloom else f"{cache.config.key_prefix}warm-lock"
 
 
-def warm(store: ItemStore, *, fill_cache: bool = True, progress: Progress | None = None) -> WarmResult:
-    """Write every item to Redis with CACHE_LONG_TTL (jittered, pipelined per batch; never over a newer
-    version) and rebuild the Bloom filter from the same scan. One warm at a time across the fleet."""
-    s = state()
-    token = secrets.token_hex(8)
-    lock = lock_key()
-    if not s.redis.client.set(lock, token, nx=True, px=BUILD_LOCK_MS):
+def take_lock(cache: CacheProcess) -> Acquired:
+    """The builder's lock, or WarmInProgress / CacheUnavailable."""
+    held = cache.lock.acquire(lock_key(cache), BUILD_LOCK_MS)
+    if isinstance(held, RedisDown):
+        raise CacheUnavailable("Redis is not answering; try again when it is")
+    if isinstance(held, HeldByOther):
         raise WarmInProgress("a warm or Bloom filter rebuild is already running")
-    started, done = time.monotonic(), 0
+    return held
+
+
+def warm(cache: CacheProcess, store: ItemStore, hold: Acquired, progress: Progress | None = None) -> WarmResult:
+    """Write every item to Redis with CACHE_LONG_TTL (jittered; never over a newer version) and rebuild
+    the Bloom filter from the same scan, under `hold` (from take_lock), which is released at the end."""
+    return _build(cache, store, hold, functools.partial(_queue_items, cache), progress)
+
+
+def rebuild_bloom(cache: CacheProcess, store: ItemStore, hold: Acquired) -> WarmResult:
+    """Rebuild only the Bloom filter, under `hold`."""
+    return _build(cache, store, hold, None, None)
+
+
+def warm_in_background(cache: CacheProcess, store: ItemStore) -> threading.Thread:
+    """Take the lock now (WarmInProgress / CacheUnavailable to the caller), warm in a daemon thread."""
+    hold = take_lock(cache)
+    return _in_background(functools.partial(warm, cache, store, hold, log_progress()))
+
+
+def rebuild_bloom_in_background(cache: CacheProcess, store: ItemStore) -> threading.Thread | None:
+    """Rebuild the Bloom filter in a daemon thread, unless another process is already building one."""
     try:
-        total = store.count()
-        bloom_size = s.bloom.begin_build(total) if s.bloom else None
-        if bloom_size:
-            time.sleep(BLOOM_GRACE)
-        for batch in store.iterate(BATCH):
-            pipe = s.redis.client.pipeline(transaction=False)
-            if fill_cache:
-                for item in batch:
-                    entry = CacheEntry.build(item.id, item.version, item.to_json())
-                    ttl_ms = jittered(s.config.cache_long_ttl, s.config.ttl_jitter)
-                    # No announcement: a warm writes what the database already says; no L1 is older.
-                    s.redis.set_if_newer(cache_key(item.id), entry, ttl_ms, extend=True, client=pipe)
-            if s.bloom and bloom_size:
-                s.bloom.add_batch(pipe, (item.id for item in batch), *bloom_size)
-            pipe.pexpire(lock, BUILD_LOCK_MS)
-            pipe.execute()
-            done += len(batch)
-            if progress:
-                progress(done, total)
-        if s.bloom:
-            s.bloom.finish_build()
-    finally:
-        if s.redis.client.get(lock) == token.encode():
-            s.redis.client.delete(lock)
-    result = WarmResult(items=done, seconds=time.monotonic() - started, bloom_rebuilt=bool(s.bloom))
-    logger.info("warmed %d items in %.1fs (bloom rebuilt: %s)", done, result.seconds, result.bloom_rebuilt)
-    return result
+        hold = take_lock(cache)
+    except (WarmInProgress, CacheUnavailable) as exc:
+        logger.info("bloom filter rebuild skipped: %s", exc)
+        return None
+    return _in_background(functools.partial(rebuild_bloom, cache, store, hold))
 
 
 def log_progress(every: int = 10_000) -> Progress:
@@ -93,38 +100,85 @@ def log_progress(every: int = 10_000) -> Progress:
     return report
 
 
-def in_background(store: ItemStore, *, fill_cache: bool, only_if_no_bloom: bool = False) -> threading.Thread:
-    """Warm (or just rebuild the Bloom filter) in a daemon thread of this process; a second process
-    trying at the same time gives way (WarmInProgress)."""
-
-    def run() -> None:
-        s = state()
-        if only_if_no_bloom and (s.bloom is None or s.bloom.is_built()):
-            return
-        try:
-            warm(store, fill_cache=fill_cache, progress=log_progress())
-        except WarmInProgress:
-            logger.info("warm skipped: another process is doing it")
-        except Exception:  # noqa: BLE001 - a failed warm must not take the worker down; it is logged
-            logger.exception("warm failed")
-
-    thread = threading.Thread(target=run, name="cache-warm", daemon=True)
-    thread.start()
-    return thread
-
-
-def flush() -> int:
+def flush(cache: CacheProcess) -> int:
     """Delete this service's item keys (under its prefix: never FLUSHDB) and every process's L1.
-    Returns how many Redis keys were deleted."""
-    s = state()
-    client, deleted, batch = s.redis.client, 0, []
-    for key in client.scan_iter(match=f"{s.config.key_prefix}item:*", count=1000):
+    Returns how many Redis keys were deleted; CacheUnavailable when Redis does not answer."""
+    deleted = cache.redis.guard("flush", "-", _unlink_items, cache)
+    if isinstance(deleted, RedisDown):
+        raise CacheUnavailable("Redis is not answering; nothing was flushed")
+    message = encode_message(FLUSH_ALL, 0, cache.origin)
+    cache.redis.guard("flush", "-", cache.redis.client.publish, cache.redis.channel, message)  # other processes
+    cache.flush_l1("admin")
+    return deleted
+
+
+def _build(
+    cache: CacheProcess,
+    store: ItemStore,
+    hold: Acquired,
+    queue_items: Callable[[Any, list[Item]], None] | None,
+    progress: Progress | None,
+) -> WarmResult:
+    lock, started, done = lock_key(cache), time.monotonic(), 0
+    try:
+        total = store.count()
+        bloom = cache.bloom
+        bloom_size = bloom.begin_build(total) if bloom else None
+        if bloom_size:
+            time.sleep(BLOOM_GRACE)
+        for batch in store.iterate(BATCH):
+            pipe = cache.redis.client.pipeline(transaction=False)
+            if queue_items is not None:
+                queue_items(pipe, batch)
+            if bloom and bloom_size:
+                bloom.add_batch(pipe, (item.id for item in batch), *bloom_size)
+            if isinstance(cache.redis.guard("warm", "-", pipe.execute), RedisDown):
+                raise CacheUnavailable(f"Redis stopped answering after {done} items")
+            if not cache.lock.renew(lock, hold.token, BUILD_LOCK_MS):
+                raise WarmInProgress(f"lost the builder's lock after {done} items; another process took over")
+            done += len(batch)
+            if progress:
+                progress(done, total)
+        if bloom:
+            bloom.finish_build()
+    except REDIS_ERRORS_CAUGHT as exc:  # the Bloom filter's own calls are not guarded: they must all succeed
+        raise CacheUnavailable(f"Redis failed after {done} items: {type(exc).__name__}") from exc
+    finally:
+        cache.lock.release(lock, hold.token)
+    result = WarmResult(done, time.monotonic() - started, queue_items is not None, bool(cache.bloom))
+    what = "warmed %d items" if result.cache_filled else "rebuilt the bloom filter from %d ids"
+    logger.info(what + " in %.1fs", done, result.seconds)
+    return result
+
+
+def _queue_items(cache: CacheProcess, pipe: Any, batch: list[Item]) -> None:
+    for item in batch:
+        entry = CacheEntry.build(item.id, item.version, item.to_json())
+        ttl_ms = jittered(cache.config.cache_long_ttl, cache.config.ttl_jitter)
+        cache.redis.queue_warm(pipe, cache.key(item.id), entry, ttl_ms)
+
+
+def _unlink_items(cache: CacheProcess) -> int:
+    client, deleted, batch = cache.redis.client, 0, []
+    for key in client.scan_iter(match=f"{cache.config.key_prefix}item:*", count=1000):
         batch.append(key)
         if len(batch) >= 1000:
             deleted += client.unlink(*batch)
             batch = []
     if batch:
         deleted += client.unlink(*batch)
-    client.publish(s.channel, encode_message(FLUSH_ALL, 0, s.origin))  # every other process flushes L1
-    flush_l1("admin")
     return deleted
+
+
+def _in_background(run: Callable[[], WarmResult]) -> threading.Thread:
+    def guarded() -> None:
+        try:
+            run()
+        except (WarmInProgress, CacheUnavailable) as exc:
+            logger.warning("warm stopped: %s", exc)
+        except Exception:  # a failed warm must not take the worker down; it is logged
+            logger.exception("warm failed")
+
+    thread = threading.Thread(target=guarded, name="cache-warm", daemon=True)
+    thread.start()
+    return thread

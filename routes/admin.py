@@ -7,7 +7,6 @@ from flask.typing import ResponseReturnValue
 
 from cache import state, warm
 from routes.auth import require_token
-from routes.errors import ApiError
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -19,15 +18,13 @@ def _authenticate() -> None:
 
 @bp.post("/cache/warm")
 def warm_cache() -> ResponseReturnValue:
-    """Start a warm in the background: 202, or 409 while one is already running."""
-    if state().redis.client.exists(warm.lock_key()):
-        raise ApiError(409, "warm_in_progress", "a warm is already running; try again when it has finished")
+    """Start a warm in the background: 202; 409 while one is already running; 503 when Redis is down."""
     store = current_app.extensions["item_store"]
-    warm.in_background(store, fill_cache=True)
+    warm.warm_in_background(state(), store)
     return {"status": "warming", "items": store.count()}, 202
 
 
 @bp.delete("/cache")
 def flush_cache() -> ResponseReturnValue:
     """Delete this service's cached items from Redis and empty every worker's L1."""
-    return {"status": "flushed", "redis_keys_deleted": warm.flush()}, 200
+    return {"status": "flushed", "redis_keys_deleted": warm.flush(state())}, 200

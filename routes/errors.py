@@ -7,6 +7,7 @@ import logging
 from flask import Flask, Response, current_app, json
 from werkzeug.exceptions import HTTPException
 
+from cache.warm import CacheUnavailable, WarmInProgress
 from db import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,15 @@ def _database_down(exc: DatabaseUnavailable) -> Response:
     )
 
 
+def _cache_down(exc: CacheUnavailable) -> Response:
+    message = f"{exc}. Items are still served from the database."
+    return error_response(503, "cache_unavailable", message, {"Retry-After": "5"})
+
+
+def _warm_running(exc: WarmInProgress) -> Response:
+    return error_response(409, "warm_in_progress", "a warm is already running; try again when it has finished")
+
+
 def _unexpected(exc: Exception) -> Response:
     logger.exception("unhandled error")
     return error_response(500, "internal_error", "The server failed to handle this request; it was logged.")
@@ -71,4 +81,6 @@ def register(app: Flask) -> None:
     app.after_request(_secure)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(DatabaseUnavailable, _database_down)
+    app.register_error_handler(CacheUnavailable, _cache_down)
+    app.register_error_handler(WarmInProgress, _warm_running)
     app.register_error_handler(Exception, _unexpected)

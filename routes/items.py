@@ -38,7 +38,8 @@ def _item_response(entry: CacheEntry, status: int, tier: str | None = None) -> R
 
 @bp.get("/<item_id>")
 def get_item(item_id: str) -> Response:
-    entry, tier = aside.read_item(_store(), check_id(item_id))
+    read = aside.read_item(_store(), check_id(item_id))
+    entry, tier = read.entry, read.tier
     if not entry.exists:
         return error_response(404, "not_found", f"no item with id {item_id!r}", {"X-Cache": tier})
     if_none_match = request.headers.get("If-None-Match")

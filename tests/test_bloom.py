@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 
 from cache.bloom import BloomFilter, positions, size_for
+from cache.breaker import CircuitBreaker
+from cache.guard import Guard
 from cache.redis_tier import connect
 from tests.support import free_port
 
 
 @pytest.fixture
 def bloom(redis_client, key_prefix) -> BloomFilter:
-    return BloomFilter(redis_client, key_prefix)
+    return BloomFilter(redis_client, Guard(CircuitBreaker()), key_prefix)
 
 
 def build(bloom: BloomFilter, ids: list[str]) -> tuple[int, int]:
@@ -68,6 +70,6 @@ def test_disabled_filter_stops_answering_absent(bloom):
 
 
 def test_redis_down_means_doubt_not_absent(key_prefix):
-    dead = BloomFilter(connect(f"redis://127.0.0.1:{free_port()}/0", 0.2), key_prefix)
+    dead = BloomFilter(connect(f"redis://127.0.0.1:{free_port()}/0", 0.2), Guard(CircuitBreaker()), key_prefix)
     assert dead.might_contain("x")
     assert not dead.add("x")

@@ -6,7 +6,7 @@ import pytest
 import redis
 
 import cache
-from cache import MISS, CacheEntry, cache_delete, cache_get, cache_key, cache_set
+from cache import MISS, CacheEntry, SetOutcome, cache_delete, cache_get, cache_key, cache_set
 from cache.metrics import REDIS_ERRORS
 from cache.redis_tier import connect
 from config import load_config
@@ -36,7 +36,7 @@ def test_miss_then_set_then_hit_from_lru(cache_on):
     cache_on()
     key = cache_key("a")
     assert cache_get(key) == (MISS, None)
-    assert cache_set(key, entry("a", 1))
+    assert cache_set(key, entry("a", 1)) is SetOutcome.WRITTEN
     assert cache_get(key) == (entry("a", 1), "lru")
 
 
@@ -74,9 +74,9 @@ def test_redis_value_keeps_version_body_load_time_and_ttl(cache_on):
 def test_older_version_never_replaces_newer(cache_on):
     client = cache_on()
     key = cache_key("a")
-    assert cache_set(key, entry("a", 5, b'{"v":"new"}'))
+    assert cache_set(key, entry("a", 5, b'{"v":"new"}')) is SetOutcome.WRITTEN
     cache.state().lru.clear()
-    assert not cache_set(key, entry("a", 4, b'{"v":"old"}'))  # the slow reader loses
+    assert cache_set(key, entry("a", 4, b'{"v":"old"}')) is SetOutcome.NEWER  # the slow reader loses
     assert client.hget(key, "b") == b'{"v":"new"}'
     assert cache_get(key)[0].body == b'{"v":"new"}'
 
@@ -90,9 +90,9 @@ def test_delete_leaves_versioned_tombstone_that_blocks_older_fills(cache_on):
     assert found.version == 3 and not found.exists and tier == "lru"
     assert 0 < client.pttl(key) <= 7700  # CACHE_NEGATIVE_TTL, +-10% jitter
     cache.state().lru.clear()
-    assert not cache_set(key, entry("a", 2))  # a reader that loaded v2 before the delete
+    assert cache_set(key, entry("a", 2)) is SetOutcome.NEWER  # a reader that loaded v2 before the delete
     assert not cache_get(key)[0].exists
-    assert cache_set(key, entry("a", 4, b'{"v":"reborn"}'))  # a re-create above the tombstone wins
+    assert cache_set(key, entry("a", 4, b'{"v":"reborn"}')) is SetOutcome.WRITTEN  # a re-create wins
     assert cache_get(key)[0].body == b'{"v":"reborn"}'
 
 
@@ -121,7 +121,7 @@ def test_redis_down_is_absorbed_and_counted(key_prefix):
         key = cache_key("a")
         assert cache_get(key) == (MISS, None)
         assert REDIS_ERRORS.labels("get")._value.get() == before + 1
-        assert cache_set(key, entry("a", 1))  # L1 still takes it
+        assert cache_set(key, entry("a", 1)) is SetOutcome.FAILED  # L1 still takes it
         assert cache_get(key)[1] == "lru"
     finally:
         cache.reset()

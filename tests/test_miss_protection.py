@@ -28,6 +28,10 @@ def seed(app, n: int, prefix: str = "item") -> list[str]:
     return ids
 
 
+def _warm(store) -> warm.WarmResult:
+    return warm.warm(cache.state(), store, warm.take_lock(cache.state()))
+
+
 @pytest.fixture
 def quick_bloom(monkeypatch):
     monkeypatch.setattr(warm, "BLOOM_GRACE", 0.0)  # no writes are in flight in these tests
@@ -83,11 +87,12 @@ def test_stampede_protection_off_lets_every_reader_load(make_app, monkeypatch):
 def test_bloom_filter_answers_never_existing_ids_without_the_database(make_app, quick_bloom):
     app = make_app()
     seed(app, 200)
-    warm.warm(app.extensions["item_store"])
+    _warm(app.extensions["item_store"])
     client = app.test_client()
     loads, bloom_answers = value(DB_LOADS), value(REQUESTS_BY_TIER["bloom"])
-    statuses = [client.get(f"/items/never-{n}").status_code for n in range(300)]
-    assert statuses == [404] * 300
+    answers = [client.get(f"/items/never-{n}") for n in range(300)]
+    assert [a.status_code for a in answers] == [404] * 300
+    assert sum(a.headers["X-Cache"] == "bloom" for a in answers) >= 294  # the header says what the metric says
     assert value(DB_LOADS) - loads <= 6  # ~1% false positives may reach the database
     assert value(REQUESTS_BY_TIER["bloom"]) - bloom_answers >= 294
     created = client.put("/items/brand-new", data="{}", headers=JSON_HEADERS)
@@ -100,7 +105,7 @@ def test_bloom_filter_answers_never_existing_ids_without_the_database(make_app, 
 def test_warm_fills_redis_with_long_ttl_and_reads_skip_the_database(make_app, quick_bloom):
     app = make_app(CACHE_LONG_TTL="7200", CACHE_TTL_JITTER="0")
     ids = seed(app, 2500)  # several batches
-    result = warm.warm(app.extensions["item_store"])
+    result = _warm(app.extensions["item_store"])
     assert result.items == 2500 and result.bloom_rebuilt
     client = app.test_client()
     loads = value(DB_LOADS)
@@ -119,7 +124,7 @@ def test_warm_never_replaces_a_newer_cached_version(make_app, quick_bloom):
     old = store.get("item-0")
     store.get = lambda item_id: old  # noqa: ARG005 - as if the scan had read the row before the write
     cache.state().lru.clear()
-    warm.warm(store)
+    _warm(store)
     assert client.get("/items/item-0").json["n"] == "newer"
 
 
@@ -132,7 +137,7 @@ def test_early_refresh_of_a_hot_key_doubles_its_ttl(make_app, monkeypatch):
     assert client.get("/items/item-0").headers["X-Cache"] == "db"
     assert client.get("/items/item-0").headers["X-Cache"] == "redis"
     # XFetch's draw (tested on its own in test_stampede) says "refresh now": one reader reloads it early.
-    monkeypatch.setattr(aside, "_refresh_due", lambda entry: True)
+    monkeypatch.setattr(aside, "_refresh_due", lambda s, entry: True)
     loads = value(DB_LOADS)
     assert client.get("/items/item-0").headers["X-Cache"] == "db"
     assert value(DB_LOADS) == loads + 1
@@ -168,7 +173,7 @@ def test_admin_warm_then_flush(make_app, quick_bloom):
     from tests.support import wait_until
 
     wait_until(lambda: all(redis_client.exists(cache.cache_key(i)) for i in ids), timeout=10)
-    wait_until(lambda: cache.state().bloom.is_built(), timeout=10)
+    wait_until(lambda: cache.state().bloom.is_built() is True, timeout=10)
     assert client.get(f"/items/{ids[0]}").headers["X-Cache"] == "redis"
     flushed = client.delete("/admin/cache", headers=AUTH)
     assert flushed.status_code == 200 and flushed.json["redis_keys_deleted"] >= 50
@@ -190,9 +195,28 @@ def test_warm_cache_cli(make_app, quick_bloom):
     seed(app, 30)
     result = app.test_cli_runner().invoke(args=["warm-cache"])
     assert result.exit_code == 0 and "warmed 30 items" in result.output
-    assert cache.state().bloom.is_built()
+    assert cache.state().bloom.is_built() is True
 
 
 def test_init_db_cli(make_app):
     result = make_app().test_cli_runner().invoke(args=["init-db"])
     assert result.exit_code == 0 and "schema ready" in result.output
+
+
+def test_admin_answers_a_json_503_while_redis_is_down(make_app):
+    from tests.support import free_port
+
+    dead = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "REDIS_CLUSTER": "false", "REDIS_SOCKET_TIMEOUT": "0.2"}
+    client = make_app(API_TOKEN=TOKEN, **dead).test_client()
+    for response in (client.post("/admin/cache/warm", headers=AUTH), client.delete("/admin/cache", headers=AUTH)):
+        assert response.status_code == 503 and response.json["error"] == "cache_unavailable"
+        assert "Redis is not answering" in response.json["message"] and response.headers["Retry-After"] == "5"
+    assert client.get("/health/live").status_code == 200  # and the worker keeps serving
+
+
+def test_a_warm_while_another_runs_answers_409(make_app):
+    app = make_app(API_TOKEN=TOKEN)
+    hold = warm.take_lock(cache.state())  # another process is warming
+    response = app.test_client().post("/admin/cache/warm", headers=AUTH)
+    assert response.status_code == 409 and response.json["error"] == "warm_in_progress"
+    assert cache.state().lock.release(warm.lock_key(cache.state()), hold.token) is True

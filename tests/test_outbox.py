@@ -29,9 +29,9 @@ def test_an_older_cached_copy_is_dropped_announced_and_the_row_cleared(setup):
     cache_set(key, CacheEntry.build("a", 1, b'{"v":1}'))  # what Redis and L1 hold
     record(store, "a", 2)  # version 2 was committed by a writer that could not reach Redis
     pubsub = client.pubsub()
-    pubsub.subscribe(s.channel)
+    pubsub.subscribe(s.redis.channel)
     pubsub.get_message(timeout=1)
-    assert drain(store, s.redis, s.lru, s.config.key_prefix + "item:", s.channel, "repairer") == 1
+    assert drain(store, s) == 1
     assert client.exists(key) == 0 and store.outbox_list() == []
     assert cache_get(key) == (cache.MISS, None)  # this process's L1 is floored at version 2 as well
     message = pubsub.get_message(timeout=1)
@@ -44,7 +44,7 @@ def test_a_copy_already_as_new_is_left_alone(setup):
     key = cache_key("a")
     cache_set(key, CacheEntry.build("a", 3, b'{"v":3}'))
     record(store, "a", 2)
-    assert drain(store, s.redis, s.lru, s.config.key_prefix + "item:", s.channel, "repairer") == 1
+    assert drain(store, s) == 1
     assert client.hget(key, "v") == b"3" and store.outbox_list() == []
 
 
@@ -54,5 +54,5 @@ def test_rows_stay_while_redis_is_unreachable(setup, key_prefix):
     dead = connect(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.2)
     cache.init_cache(load_config({"CACHE_KEY_PREFIX": key_prefix}), client=dead)
     s = cache.state()
-    assert drain(store, s.redis, s.lru, s.config.key_prefix + "item:", s.channel, "repairer") == 0
+    assert drain(store, s) == 0
     assert store.outbox_list() == [("a", 2)]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
-from cache.stampede import FleetLock, SingleFlight, backoff_delays, jittered, should_refresh
+from cache.stampede import FillNotifier, SingleFlight, backoff_delays, jittered, should_refresh
+from tests.support import wait_until
 
 
 def test_single_flight_runs_one_load_for_concurrent_callers():
@@ -28,7 +28,7 @@ def test_single_flight_runs_one_load_for_concurrent_callers():
     followers = [threading.Thread(target=lambda: results.append(flight.run("k", load, timeout=5))) for _ in range(9)]
     for t in followers:
         t.start()
-    time.sleep(0.05)
+    wait_until(lambda: flight.waiting("k") == 9, timeout=5)  # every follower is waiting on the leader
     release.set()
     for t in [leader, *followers]:
         t.join(5)
@@ -49,32 +49,17 @@ def test_single_flight_shares_the_leaders_error_and_forgets_it():
 
 def test_single_flight_follower_loads_itself_when_the_leader_is_stuck():
     flight: SingleFlight[str] = SingleFlight()
-    stuck = threading.Event()
-    threading.Thread(target=lambda: flight.run("k", lambda: stuck.wait(5) and "late", timeout=5), daemon=True).start()
-    time.sleep(0.05)
-    assert flight.run("k", lambda: "own", timeout=0.1) == ("own", False)
+    leading, stuck = threading.Event(), threading.Event()
+
+    def load() -> str:
+        leading.set()
+        stuck.wait(5)
+        return "late"
+
+    threading.Thread(target=lambda: flight.run("k", load, timeout=5), daemon=True).start()
+    assert leading.wait(5)  # the leader is inside its load
+    assert flight.run("k", lambda: "own", timeout=0.01) == ("own", False)
     stuck.set()
-
-
-def test_fleet_lock_is_exclusive_and_only_its_holder_releases_it(redis_client, key_prefix):
-    lock = FleetLock(redis_client, ttl_ms=5000, origin="me")
-    item = f"{key_prefix}item:a"
-    token = lock.acquire(item)
-    assert token and token.startswith("me:") and lock.key(item) == "{" + item + "}:lock"
-    assert lock.acquire(item) is None
-    lock.release(item, "someone-elses-token")
-    assert lock.acquire(item) is None
-    lock.release(item, token)
-    assert lock.acquire(item) is not None
-
-
-def test_fleet_lock_frees_itself_when_its_holder_dies(redis_client, key_prefix):
-    lock = FleetLock(redis_client, ttl_ms=100, origin="me")
-    item = f"{key_prefix}item:a"
-    assert lock.acquire(item)
-    assert 0 < redis_client.pttl(lock.key(item)) <= 100
-    time.sleep(0.15)
-    assert lock.acquire(item) is not None
 
 
 def test_backoff_doubles_up_to_its_cap_and_adds_up_to_the_total():
@@ -98,3 +83,16 @@ def test_xfetch_refreshes_only_near_expiry_in_proportion_to_load_time():
     assert not should_refresh(load_ms=50, remaining_ms=1, beta=0.0, rand=rand)  # off
     assert not should_refresh(load_ms=0, remaining_ms=1, beta=1.0, rand=rand)  # load time unknown
     assert not should_refresh(load_ms=50, remaining_ms=-1, beta=1.0, rand=rand)  # no TTL
+
+
+def test_fill_notifier_wakes_the_waiter_for_that_key_only():
+    fills = FillNotifier()
+    woken: list[bool] = []
+    waiter = threading.Thread(target=lambda: woken.append(fills.wait("a", timeout=5)))
+    waiter.start()
+    wait_until(lambda: "a" in fills._events, timeout=5)
+    fills.notify("b")  # another key: nobody here waits for it
+    assert waiter.is_alive()
+    fills.notify("a")
+    waiter.join(5)
+    assert woken == [True] and fills._events == {}

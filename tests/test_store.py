@@ -88,8 +88,13 @@ def test_schema_creation_is_idempotent(store):
     assert store.get("a") is not None
 
 
-def test_ping(store):
-    store.ping()
+def test_ping_passes_on_a_live_store_and_raises_on_an_unusable_one(store, tmp_path):
+    from db import DatabaseUnavailable
+
+    store.ping()  # the database answers: no exception
+    unusable = open_store(f"sqlite:///{tmp_path}")  # a directory cannot be opened as a database file
+    with pytest.raises(DatabaseUnavailable):
+        unusable.ping()
 
 
 def test_unreachable_postgres_raises_database_unavailable():

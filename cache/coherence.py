@@ -1,0 +1,57 @@
+"""What the invalidation listener hears, applied to this process's L1: the one place that happens.
+
+A (re)subscribe flushes L1 (messages may have been lost while away) and trusts it again; a lost connection
+stops trusting it; a message drops the copy it makes stale (leaving a floor, so no slower reader puts the
+older version back) and wakes any reader here waiting for that key's fill.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from cache.invalidation import FLUSH_ALL, UNVERSIONED, Invalidation
+from cache.metrics import INVALIDATION_LAG, INVALIDATIONS
+
+if TYPE_CHECKING:
+    from cache.process import CacheProcess
+
+
+class Coherence:
+    """The listener's events (cache/invalidation.py ListenerEvents) for one process's cache."""
+
+    def __init__(self, cache: CacheProcess) -> None:
+        self.cache = cache
+
+    def before_subscribe(self) -> None:
+        nodes = getattr(self.cache.redis.client, "nodes_manager", None)
+        if nodes is not None:  # a cluster client may still point at the node that just failed: ask anew
+            nodes.initialize()
+
+    def on_subscribed(self, reason: str) -> None:
+        cache = self.cache
+        cache.flush_l1(reason)
+        cache.breaker.success()  # Redis just answered our SUBSCRIBE: no need to wait out the cooldown
+        cache.trust.set_subscribed(True)
+        if cache.chores is not None:
+            cache.chores.wake()  # replay our missed writes first: Redis may hold older versions of them
+
+    def on_lost(self) -> None:
+        self.cache.trust.set_subscribed(False)
+
+    def on_message(self, message: Invalidation) -> None:
+        cache = self.cache
+        if message.origin == cache.origin:
+            INVALIDATIONS.labels("own").inc()
+            return
+        if message.key == FLUSH_ALL:
+            cache.flush_l1("admin")
+        else:
+            cache.fills.notify(message.key)  # a reader here may be waiting for that very fill
+            if message.version == UNVERSIONED:
+                cache.lru.delete(message.key)
+            elif not cache.lru.invalidate(message.key, message.version):
+                INVALIDATIONS.labels("stale").inc()  # L1 already held that version or a newer one
+                return
+        INVALIDATIONS.labels("applied").inc()
+        INVALIDATION_LAG.observe(max(0.0, time.time() - message.sent_at))

@@ -1,0 +1,83 @@
+"""The fleet lock: one holder across every process, for a miss's load, an early refresh and warming.
+
+`SET key token NX PX ttl`; released and renewed only by compare-and-act on the token, so a holder whose
+lock expired never frees or extends someone else's. A crashed holder's lock frees itself after its TTL.
+The Lua below is the protocol's one definition: the miss path's scripts (cache/redis_tier.py) embed the
+same snippets to look-and-lock or fill-and-release in one step.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import redis
+
+from cache.guard import REDIS_DOWN, Guard, RedisDown
+
+
+def take_lua(key: str, token: str, ttl_ms: str) -> str:
+    """Lua that takes the lock `key` for `token` if it is free; true when it did."""
+    return f"redis.call('SET', {key}, {token}, 'NX', 'PX', {ttl_ms})"
+
+
+def release_lua(key: str, token: str) -> str:
+    """Lua that frees the lock `key` if `token` still holds it; 1 when it did, else 0."""
+    return f"(redis.call('GET', {key}) == {token} and redis.call('DEL', {key}) or 0)"
+
+
+# KEYS[1]: the lock   ARGV[1]: the holder's token
+# returns: 1 released; 0 not ours any more (it expired, and maybe someone else holds it now)
+RELEASE = f"return {release_lua('KEYS[1]', 'ARGV[1]')}"
+
+# KEYS[1]: the lock   ARGV[1]: the holder's token   ARGV[2]: the new TTL (ms)
+# returns: 1 renewed; 0 not ours any more
+RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """The lock is ours; `token` releases or renews it."""
+
+    token: str
+
+
+class HeldByOther:
+    """Another process holds the lock."""
+
+    __slots__ = ()
+
+
+HELD_BY_OTHER = HeldByOther()
+LockResult = Acquired | HeldByOther | RedisDown
+
+
+class FleetLock:
+    def __init__(self, client: redis.Redis, guard: Guard, ttl_ms: int, origin: str) -> None:
+        self.client, self.guard, self.ttl_ms, self.origin = client, guard, ttl_ms, origin
+        self._release = client.register_script(RELEASE)
+        self._renew = client.register_script(RENEW)
+
+    @staticmethod
+    def for_item(item_key: str) -> str:
+        """`{<item key>}:lock`: the hash tag puts it in its item's Cluster slot, so one script can touch both."""
+        return f"{{{item_key}}}:lock"
+
+    def new_token(self) -> str:
+        return f"{self.origin}:{secrets.token_hex(8)}"
+
+    def acquire(self, lock_key: str, ttl_ms: int | None = None) -> LockResult:
+        token = self.new_token()
+        taken = self.guard("lock", lock_key, self.client.set, lock_key, token, nx=True, px=ttl_ms or self.ttl_ms)
+        if isinstance(taken, RedisDown):
+            return REDIS_DOWN
+        return Acquired(token) if taken else HELD_BY_OTHER
+
+    def release(self, lock_key: str, token: str) -> bool:
+        """True when this token held the lock and freed it."""
+        return self.guard("unlock", lock_key, self._release, keys=[lock_key], args=[token]) == 1
+
+    def renew(self, lock_key: str, token: str, ttl_ms: int | None = None) -> bool:
+        """True when this token still held the lock and now holds it for `ttl_ms` more."""
+        args = [token, ttl_ms or self.ttl_ms]
+        return self.guard("renew", lock_key, self._renew, keys=[lock_key], args=args) == 1
