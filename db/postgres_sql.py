@@ -40,13 +40,13 @@ SELECT seq, id, version, deleted FROM item_changes WHERE seq > %(seq)s ORDER BY 
 """,
     mark_purged=f"""
 UPDATE item_changes_purged SET upto = greatest(upto,
-    (SELECT max(seq) FROM item_changes WHERE seq <= %(upto)s AND logged_at < {CUTOFF}))
+    (SELECT max(seq) FROM item_changes WHERE seq <= %(upto)s AND logged_at <= {CUTOFF}))
 """,
     purge_changes=f"""
 DELETE FROM item_changes
-WHERE seq <= %(upto)s AND seq <= (SELECT upto FROM item_changes_purged) AND logged_at < {CUTOFF}
+WHERE seq <= %(upto)s AND seq <= (SELECT upto FROM item_changes_purged) AND logged_at <= {CUTOFF}
 """,
-    purge_tombstones=f"DELETE FROM items WHERE deleted AND updated_at < {CUTOFF}",
+    purge_tombstones=f"DELETE FROM items WHERE deleted AND updated_at <= {CUTOFF}",
     load_cursor="SELECT cursor FROM change_cursors WHERE name = %(name)s",
     save_cursor="""
 INSERT INTO change_cursors (name, cursor) VALUES (%(name)s, %(cursor)s)
