@@ -38,11 +38,13 @@ RETURNING version
     changes_after="SELECT seq, id, version, deleted FROM item_changes WHERE seq > :seq ORDER BY seq LIMIT :limit",
     mark_purged=f"""
 UPDATE item_changes_purged SET upto = max(upto, coalesce(
-    (SELECT max(seq) FROM item_changes WHERE seq <= :upto AND logged_at <= {CUTOFF}), 0))
+    (SELECT max(seq) FROM item_changes
+     WHERE seq <= :upto AND logged_at <= {CUTOFF} AND seq < (SELECT max(seq) FROM item_changes)), 0))
 """,
     purge_changes=f"""
 DELETE FROM item_changes
 WHERE seq <= :upto AND seq <= (SELECT upto FROM item_changes_purged) AND logged_at <= {CUTOFF}
+    AND seq < (SELECT max(seq) FROM item_changes)
 """,
     purge_tombstones=f"DELETE FROM items WHERE deleted AND updated_at <= {CUTOFF}",
     load_cursor="SELECT cursor FROM change_cursors WHERE name = :name",

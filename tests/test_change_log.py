@@ -174,3 +174,14 @@ def test_many_late_changes_are_paged_without_loss(pg):
     assert [c.id for c in first.changes] == ["early"]
     assert [c.id for c in changes] == [f"late-{n:02d}" for n in range(12)]
     assert all(isinstance(c, Change) for c in changes)
+
+
+def test_seqs_are_never_reused_after_a_purge_of_everything(store):
+    cursor = store.changes_after(None, 10).cursor
+    for n in range(3):
+        store.upsert(f"i{n}", {})
+    changes, cursor = drain(store, cursor)
+    store.purge_changes(changes[-1].seq, older_than_s=0)
+    store.upsert("next", {})
+    batch = store.changes_after(cursor, 10)
+    assert not batch.gap and [(c.id, c.seq > changes[-1].seq) for c in batch.changes] == [("next", True)]

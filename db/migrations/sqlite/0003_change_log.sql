@@ -1,9 +1,10 @@
 -- The change log, written by the database itself: triggers on items append (seq, id, version, deleted) in
 -- the writing transaction, whoever the writer is, and keep versions rising for plain SQL writes too.
--- SQLite has one writer at a time, so seq order is commit order. AUTOINCREMENT: a seq is never reused,
--- even after the newest rows were purged.
+-- SQLite has one writer at a time, so seq order is commit order. seq is the rowid: a new row gets the
+-- largest + 1, so a seq is never reused as long as the newest row stays (purge_changes always keeps it;
+-- AUTOINCREMENT would guarantee the same at the cost of a second table write per change).
 CREATE TABLE item_changes (
-    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq       INTEGER PRIMARY KEY,
     id        TEXT NOT NULL,
     version   INTEGER NOT NULL,
     deleted   BOOLEAN NOT NULL,
@@ -54,15 +55,24 @@ BEGIN
     DELETE FROM item_replaced_versions WHERE id = NEW.id;
 END;
 
--- After an UPDATE: versions only rise (new = max(requested, old + 1)) and updated_at is the database's
--- clock. The service's statements already do both, so the fix-up UPDATE only runs for other writers.
-CREATE TRIGGER items_updated AFTER UPDATE ON items
+-- After an UPDATE by a writer that did not raise the version (or did not set updated_at): versions only
+-- rise (new = max(requested, old + 1)) and updated_at is the database's clock. The service's statements do
+-- both, so this only runs for other writers. Its fix-up is an UPDATE that items_updated then logs.
+CREATE TRIGGER items_update_fixup AFTER UPDATE ON items
+WHEN NEW.version <= OLD.version OR NEW.updated_at IS OLD.updated_at
 BEGIN
     UPDATE items SET
         version = max(NEW.version, OLD.version + 1),
         updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-    WHERE id = NEW.id AND (NEW.version <= OLD.version OR NEW.updated_at IS OLD.updated_at);
-    INSERT INTO item_changes (id, version, deleted) VALUES (NEW.id, max(NEW.version, OLD.version + 1), NEW.deleted);
+    WHERE id = NEW.id;
+END;
+
+-- Every UPDATE that raised the version is logged; one that did not is logged by its fix-up (above), which
+-- raises it. A fix-up that only restamps updated_at keeps the version, so nothing is logged twice.
+CREATE TRIGGER items_updated AFTER UPDATE ON items
+WHEN NEW.version > OLD.version
+BEGIN
+    INSERT INTO item_changes (id, version, deleted) VALUES (NEW.id, NEW.version, NEW.deleted);
 END;
 
 -- The old id would vanish without a tombstone, and caches would keep serving it.
