@@ -104,10 +104,9 @@ class ListenWaiter:
             if self._conn is None:
                 return self._connect(timeout)
             try:
-                woken = any(True for _ in self._conn.notifies(timeout=timeout, stop_after=1))
+                woken = bool(list(self._conn.notifies(timeout=timeout, stop_after=1)))
                 if woken:
-                    for _ in self._conn.notifies(timeout=0):  # drain: one poll answers them all
-                        pass
+                    list(self._conn.notifies(timeout=0))  # drain what else came: one poll answers them all
                 return woken
             except psycopg.Error as exc:
                 logger.warning("change notifications lost (%s): reconnecting", type(exc).__name__)

@@ -185,3 +185,16 @@ def test_seqs_are_never_reused_after_a_purge_of_everything(store):
     store.upsert("next", {})
     batch = store.changes_after(cursor, 10)
     assert not batch.gap and [(c.id, c.seq > changes[-1].seq) for c in batch.changes] == [("next", True)]
+
+
+def test_the_listener_reconnects_after_its_connection_is_killed_and_says_poll(pg):
+    store, database_url = pg
+    store.wait_for_changes(0.01)  # connect and LISTEN
+    backend_pid = store._waiter._conn.info.backend_pid
+    with sql_connection(database_url) as admin:
+        admin.execute(f"SELECT pg_terminate_backend({backend_pid})")
+    assert store.wait_for_changes(5) is True  # the failure: poll, notifications may have been lost
+    assert store.wait_for_changes(5) is True  # reconnected: poll once more for what it did not hear
+    assert store._waiter._conn.info.backend_pid != backend_pid
+    threading.Timer(0.1, lambda: store.upsert("after", {})).start()
+    assert store.wait_for_changes(5) is True

@@ -4,6 +4,7 @@ logged once with its version, versions only rise, hard deletes leave tombstones,
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
 
@@ -161,3 +162,24 @@ def test_sqlite_insert_or_replace_of_a_live_row_continues_above_it(tmp_path):
     assert store.get("p").version == 3 and store.get("p").fields == {"r": 1}
     assert logged[-1] == ("p", 3, 0)
     store.close()
+
+
+def test_concurrent_upserts_of_a_deleted_id_continue_above_its_tombstone_once(store):
+    store.upsert("hot", {})
+    store.delete("hot")
+    results = []
+    lock = threading.Lock()
+
+    def write() -> None:
+        for _ in range(10):
+            result = store.upsert("hot", {})
+            with lock:
+                results.append(result)
+
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.item.version for r in results) == list(range(3, 43))
+    assert [r.item.version for r in results if r.created] == [3]
