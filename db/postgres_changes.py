@@ -2,10 +2,15 @@
 
 Seqs are taken when a row is logged, but transactions commit in another order: while T1 (seq 5) is open,
 T2 (seq 6) can commit and be read, and "seq > 6" would then skip seq 5 forever. So the cursor also lists
-the transactions that were open (in progress in the read's snapshot) with a floor: their changes above the
-floor are still to come. A transaction not in that list when the cursor was taken got its xid after that
-snapshot, so every seq it takes is above every seq the cursor covers: nothing is missed. Each change is
-delivered once; the list is bounded by the number of transactions open at once.
+the transactions that were open in the read's snapshot, each with a floor: their changes above the floor
+are still to come. Each change is delivered once; the list is bounded by the transactions open at once.
+
+A snapshot lists the open transactions only below its xmax (latest completed xid + 1): one that took its
+xid later is not listed though it may already hold a seq. So each read first takes a horizon: the seq
+counter's value, then an xid of its own, committed at once, which lifts the snapshot's xmax above every
+transaction that could hold a seq up to the horizon; the read delivers no seq above the horizon. Then a
+transaction missing from the cursor's list either had finished (its changes were visible) or took its
+xid after the horizon was read, and so every seq it holds is above the cursor's seq: nothing is missed.
 """
 
 from __future__ import annotations
@@ -24,6 +29,14 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = "item_changes"  # the triggers' pg_notify channel
 
+# The seq counter first (OFFSET 0 keeps the subquery apart, so it is read first), then an xid of our own;
+# run in autocommit, so that xid has completed before the snapshot below is taken.
+HORIZON = """
+SELECT horizon, pg_current_xact_id()::text
+FROM (SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('item_changes', 'seq')::regclass), 0)
+      AS horizon OFFSET 0) AS counter
+"""
+
 SNAPSHOT = """
 SELECT array(SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x),
        coalesce((SELECT max(seq) FROM item_changes), 0),
@@ -40,18 +53,24 @@ ORDER BY c.seq
 LIMIT %(limit)s
 """
 
-NEW_CHANGES = "SELECT seq, id, version, deleted FROM item_changes WHERE seq > %(seq)s ORDER BY seq LIMIT %(limit)s"
+NEW_CHANGES = """
+SELECT seq, id, version, deleted FROM item_changes
+WHERE seq > %(seq)s AND seq <= %(horizon)s
+ORDER BY seq
+LIMIT %(limit)s
+"""
 
 
 def changes_after(conn: psycopg.Connection[Any], cursor: ChangeCursor | None, limit: int) -> ChangeBatch:
     """The next batch after `cursor`, read in one REPEATABLE READ snapshot on `conn` (in autocommit)."""
+    horizon = int(conn.execute(HORIZON).fetchone()[0])  # type: ignore[index]
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         xip_text, last_seq, purged = conn.execute(SNAPSHOT).fetchone()  # type: ignore[misc]
         in_progress = [int(x) for x in xip_text]
         if cursor is None or purged > cursor.safe_seq:
             # At the end: transactions open now may hold any seq up to it (floor: what was ever purged).
-            end = end_cursor((last_seq, purged))
+            end = end_cursor((min(last_seq, horizon), purged))
             fresh = ChangeCursor(end.seq, tuple((xid, int(purged)) for xid in in_progress))
             return ChangeBatch([], fresh, gap=cursor is not None)
         floors = dict(cursor.pending)
@@ -61,11 +80,12 @@ def changes_after(conn: psycopg.Connection[Any], cursor: ChangeCursor | None, li
             pending = {**floors, **{xid: max(floor, late[-1].seq) for xid, floor in finished.items()}}
             pending.update({xid: cursor.seq for xid in in_progress if xid not in pending})
             return ChangeBatch(late, ChangeCursor(cursor.seq, tuple(sorted(pending.items()))))
-        rows = conn.execute(NEW_CHANGES, {"seq": cursor.seq, "limit": limit - len(late)}).fetchall()
+        params = {"seq": cursor.seq, "horizon": horizon, "limit": limit - len(late)}
+        rows = conn.execute(NEW_CHANGES, params).fetchall()
     new = [_change(row) for row in rows]
     seq = new[-1].seq if new else cursor.seq
-    # Open now: a transaction already pending keeps its floor; a newly seen one got its xid after the
-    # cursor's snapshot, so its seqs are above cursor.seq (it may hold invisible ones up to `seq`).
+    # Open now: a transaction already pending keeps its floor; a newly listed one was not open at the
+    # cursor's read or took its xid after that read's horizon, so its seqs are above cursor.seq.
     pending = {xid: floors.get(xid, cursor.seq) for xid in in_progress}
     return ChangeBatch(late + new, ChangeCursor(seq, tuple(sorted(pending.items()))))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -198,3 +199,39 @@ def test_the_listener_reconnects_after_its_connection_is_killed_and_says_poll(pg
     assert store._waiter._conn.info.backend_pid != backend_pid
     threading.Timer(0.1, lambda: store.upsert("after", {})).start()
     assert store.wait_for_changes(5) is True
+
+
+def test_a_follower_racing_concurrent_writers_gets_every_committed_change_exactly_once(pg):
+    store, database_url = pg
+    cursor = store.changes_after(None, 7).cursor
+    done = threading.Event()
+
+    def writer(number: int) -> None:
+        chance = random.Random(number)
+        with sql_connection(database_url) as conn:
+            for txn in range(25):
+                conn.execute("BEGIN")
+                for k in range(chance.randint(1, 3)):
+                    item_id = f"w{number}-{chance.randint(0, 5)}"
+                    conn.execute(
+                        f"INSERT INTO items (id, fields) VALUES ('{item_id}', '{{}}') "
+                        f'ON CONFLICT (id) DO UPDATE SET fields = \'{{"t":{txn},"k":{k}}}\''
+                    )
+                time.sleep(chance.random() * 0.004)  # hold the seqs a while: commits overtake each other
+                conn.execute("ROLLBACK" if chance.random() < 0.1 else "COMMIT")
+
+    writers = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in writers:
+        thread.start()
+    delivered: list[int] = []
+    while not done.is_set():
+        done.set() if not any(t.is_alive() for t in writers) else None
+        batch = store.changes_after(cursor, 7)
+        delivered += [c.seq for c in batch.changes]
+        cursor = batch.cursor
+    changes, _ = drain(store, cursor, limit=7)
+    delivered += [c.seq for c in changes]
+    with sql_connection(database_url) as conn:
+        logged = [row[0] for row in conn.execute("SELECT seq FROM item_changes ORDER BY seq").fetchall()]
+    assert len(delivered) == len(set(delivered))  # nothing twice
+    assert sorted(set(logged) - set(delivered)) == [] and sorted(set(delivered) - set(logged)) == []
