@@ -68,7 +68,9 @@ def changes_after(conn: psycopg.Connection[Any], cursor: ChangeCursor | None, li
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         xip_text, last_seq, purged = conn.execute(SNAPSHOT).fetchone()  # type: ignore[misc]
         in_progress = [int(x) for x in xip_text]
-        if cursor is None or purged > cursor.safe_seq:
+        # A gap: rows after the cursor were purged, or the cursor is ahead of the log (a restored or
+        # recreated database): either way the caller cannot know what it missed.
+        if cursor is None or purged > cursor.safe_seq or cursor.seq > horizon:
             # At the end: transactions open now may hold any seq up to it (floor: what was ever purged).
             end = end_cursor((min(last_seq, horizon), purged))
             fresh = ChangeCursor(end.seq, tuple((xid, int(purged)) for xid in in_progress))

@@ -105,7 +105,7 @@ class SQLiteStore(SQLStore):
             end, purged = end_cursor(log_end), int(log_end[1])
             if cursor is None:
                 return ChangeBatch([], end, gap=False)
-            if purged > cursor.safe_seq:
+            if purged > cursor.safe_seq or cursor.seq > end.seq:  # purged, or ahead: a recreated database
                 return ChangeBatch([], end, gap=True)
             rows = conn.execute(self.sql.changes_after, {"seq": cursor.seq, "limit": limit}).fetchall()
         changes = [Change(int(r[0]), r[1], int(r[2]), bool(r[3])) for r in rows]

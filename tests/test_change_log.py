@@ -235,3 +235,11 @@ def test_a_follower_racing_concurrent_writers_gets_every_committed_change_exactl
         logged = [row[0] for row in conn.execute("SELECT seq FROM item_changes ORDER BY seq").fetchall()]
     assert len(delivered) == len(set(delivered))  # nothing twice
     assert sorted(set(logged) - set(delivered)) == [] and sorted(set(delivered) - set(logged)) == []
+
+
+def test_a_cursor_ahead_of_the_log_is_a_gap(store):
+    store.upsert("a", {})
+    end = store.changes_after(None, 10).cursor
+    ahead = ChangeCursor(end.seq + 1000)  # e.g. saved against a database since restored from a backup
+    batch = store.changes_after(ahead, 10)
+    assert batch.gap and batch.cursor.seq == end.seq
