@@ -16,20 +16,10 @@ from db import postgres_changes
 from db.base import DatabaseUnavailable
 from db.changes import ChangeBatch, ChangeCursor
 from db.migrate import ADVISORY_LOCK_KEY, migrations
-from db.postgres_sql import STATEMENTS
+from db.postgres_sql import IS_APPLIED, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
 from db.sql import Params, SQLStore
 
 POOL_MAX = int(os.environ.get("DATABASE_POOL_SIZE", "8"))
-
-MIGRATIONS_TABLE = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    integer PRIMARY KEY,
-    name       text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)
-"""
-IS_APPLIED = "SELECT 1 FROM schema_migrations WHERE version = %s"
-RECORD_APPLIED = "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)"
 
 
 class PostgresStore(SQLStore):

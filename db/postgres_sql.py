@@ -59,3 +59,14 @@ ON CONFLICT (id) DO UPDATE SET version = greatest(excluded.version, cache_outbox
     outbox_list="SELECT id, version FROM cache_outbox ORDER BY id LIMIT %(limit)s",
     outbox_done="DELETE FROM cache_outbox WHERE id = %(id)s AND version <= %(version)s",
 )
+
+# db.migrate's record of what is applied (positional parameters: these run in init_schema only).
+MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+IS_APPLIED = "SELECT 1 FROM schema_migrations WHERE version = %s"
+RECORD_APPLIED = "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)"

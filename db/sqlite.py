@@ -16,17 +16,7 @@ from db.base import DatabaseUnavailable
 from db.changes import Change, ChangeBatch, ChangeCursor
 from db.migrate import migrations, sqlite_statements
 from db.sql import Params, SQLStore, end_cursor
-from db.sqlite_sql import STATEMENTS
-
-MIGRATIONS_TABLE = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    INTEGER PRIMARY KEY,
-    name       TEXT NOT NULL,
-    applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-)
-"""
-IS_APPLIED = "SELECT 1 FROM schema_migrations WHERE version = ?"
-RECORD_APPLIED = "INSERT INTO schema_migrations (version, name) VALUES (?, ?)"
+from db.sqlite_sql import IS_APPLIED, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
 
 
 class SQLiteStore(SQLStore):

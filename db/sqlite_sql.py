@@ -61,3 +61,14 @@ ON CONFLICT (id) DO UPDATE SET
     outbox_list="SELECT id, version FROM cache_outbox ORDER BY id LIMIT :limit",
     outbox_done="DELETE FROM cache_outbox WHERE id = :id AND version <= :version",
 )
+
+# db.migrate's record of what is applied (positional parameters: these run in init_schema only).
+MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+)
+"""
+IS_APPLIED = "SELECT 1 FROM schema_migrations WHERE version = ?"
+RECORD_APPLIED = "INSERT INTO schema_migrations (version, name) VALUES (?, ?)"
