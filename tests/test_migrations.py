@@ -58,6 +58,15 @@ def test_a_database_from_the_old_init_schema_upgrades_in_place(database_url):
     assert store.upsert("live", {"x": 1}).item.version == 4
     store.init_schema()  # a second run applies nothing
     assert store.get("live").fields == {"x": 1}
+    start = store.changes_after(None, 10).cursor  # the upgraded table has the triggers and the checks
+    with sql_connection(database_url) as conn:
+        conn.execute("UPDATE items SET fields = '{\"sql\":1}' WHERE id = 'zed'")
+        with pytest.raises(Exception, match="(?i)check"):
+            conn.execute("INSERT INTO items (id, fields) VALUES ('new', '[1]')")
+        if backend(database_url) == "postgres":
+            kinds = dict(conn.execute(COLUMN_TYPES).fetchall())
+            assert (kinds["fields"], kinds["updated_at"]) == ("json", "timestamp with time zone")
+    assert [(c.id, c.version) for c in store.changes_after(start, 10).changes] == [("zed", 2)]
     store.close()
 
 
