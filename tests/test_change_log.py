@@ -204,7 +204,6 @@ def test_the_listener_reconnects_after_its_connection_is_killed_and_says_poll(pg
 def test_a_follower_racing_concurrent_writers_gets_every_committed_change_exactly_once(pg):
     store, database_url = pg
     cursor = store.changes_after(None, 7).cursor
-    done = threading.Event()
 
     def writer(number: int) -> None:
         chance = random.Random(number)
@@ -224,8 +223,9 @@ def test_a_follower_racing_concurrent_writers_gets_every_committed_change_exactl
     for thread in writers:
         thread.start()
     delivered: list[int] = []
-    while not done.is_set():
-        done.set() if not any(t.is_alive() for t in writers) else None
+    writing = True
+    while writing:
+        writing = any(t.is_alive() for t in writers)  # one more read after the last writer is done
         batch = store.changes_after(cursor, 7)
         delivered += [c.seq for c in batch.changes]
         cursor = batch.cursor
