@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from db.base import DatabaseUnavailable, Item, ItemStore, WriteResult
+from db.base import DatabaseUnavailable, Item, ItemStore, MalformedItem, WriteResult
+from db.changes import Change, ChangeBatch, ChangeCursor
 
 
 def open_store(url: str, timeout: float = 3.0) -> ItemStore:
@@ -17,4 +18,14 @@ def open_store(url: str, timeout: float = 3.0) -> ItemStore:
     return SQLiteStore(url.removeprefix("sqlite:///"), timeout=timeout)
 
 
-__all__ = ["DatabaseUnavailable", "Item", "ItemStore", "WriteResult", "open_store"]
+__all__ = [
+    "Change",
+    "ChangeBatch",
+    "ChangeCursor",
+    "DatabaseUnavailable",
+    "Item",
+    "ItemStore",
+    "MalformedItem",
+    "WriteResult",
+    "open_store",
+]

@@ -9,9 +9,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from db.changes import ChangeBatch, ChangeCursor
+
 
 class DatabaseUnavailable(Exception):
     """The database could not be reached or refused the statement; nothing was written."""
+
+
+class MalformedItem(Exception):
+    """The row of `item_id` does not hold a JSON object (written behind the service's back)."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(f"item {item_id!r} is malformed in the database: its body is not a JSON object")
+        self.item_id = item_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +59,9 @@ class ItemStore(Protocol):
 
     def init_schema(self) -> None: ...
 
-    def get(self, item_id: str) -> Item | None: ...
+    def get(self, item_id: str) -> Item | None:
+        """The live item, or None; MalformedItem when its stored body is not a JSON object."""
+        ...
 
     def upsert(self, item_id: str, fields: dict[str, Any]) -> WriteResult: ...
 
@@ -57,7 +69,9 @@ class ItemStore(Protocol):
         """Delete; return the tombstone's version, or None when there was no such item."""
         ...
 
-    def list(self, limit: int, after: str | None = None) -> list[Item]: ...
+    def list(self, limit: int, after: str | None = None) -> list[Item]:
+        """Up to `limit` live items with id > `after`, in id order; malformed rows are skipped (and logged)."""
+        ...
 
     def iterate(self, batch_size: int = 1000) -> Iterator[builtins.list[Item]]: ...
 
@@ -71,6 +85,33 @@ class ItemStore(Protocol):
 
     def outbox_done(self, item_id: str, version: int) -> None:
         """Forget the record, unless a newer version was recorded meanwhile."""
+        ...
+
+    def versions(self, ids: builtins.list[str]) -> dict[str, tuple[int, bool]]:
+        """(version, deleted) of each id that has a row, tombstones included."""
+        ...
+
+    def changes_after(self, cursor: ChangeCursor | None, limit: int) -> ChangeBatch:
+        """Up to `limit` committed changes after `cursor` in seq order, none missed, none repeated; a None
+        cursor starts at the current end of the log (a cache that starts empty has nothing to catch up on)."""
+        ...
+
+    def load_cursor(self, name: str) -> str | None:
+        """The cursor text saved under `name`, or None."""
+        ...
+
+    def save_cursor(self, name: str, cursor_text: str) -> None: ...
+
+    def wait_for_changes(self, timeout: float) -> bool:
+        """Block until the log may have grown (True) or `timeout` ran out (False); SQLite always waits."""
+        ...
+
+    def purge_changes(self, upto_seq: int, older_than_s: float) -> int:
+        """Delete log rows with seq <= `upto_seq` (a cursor's safe_seq) logged over `older_than_s` ago."""
+        ...
+
+    def purge_tombstones(self, older_than_s: float) -> int:
+        """Delete tombstones older than `older_than_s` (the longest cache TTL); returns how many."""
         ...
 
     def ping(self) -> None:

@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-import functools
+import builtins
+import contextlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import psycopg_pool
 
+from db import postgres_changes
 from db.base import DatabaseUnavailable
-from db.sql import SQLStore, schema_sql
+from db.changes import ChangeBatch, ChangeCursor
+from db.migrate import ADVISORY_LOCK_KEY, migrations
+from db.postgres_sql import IS_APPLIED, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
+from db.sql import Params, SQLStore
 
 POOL_MAX = int(os.environ.get("DATABASE_POOL_SIZE", "8"))
 
 
-@functools.cache
-def _pyformat(sql: str) -> Any:
-    """The shared statements use qmark placeholders; psycopg wants %s."""
-    return sql.replace("?", "%s")
-
-
 class PostgresStore(SQLStore):
+    sql = STATEMENTS
+
     def __init__(self, url: str, *, connect_timeout: float = 3.0, pool_timeout: float = 5.0) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
@@ -31,6 +32,7 @@ class PostgresStore(SQLStore):
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._waiter: postgres_changes.ListenWaiter | None = None
 
     def _get_pool(self) -> psycopg_pool.ConnectionPool:
         with self._lock:
@@ -56,28 +58,57 @@ class PostgresStore(SQLStore):
                 )
             return self._pool
 
-    def _fetch(self, sql: str, params: Sequence[Any] = (), timeout: float | None = None) -> list[Sequence[Any]]:
+    @contextlib.contextmanager
+    def _connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
         try:
             with self._get_pool().connection(timeout=timeout) as conn:
-                cursor = conn.execute(_pyformat(sql), params)
-                return list(cursor.fetchall()) if cursor.description else []
+                yield conn
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise DatabaseUnavailable(f"postgresql: {type(exc).__name__}") from exc
 
+    def _fetch(self, sql: str, params: Params | None = None, timeout: float | None = None) -> list[Any]:
+        with self._connection(timeout) as conn:
+            cursor = conn.execute(sql.encode(), params)
+            return list(cursor.fetchall()) if cursor.description else []
+
+    def _execute(self, sql: str, params: Params | None = None) -> int:
+        with self._connection() as conn:
+            return conn.execute(sql.encode(), params).rowcount
+
+    def _ids_param(self, ids: builtins.list[str]) -> Any:
+        return ids
+
     def init_schema(self) -> None:
-        try:
-            with self._get_pool().connection() as conn, conn.transaction():
-                # Concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog: serialise it.
-                conn.execute("SELECT pg_advisory_xact_lock(727274)")
-                conn.execute(schema_sql("postgres").encode())
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-            raise DatabaseUnavailable(f"postgresql: {type(exc).__name__}") from exc
+        """Apply the migrations not yet applied, each in a transaction of its own (see db.migrate)."""
+        for migration in migrations("postgres"):
+            with self._connection() as conn, conn.transaction():
+                # Several workers or instances may start at once: one migrates, the others then skip.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+                conn.execute(MIGRATIONS_TABLE)
+                if conn.execute(IS_APPLIED, (migration.version,)).fetchall():
+                    continue
+                conn.execute(migration.sql.encode())
+                conn.execute(RECORD_APPLIED, (migration.version, migration.name))
+
+    def changes_after(self, cursor: ChangeCursor | None, limit: int) -> ChangeBatch:
+        with self._connection() as conn:
+            return postgres_changes.changes_after(conn, cursor, limit)
+
+    def wait_for_changes(self, timeout: float) -> bool:
+        with self._lock:
+            if self._waiter is None or self._waiter.pid != os.getpid():  # forked: not ours
+                self._waiter = postgres_changes.ListenWaiter(self.url, self.connect_timeout)
+            waiter = self._waiter
+        return waiter.wait(timeout)
 
     def ping(self) -> None:
         self._fetch("SELECT 1", timeout=min(1.0, self.pool_timeout))
 
     def close(self) -> None:
         with self._lock:
+            if self._waiter is not None and self._waiter.pid == os.getpid():
+                self._waiter.close()
+            self._waiter = None
             if self._pool is not None and self._pid == os.getpid():
                 self._pool.close()
             self._pool = None

@@ -1,82 +1,105 @@
-"""The statements both SQL backends share; a backend supplies connections and its placeholder."""
+"""What both SQL backends share: the statements each must provide, and the store written over them."""
 
 from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Iterator, Sequence
-from importlib import resources
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from db.base import Item, WriteResult, encode_fields, utc_now
+from db.base import Item, MalformedItem, WriteResult, encode_fields
+from db.changes import ChangeCursor
 
-GET = "SELECT id, fields, version, updated_at FROM items WHERE id = ? AND NOT deleted"
+logger = logging.getLogger(__name__)
 
-# One statement: the database bumps the version atomically with the write. A row that was a
-# tombstone comes back to life above its old version (created_version marks that moment).
-UPSERT = """
-INSERT INTO items (id, fields, version, created_version, deleted, updated_at)
-VALUES (?, ?, 1, 1, FALSE, ?)
-ON CONFLICT (id) DO UPDATE SET
-    fields = excluded.fields,
-    version = items.version + 1,
-    created_version = CASE WHEN items.deleted THEN items.version + 1 ELSE items.created_version END,
-    deleted = FALSE,
-    updated_at = excluded.updated_at
-RETURNING version, created_version
-"""
-
-DELETE = """
-UPDATE items SET deleted = TRUE, version = version + 1, fields = '{}', updated_at = ?
-WHERE id = ? AND NOT deleted
-RETURNING version
-"""
-
-LIST_FIRST = "SELECT id, fields, version, updated_at FROM items WHERE NOT deleted ORDER BY id LIMIT ?"
-LIST_AFTER = "SELECT id, fields, version, updated_at FROM items WHERE NOT deleted AND id > ? ORDER BY id LIMIT ?"
-COUNT = "SELECT count(*) FROM items WHERE NOT deleted"
-
-OUTBOX_ADD = """
-INSERT INTO cache_outbox (id, version) VALUES (?, ?)
-ON CONFLICT (id) DO UPDATE SET
-    version = CASE WHEN excluded.version > cache_outbox.version THEN excluded.version ELSE cache_outbox.version END
-"""
-OUTBOX_LIST = "SELECT id, version FROM cache_outbox ORDER BY id LIMIT ?"
-OUTBOX_DONE = "DELETE FROM cache_outbox WHERE id = ? AND version <= ?"
+Params = Mapping[str, Any]
 
 
-def schema_sql(name: str) -> str:
-    return resources.files("db").joinpath("schema", f"{name}.sql").read_text()
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """One backend's SQL, in its driver's own named-parameter style. Item reads select
+    (id, fields as text, version, updated_at as the API's ISO-8601 UTC string)."""
+
+    get: str  # id
+    upsert: str  # id, fields -> version, created_version, updated_at
+    delete: str  # id -> version
+    list_first: str  # limit
+    list_after: str  # after, limit
+    count: str
+    versions: str  # ids -> id, version, deleted
+    log_end: str  # -> last seq (0 when none), purged upto
+    changes_after: str  # seq, limit -> seq, id, version, deleted
+    mark_purged: str  # upto, age
+    purge_changes: str  # upto, age
+    purge_tombstones: str  # age
+    load_cursor: str  # name -> cursor
+    save_cursor: str  # name, cursor
+    outbox_add: str  # id, version
+    outbox_list: str  # limit
+    outbox_done: str  # id, version
 
 
-def _item(row: Sequence[Any]) -> Item:
-    return Item(id=row[0], fields=json.loads(row[1]), version=int(row[2]), updated_at=row[3])
+def decode_item(row: Sequence[Any]) -> Item:
+    """An Item from a selected row; MalformedItem when its body is not a JSON object."""
+    try:
+        fields = json.loads(row[1])
+    except (TypeError, ValueError):
+        fields = None
+    if not isinstance(fields, dict):
+        raise MalformedItem(row[0])
+    return Item(id=row[0], fields=fields, version=int(row[2]), updated_at=row[3])
 
 
 class SQLStore:
-    """get/upsert/delete/list/iterate over `_fetch(sql, params)`, which a backend implements."""
+    """The store over `_fetch(sql, params)` and `_execute(sql, params)`, which a backend implements."""
 
-    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+    sql: Statements
+
+    def _fetch(self, sql: str, params: Params | None = None) -> list[Sequence[Any]]:
+        raise NotImplementedError
+
+    def _execute(self, sql: str, params: Params | None = None) -> int:
+        """Run a write; how many rows it touched."""
+        raise NotImplementedError
+
+    def _ids_param(self, ids: builtins.list[str]) -> Any:
         raise NotImplementedError
 
     def get(self, item_id: str) -> Item | None:
-        rows = self._fetch(GET, (item_id,))
-        return _item(rows[0]) if rows else None
+        rows = self._fetch(self.sql.get, {"id": item_id})
+        return decode_item(rows[0]) if rows else None
 
     def upsert(self, item_id: str, fields: dict[str, Any]) -> WriteResult:
-        updated_at = utc_now()
-        version, created_version = self._fetch(UPSERT, (item_id, encode_fields(fields), updated_at))[0]
+        rows = self._fetch(self.sql.upsert, {"id": item_id, "fields": encode_fields(fields)})
+        version, created_version, updated_at = rows[0]
         item = Item(id=item_id, fields=fields, version=int(version), updated_at=updated_at)
         return WriteResult(item=item, created=version == created_version)
 
     def delete(self, item_id: str) -> int | None:
-        rows = self._fetch(DELETE, (utc_now(), item_id))
+        rows = self._fetch(self.sql.delete, {"id": item_id})
         return int(rows[0][0]) if rows else None
 
     def list(self, limit: int, after: str | None = None) -> list[Item]:
-        if after is None:
-            return [_item(row) for row in self._fetch(LIST_FIRST, (limit,))]
-        return [_item(row) for row in self._fetch(LIST_AFTER, (after, limit))]
+        items: list[Item] = []
+        # A malformed row is skipped, not fatal to the page: read on past it until the page is full,
+        # so a full page still means "there may be more" to the caller.
+        while len(items) < limit:
+            wanted = limit - len(items)
+            if after is None:
+                rows = self._fetch(self.sql.list_first, {"limit": wanted})
+            else:
+                rows = self._fetch(self.sql.list_after, {"after": after, "limit": wanted})
+            for row in rows:
+                try:
+                    items.append(decode_item(row))
+                except MalformedItem as exc:
+                    logger.warning("skipping malformed item %s in a listing", exc.item_id)
+            if len(rows) < wanted:
+                break
+            after = rows[-1][0]
+        return items
 
     def iterate(self, batch_size: int = 1000) -> Iterator[builtins.list[Item]]:
         """Every item in id order, `batch_size` at a time (keyset pages: constant memory)."""
@@ -86,16 +109,49 @@ class SQLStore:
             after = batch[-1].id
 
     def count(self) -> int:
-        return int(self._fetch(COUNT)[0][0])
+        return int(self._fetch(self.sql.count)[0][0])
+
+    def versions(self, ids: builtins.list[str]) -> dict[str, tuple[int, bool]]:
+        if not ids:
+            return {}
+        rows = self._fetch(self.sql.versions, {"ids": self._ids_param(ids)})
+        return {row[0]: (int(row[1]), bool(row[2])) for row in rows}
+
+    def load_cursor(self, name: str) -> str | None:
+        rows = self._fetch(self.sql.load_cursor, {"name": name})
+        return str(rows[0][0]) if rows else None
+
+    def save_cursor(self, name: str, cursor_text: str) -> None:
+        self._execute(self.sql.save_cursor, {"name": name, "cursor": cursor_text})
+
+    def purge_changes(self, upto_seq: int, older_than_s: float) -> int:
+        params = {"upto": upto_seq, "age": float(older_than_s)}
+        # Record the purge before doing it, and delete no further than recorded: a follower behind it
+        # then always learns that it missed rows (a gap), even if this process dies in between.
+        self._execute(self.sql.mark_purged, params)
+        return self._execute(self.sql.purge_changes, params)
+
+    def purge_tombstones(self, older_than_s: float) -> int:
+        # Without its tombstone a re-created id starts again from version 1. That is safe once the
+        # tombstone is older than the longest cache TTL: no cache can still hold any version of the old
+        # row (nor the tombstone), so no cached version can outrank the new row's. The caller must also
+        # have applied the log past the deletion (older_than_s covers its lag), so the follower does not
+        # write the old tombstone into a cache after the id is back.
+        return self._execute(self.sql.purge_tombstones, {"age": float(older_than_s)})
 
     def ping(self) -> None:
         self._fetch("SELECT 1")
 
     def outbox_add(self, item_id: str, version: int) -> None:
-        self._fetch(OUTBOX_ADD, (item_id, version))
+        self._execute(self.sql.outbox_add, {"id": item_id, "version": version})
 
     def outbox_list(self, limit: int = 100) -> builtins.list[tuple[str, int]]:
-        return [(row[0], int(row[1])) for row in self._fetch(OUTBOX_LIST, (limit,))]
+        return [(row[0], int(row[1])) for row in self._fetch(self.sql.outbox_list, {"limit": limit})]
 
     def outbox_done(self, item_id: str, version: int) -> None:
-        self._fetch(OUTBOX_DONE, (item_id, version))
+        self._execute(self.sql.outbox_done, {"id": item_id, "version": version})
+
+
+def end_cursor(log_end: Sequence[Any]) -> ChangeCursor:
+    """The cursor at the end of the log from a `log_end` row (last seq, purged upto)."""
+    return ChangeCursor(max(int(log_end[0]), int(log_end[1])))

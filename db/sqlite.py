@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import json
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from db.base import DatabaseUnavailable
-from db.sql import SQLStore, schema_sql
+from db.changes import Change, ChangeBatch, ChangeCursor
+from db.migrate import migrations, sqlite_statements
+from db.sql import Params, SQLStore, end_cursor
+from db.sqlite_sql import IS_APPLIED, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
 
 
 class SQLiteStore(SQLStore):
+    sql = STATEMENTS
+
     def __init__(self, path: str, timeout: float = 3.0) -> None:
         self.path = path
         self.timeout = timeout
         self._local = threading.local()
         self._pid = os.getpid()
+        self._waiter = PollingWaiter()
 
     def _connection(self) -> sqlite3.Connection:
         if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
@@ -34,20 +43,85 @@ class SQLiteStore(SQLStore):
             self._local.conn = conn
         return conn
 
-    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
         try:
-            return self._connection().execute(sql, params).fetchall()
+            yield
         except sqlite3.OperationalError as exc:  # locked too long, disk full, unreadable file
             raise DatabaseUnavailable(f"sqlite: {exc}") from exc
 
+    @contextlib.contextmanager
+    def _transaction(self, begin: str = "BEGIN") -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        with self._errors():
+            conn.execute(begin)
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _fetch(self, sql: str, params: Params | None = None) -> list[Any]:
+        with self._errors():
+            return self._connection().execute(sql, params or {}).fetchall()
+
+    def _execute(self, sql: str, params: Params | None = None) -> int:
+        with self._errors():
+            return self._connection().execute(sql, params or {}).rowcount
+
+    def _ids_param(self, ids: builtins.list[str]) -> Any:
+        return json.dumps(ids)
+
     def init_schema(self) -> None:
-        try:
-            self._connection().executescript(schema_sql("sqlite"))
-        except sqlite3.OperationalError as exc:
-            raise DatabaseUnavailable(f"sqlite: {exc}") from exc
+        """Apply the migrations not yet applied, each in a transaction of its own (see db.migrate)."""
+        for migration in migrations("sqlite"):
+            try:
+                # IMMEDIATE: take the write lock before reading what is applied, so two migrators queue.
+                with self._transaction("BEGIN IMMEDIATE") as conn:
+                    conn.execute(MIGRATIONS_TABLE)
+                    if conn.execute(IS_APPLIED, (migration.version,)).fetchall():
+                        continue
+                    for statement in sqlite_statements(migration.sql):
+                        conn.execute(statement)
+                    conn.execute(RECORD_APPLIED, (migration.version, migration.name))
+            finally:
+                self._connection().execute("PRAGMA ignore_check_constraints = OFF")
+
+    def changes_after(self, cursor: ChangeCursor | None, limit: int) -> ChangeBatch:
+        # One writer at a time: seq order is commit order, and "after seq" misses nothing.
+        with self._transaction() as conn:  # one read snapshot for the end, the purge mark and the rows
+            log_end = conn.execute(self.sql.log_end).fetchone()
+            end, purged = end_cursor(log_end), int(log_end[1])
+            if cursor is None:
+                return ChangeBatch([], end, gap=False)
+            if purged > cursor.safe_seq or cursor.seq > end.seq:  # purged, or ahead: a recreated database
+                return ChangeBatch([], end, gap=True)
+            rows = conn.execute(self.sql.changes_after, {"seq": cursor.seq, "limit": limit}).fetchall()
+        changes = [Change(int(r[0]), r[1], int(r[2]), bool(r[3])) for r in rows]
+        return ChangeBatch(changes, ChangeCursor(changes[-1].seq if changes else cursor.seq), gap=False)
+
+    def wait_for_changes(self, timeout: float) -> bool:
+        return self._waiter.wait(timeout)
 
     def close(self) -> None:
+        self._waiter.close()
+        self._waiter = PollingWaiter()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+class PollingWaiter:
+    """SQLite cannot notify: wait out the timeout (the caller then polls); close() ends a wait early."""
+
+    def __init__(self) -> None:
+        self._closed = threading.Event()
+
+    def wait(self, timeout: float) -> bool:
+        self._closed.wait(timeout)
+        return False
+
+    def close(self) -> None:
+        self._closed.set()

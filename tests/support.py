@@ -21,6 +21,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -436,3 +437,19 @@ class TcpProxy:
 
     def close(self) -> None:
         self.cut()
+
+
+@contextlib.contextmanager
+def sql_connection(database_url: str) -> Iterator[Any]:
+    """A plain driver connection in autocommit (psycopg or sqlite3), as an outside writer would use: it has
+    `execute(sql)` returning a cursor. Tests write literal SQL that both databases accept."""
+    if database_url.startswith(("postgres://", "postgresql://")):
+        import psycopg
+
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            yield conn
+        return
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)) as conn:
+        yield conn

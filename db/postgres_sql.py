@@ -1,0 +1,72 @@
+"""PostgreSQL's statements, in psycopg's named style (%(name)s). Timestamps come from the server's clock."""
+
+from __future__ import annotations
+
+from db.sql import Statements
+
+# The API's format for updated_at: UTC, ISO 8601, milliseconds, 'Z' (as db.base.utc_now wrote before).
+UPDATED_AT = """to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
+# The body as the exact text stored (json keeps it byte for byte), decoded by the store, not the driver.
+ITEM = f"id, fields::text, version, {UPDATED_AT}"
+CUTOFF = "statement_timestamp() - make_interval(secs => %(age)s)"
+
+STATEMENTS = Statements(
+    get=f"SELECT {ITEM} FROM items WHERE id = %(id)s AND NOT deleted",
+    # One statement: the database bumps the version atomically with the write. It is complete without
+    # the triggers (they only log it, and replace a tombstone before the insert: version and
+    # created_version then come from the trigger, and RETURNING reports them).
+    upsert=f"""
+INSERT INTO items (id, fields) VALUES (%(id)s, %(fields)s::json)
+ON CONFLICT (id) DO UPDATE SET
+    fields = excluded.fields,
+    version = items.version + 1,
+    created_version = CASE WHEN items.deleted THEN items.version + 1 ELSE items.created_version END,
+    deleted = FALSE,
+    updated_at = statement_timestamp()
+RETURNING version, created_version, {UPDATED_AT}
+""",
+    delete="""
+UPDATE items SET deleted = TRUE, version = version + 1, fields = '{}', updated_at = statement_timestamp()
+WHERE id = %(id)s AND NOT deleted
+RETURNING version
+""",
+    list_first=f"SELECT {ITEM} FROM items WHERE NOT deleted ORDER BY id LIMIT %(limit)s",
+    list_after=f"SELECT {ITEM} FROM items WHERE NOT deleted AND id > %(after)s ORDER BY id LIMIT %(limit)s",
+    count="SELECT count(*) FROM items WHERE NOT deleted",
+    versions="SELECT id, version, deleted FROM items WHERE id = ANY(%(ids)s)",
+    log_end="SELECT coalesce((SELECT max(seq) FROM item_changes), 0), (SELECT upto FROM item_changes_purged)",
+    changes_after="""
+SELECT seq, id, version, deleted FROM item_changes WHERE seq > %(seq)s ORDER BY seq LIMIT %(limit)s
+""",
+    mark_purged=f"""
+UPDATE item_changes_purged SET upto = greatest(upto,
+    (SELECT max(seq) FROM item_changes WHERE seq <= %(upto)s AND logged_at <= {CUTOFF}))
+""",
+    purge_changes=f"""
+DELETE FROM item_changes
+WHERE seq <= %(upto)s AND seq <= (SELECT upto FROM item_changes_purged) AND logged_at <= {CUTOFF}
+""",
+    purge_tombstones=f"DELETE FROM items WHERE deleted AND updated_at <= {CUTOFF}",
+    load_cursor="SELECT cursor FROM change_cursors WHERE name = %(name)s",
+    save_cursor="""
+INSERT INTO change_cursors (name, cursor) VALUES (%(name)s, %(cursor)s)
+ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor, saved_at = statement_timestamp()
+""",
+    outbox_add="""
+INSERT INTO cache_outbox (id, version) VALUES (%(id)s, %(version)s)
+ON CONFLICT (id) DO UPDATE SET version = greatest(excluded.version, cache_outbox.version)
+""",
+    outbox_list="SELECT id, version FROM cache_outbox ORDER BY id LIMIT %(limit)s",
+    outbox_done="DELETE FROM cache_outbox WHERE id = %(id)s AND version <= %(version)s",
+)
+
+# db.migrate's record of what is applied (positional parameters: these run in init_schema only).
+MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+IS_APPLIED = "SELECT 1 FROM schema_migrations WHERE version = %s"
+RECORD_APPLIED = "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)"

@@ -1,0 +1,74 @@
+"""SQLite's statements, in sqlite3's named style (:name). Timestamps come from SQLite's own clock."""
+
+from __future__ import annotations
+
+from db.sql import Statements
+
+NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"  # the API's format: UTC, milliseconds, 'Z'
+CUTOFF = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('-%f seconds', :age))"
+ITEM = "id, fields, version, updated_at"
+
+STATEMENTS = Statements(
+    get=f"SELECT {ITEM} FROM items WHERE id = :id AND NOT deleted",
+    # One statement: the database bumps the version atomically with the write. The inserted version is
+    # computed from the row already there, so an id whose tombstone the triggers replace (a plain INSERT
+    # path) comes back above the tombstone with no fix-up, and RETURNING reports what is stored.
+    upsert=f"""
+INSERT INTO items (id, fields, version, created_version, deleted, updated_at)
+SELECT :id, :fields, v, v, FALSE, {NOW}
+FROM (SELECT coalesce((SELECT version + 1 FROM items WHERE id = :id), 1) AS v) WHERE TRUE
+ON CONFLICT (id) DO UPDATE SET
+    fields = excluded.fields,
+    version = items.version + 1,
+    created_version = CASE WHEN items.deleted THEN items.version + 1 ELSE items.created_version END,
+    deleted = FALSE,
+    updated_at = excluded.updated_at
+RETURNING version, created_version, updated_at
+""",
+    delete=f"""
+UPDATE items SET deleted = TRUE, version = version + 1, fields = '{{}}', updated_at = {NOW}
+WHERE id = :id AND NOT deleted
+RETURNING version
+""",
+    list_first=f"SELECT {ITEM} FROM items WHERE NOT deleted ORDER BY id LIMIT :limit",
+    list_after=f"SELECT {ITEM} FROM items WHERE NOT deleted AND id > :after ORDER BY id LIMIT :limit",
+    # INDEXED BY: SQLite would otherwise scan the table, tombstones and bodies included, to count.
+    count="SELECT count(*) FROM items INDEXED BY items_live_id WHERE NOT deleted",
+    versions="SELECT id, version, deleted FROM items WHERE id IN (SELECT value FROM json_each(:ids))",
+    log_end="SELECT coalesce((SELECT max(seq) FROM item_changes), 0), (SELECT upto FROM item_changes_purged)",
+    changes_after="SELECT seq, id, version, deleted FROM item_changes WHERE seq > :seq ORDER BY seq LIMIT :limit",
+    mark_purged=f"""
+UPDATE item_changes_purged SET upto = max(upto, coalesce(
+    (SELECT max(seq) FROM item_changes
+     WHERE seq <= :upto AND logged_at <= {CUTOFF} AND seq < (SELECT max(seq) FROM item_changes)), 0))
+""",
+    purge_changes=f"""
+DELETE FROM item_changes
+WHERE seq <= :upto AND seq <= (SELECT upto FROM item_changes_purged) AND logged_at <= {CUTOFF}
+    AND seq < (SELECT max(seq) FROM item_changes)
+""",
+    purge_tombstones=f"DELETE FROM items WHERE deleted AND updated_at <= {CUTOFF}",
+    load_cursor="SELECT cursor FROM change_cursors WHERE name = :name",
+    save_cursor=f"""
+INSERT INTO change_cursors (name, cursor, saved_at) VALUES (:name, :cursor, {NOW})
+ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor, saved_at = excluded.saved_at
+""",
+    outbox_add="""
+INSERT INTO cache_outbox (id, version) VALUES (:id, :version)
+ON CONFLICT (id) DO UPDATE SET
+    version = CASE WHEN excluded.version > cache_outbox.version THEN excluded.version ELSE cache_outbox.version END
+""",
+    outbox_list="SELECT id, version FROM cache_outbox ORDER BY id LIMIT :limit",
+    outbox_done="DELETE FROM cache_outbox WHERE id = :id AND version <= :version",
+)
+
+# db.migrate's record of what is applied (positional parameters: these run in init_schema only).
+MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+)
+"""
+IS_APPLIED = "SELECT 1 FROM schema_migrations WHERE version = ?"
+RECORD_APPLIED = "INSERT INTO schema_migrations (version, name) VALUES (?, ?)"
