@@ -132,6 +132,10 @@ class BloomFilter:
         keys = [self.meta, self.bits, self.next_meta, self.next_bits]
         return not isinstance(self.guard("bloom", item_id, self._add, keys=keys, args=[item_id]), RedisDown)
 
+    def queue_add(self, pipe: redis.client.Pipeline, item_id: str) -> None:
+        """Queue an add on the caller's pipeline (EVAL: nothing to preload on every cluster node)."""
+        pipe.execute_command("EVAL", ADD, 4, self.meta, self.bits, self.next_meta, self.next_bits, item_id)
+
     def disable(self) -> bool:
         """Stop answering "absent" until rebuilt (the filter may lack an id). False when Redis failed."""
         return not isinstance(self.guard("bloom", "-", self.client.delete, self.meta), RedisDown)

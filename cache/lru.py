@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -77,6 +78,13 @@ class LRUCache(Generic[V]):
         with self._lock:
             slot = self._slots.get(key)
             return slot[1] if slot is not None and slot[0] > self.timer() else -1
+
+    def sample(self, n: int) -> list[tuple[str, V]]:
+        """Up to `n` live values with their keys, chosen at random (the cache inspector's sample)."""
+        with self._lock:
+            now = self.timer()
+            live = [(key, slot[2]) for key, slot in self._slots.items() if slot[2] is not None and slot[0] > now]
+        return random.sample(live, min(n, len(live)))
 
     def delete(self, key: str) -> None:
         with self._lock:

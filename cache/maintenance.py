@@ -3,7 +3,6 @@ another's replay), never the listener's (a database call can take DATABASE_TIMEO
 deadline). While the listener is subscribed, each pass:
 - replays the writes Redis missed (cache/replay.py), at once when woken (Redis answers again);
 and, while Redis answers too:
-- repairs what the database's outbox lists (cache/outbox.py), about once a second;
 - has a Bloom filter built when it finds none (first start, flushed, disabled), every 30 s at most.
 """
 
@@ -15,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from cache import outbox, warm
+from cache import warm
 
 if TYPE_CHECKING:
     from cache.process import CacheProcess
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PASS_INTERVAL = 0.25  # seconds between passes when nothing wakes the thread
-OUTBOX_INTERVAL = 1.0  # seconds between looks at the database's list of missed cache writes
 BLOOM_CHECK_INTERVAL = 30.0  # seconds between checks that the Bloom filter exists
 TOPOLOGY_INTERVAL = 1.0  # seconds between cluster topology refreshes while writes wait for a failover
 
@@ -32,7 +30,7 @@ class Maintenance:
     def __init__(self, cache: CacheProcess, timer: Callable[[], float] = time.monotonic) -> None:
         self.cache, self.timer = cache, timer
         self.stopped, self._wake = threading.Event(), threading.Event()
-        self._next_outbox = self._next_bloom_check = self._next_topology = float("-inf")
+        self._next_bloom_check = self._next_topology = float("-inf")
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -64,9 +62,6 @@ class Maintenance:
         if not self.cache.trust.usable:
             return
         now = self.timer()
-        if self.cache.store is not None and now >= self._next_outbox:
-            self._next_outbox = now + OUTBOX_INTERVAL
-            outbox.drain(self.cache.store, self.cache)
         if now >= self._next_bloom_check:
             self._next_bloom_check = now + BLOOM_CHECK_INTERVAL
             self._keep_bloom()

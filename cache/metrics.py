@@ -30,6 +30,17 @@ CIRCUIT_OPEN = Gauge("cache_circuit_open", "1 while the Redis circuit breaker is
 PENDING_WRITES = Gauge(
     "cache_pending_writes", "Cache writes Redis missed, waiting to be replayed", multiprocess_mode="livesum"
 )
+CHANGELOG_APPLIED = Counter("cache_changelog_applied", "Database changes (any writer's) applied to the cache")
+CHANGELOG_GAPS = Counter("cache_changelog_gaps", "Times the change log was purged past the follower: cache flushed")
+CHANGELOG_LAG = Gauge(
+    "cache_changelog_lag_seconds",
+    "Seconds since the change follower was last caught up with the database (0 while it is)",
+    multiprocess_mode="max",
+)
+INSPECTOR_CHECKED = Counter("cache_inspector_checked", "Cached entries compared with the database", ["tier"])
+INSPECTOR_STALE = Counter(
+    "cache_inspector_stale", "Cached entries still older than the database a full bound after first seen", ["tier"]
+)
 L1_ENTRIES = Gauge("cache_l1_entries", "Entries in the in-process LRU", multiprocess_mode="livesum")
 
 TIERS = ("lru", "redis", "db", "negative", "bloom")

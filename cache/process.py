@@ -14,13 +14,14 @@ from cache.bloom import BloomFilter
 from cache.breaker import CircuitBreaker
 from cache.coherence import Coherence
 from cache.entry import CacheEntry
+from cache.follower import ChangeFollower
 from cache.guard import Guard
+from cache.inspector import Inspector
 from cache.invalidation import CHANNEL, Listener, Watchdog, new_origin
 from cache.lock import FleetLock
 from cache.lru import LRUCache
 from cache.maintenance import Maintenance
 from cache.metrics import L1_ENTRIES, L1_FLUSHES
-from cache.outbox import record
 from cache.redis_tier import RedisTier, SetOutcome, connect, connect_cluster
 from cache.replay import PendingWrites
 from cache.stampede import FillNotifier, jittered
@@ -41,12 +42,14 @@ class CacheProcess:
     lock: FleetLock
     bloom: BloomFilter | None
     breaker: CircuitBreaker
-    store: ItemStore | None  # the database: lists writes Redis missed (outbox), rebuilds the Bloom filter
+    store: ItemStore | None  # the database: its change log is followed, the Bloom filter rebuilt from it
     trust: L1Trust = field(default_factory=L1Trust)
     pending: PendingWrites = field(default_factory=PendingWrites)
     fills: FillNotifier = field(default_factory=FillNotifier)
     listener: Listener | None = None
     chores: Maintenance | None = None
+    follower: ChangeFollower | None = None
+    inspector: Inspector | None = None
 
     @property
     def origin(self) -> str:
@@ -81,13 +84,12 @@ class CacheProcess:
         L1_FLUSHES.labels(reason).inc()
 
     def remember_write(self, key: str, entry: CacheEntry, ttl_ms: int, outcome: SetOutcome) -> None:
-        """A listening process replays writes Redis missed (and lists them in the outbox for the others)."""
+        """A listening process replays its own writes Redis missed (the change follower repairs every
+        process's; this puts the full entry back, not just a floor)."""
         if self.listener is None:
             return
         if outcome is SetOutcome.FAILED:
             self.pending.remember(key, entry, ttl_ms)
-            if self.store is not None:
-                record(self.store, self.item_id(key), entry.version)
         else:
             self.pending.written(key, entry, ttl_ms)
 
@@ -116,16 +118,21 @@ def build(config: Config, client: redis.Redis | None = None, store: ItemStore | 
 
 
 def start_listening(process: CacheProcess) -> None:
-    """Start the pub/sub listener and the chores' thread; L1 is bypassed until the listener is subscribed."""
+    """Start the pub/sub listener and the chores' thread and, with a database, the change follower and the
+    inspector (one of each at work per fleet, by lease). L1 is bypassed until the listener is subscribed."""
     process.trust.set_subscribed(False)
     process.chores = Maintenance(process)
     process.listener = Listener(process.redis.client, process.redis.channel, Coherence(process), Watchdog())
-    process.listener.start()
-    process.chores.start()
+    if process.store is not None:
+        process.follower = ChangeFollower(process, process.store)
+        process.inspector = Inspector(process, process.store)
+    for worker in (process.listener, process.chores, process.follower, process.inspector):
+        if worker is not None:
+            worker.start()
 
 
 def stop_listening(process: CacheProcess) -> None:
-    for worker in (process.listener, process.chores):
+    for worker in (process.listener, process.chores, process.follower, process.inspector):
         if worker is not None:
             worker.stop()
 

@@ -23,7 +23,8 @@ from cache.metrics import DECODE_ERRORS
 logger = logging.getLogger(__name__)
 
 # KEYS[1]: the item's key, a hash: v version, b body ('' for an id known to be absent), d how long the
-#          database load took (ms), t the TTL it was given (ms)
+#          database load took (ms), t the TTL it was given (ms); or a *floor* {v, f=1}: "version v was
+#          committed, its body is not here": a miss for readers that refuses any older fill
 # KEYS[2]: (optional) the load lock to release, if ARGV[8] is still its token; hash-tagged to KEYS[1]'s slot
 # ARGV[1]: version  ARGV[2]: body  ARGV[3]: TTL (ms)  ARGV[4]: load time (ms)
 # ARGV[5]: channel to announce the write on ('' for none)  ARGV[6]: the announcement
@@ -39,7 +40,7 @@ local held = tonumber(redis.call('HGET', KEYS[1], 'v'))
 local version = tonumber(ARGV[1])
 if held then
   if held > version then return done(-1) end
-  if held == version then
+  if held == version and redis.call('HEXISTS', KEYS[1], 'f') == 0 then
     if ARGV[7] == 'extend' then
       redis.call('HSET', KEYS[1], 'd', ARGV[4], 't', ARGV[3])
       redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -48,18 +49,19 @@ if held then
   end
 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'b', ARGV[2], 'd', ARGV[4], 't', ARGV[3])
+redis.call('HDEL', KEYS[1], 'f')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return done(1)
 """
 
 _READ_FIELDS = """
-local f = redis.call('HMGET', KEYS[1], 'v', 'b', 'd', 't')
-if f[1] then return {f[1], f[2], f[3] or '0', f[4] or '0', redis.call('PTTL', KEYS[1])} end
+local f = redis.call('HMGET', KEYS[1], 'v', 'b', 'd', 't', 'f')
+if f[1] and not f[5] then return {f[1], f[2], f[3] or '0', f[4] or '0', redis.call('PTTL', KEYS[1])} end
 """
 
 # KEYS[1]: the item's key
-# returns: nil when absent, else {version, body, load ms, TTL ms, remaining TTL ms} in one round trip
+# returns: nil when absent (or a floor), else {version, body, load ms, TTL ms, remaining TTL ms} in one round trip
 READ = _READ_FIELDS + "return false"
 
 # KEYS[1]: the item's key   KEYS[2]: its load lock (hash-tagged to the same slot)
@@ -68,14 +70,18 @@ READ = _READ_FIELDS + "return false"
 # One round trip for "still missing? then I load it": no fill can land between the look and the lock.
 READ_OR_LOCK = _READ_FIELDS + f"if {take_lua('KEYS[2]', 'ARGV[1]', 'ARGV[2]')} then return 1 end return 0"
 
-# KEYS[1]: the item's key   ARGV[1]: a version the database has committed
-# ARGV[2]: channel   ARGV[3]: the announcement
-# returns: 0 Redis already holds that version or newer; 1 any older copy is gone and every process told
-DROP_IF_OLDER = """
+# KEYS[1]: the item's key   ARGV[1]: a version the database has committed   ARGV[2]: the floor's TTL (ms)
+# ARGV[3]: channel   ARGV[4]: the announcement
+# returns: 0 Redis already holds that version or newer; 1 an older copy (or none) is now a floor at that
+#          version, and every process told. A floor, not a DEL: a reader that loaded the older row before
+#          the commit cannot put it back afterwards (the stale-set race, closed for outside writers too).
+FLOOR = """
 local held = tonumber(redis.call('HGET', KEYS[1], 'v'))
 if held and held >= tonumber(ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'f', '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
@@ -139,7 +145,7 @@ class RedisTier:
         self._set_if_newer = client.register_script(SET_IF_NEWER)
         self._read = client.register_script(READ)
         self._read_or_lock = client.register_script(READ_OR_LOCK)
-        self._drop_if_older = client.register_script(DROP_IF_OLDER)
+        self._floor = client.register_script(FLOOR)
         self._delete = client.register_script(DELETE)
 
     def get(self, key: str, item_id: str) -> CacheEntry | _Miss:
@@ -183,11 +189,15 @@ class RedisTier:
         args[4:6] = ["", ""]
         pipe.execute_command("EVAL", SET_IF_NEWER, 1, key, *args)
 
-    def drop_if_older(self, key: str, version: int) -> bool | RedisDown:
-        """Drop a cached copy older than `version` and announce it; False when Redis is already as new."""
-        message = encode_message(key, version, self.origin)
-        result = self.guard("outbox", key, self._drop_if_older, keys=[key], args=[version, self.channel, message])
-        return result if isinstance(result, RedisDown) else result == 1
+    def queue_floor(self, pipe: Any, key: str, version: int, ttl_ms: int, origin: str) -> None:
+        """Queue FLOOR on `pipe`: any copy older than `version` becomes a floor, announced as `origin`."""
+        pipe.execute_command("EVAL", FLOOR, 1, key, version, ttl_ms, self.channel, encode_message(key, version, origin))
+
+    def queue_set(self, pipe: Any, key: str, entry: CacheEntry, ttl_ms: int, origin: str) -> None:
+        """Queue SET_IF_NEWER on `pipe`, announced as `origin`."""
+        args = self._args(key, entry, ttl_ms, "")
+        args[5] = encode_message(key, entry.version, origin)
+        pipe.execute_command("EVAL", SET_IF_NEWER, 1, key, *args)
 
     def delete(self, key: str) -> bool | RedisDown:
         """Delete `key` whatever its version and tell every process to drop its copy; True if it was cached."""

@@ -77,16 +77,6 @@ class ItemStore(Protocol):
 
     def count(self) -> int: ...
 
-    def outbox_add(self, item_id: str, version: int) -> None:
-        """Record that the cache may hold a version of `item_id` older than `version` (keeps the newest)."""
-        ...
-
-    def outbox_list(self, limit: int = 100) -> builtins.list[tuple[str, int]]: ...
-
-    def outbox_done(self, item_id: str, version: int) -> None:
-        """Forget the record, unless a newer version was recorded meanwhile."""
-        ...
-
     def versions(self, ids: builtins.list[str]) -> dict[str, tuple[int, bool]]:
         """(version, deleted) of each id that has a row, tombstones included."""
         ...

@@ -52,12 +52,6 @@ WHERE seq <= %(upto)s AND seq <= (SELECT upto FROM item_changes_purged) AND logg
 INSERT INTO change_cursors (name, cursor) VALUES (%(name)s, %(cursor)s)
 ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor, saved_at = statement_timestamp()
 """,
-    outbox_add="""
-INSERT INTO cache_outbox (id, version) VALUES (%(id)s, %(version)s)
-ON CONFLICT (id) DO UPDATE SET version = greatest(excluded.version, cache_outbox.version)
-""",
-    outbox_list="SELECT id, version FROM cache_outbox ORDER BY id LIMIT %(limit)s",
-    outbox_done="DELETE FROM cache_outbox WHERE id = %(id)s AND version <= %(version)s",
 )
 
 # db.migrate's record of what is applied (positional parameters: these run in init_schema only).

@@ -36,9 +36,6 @@ class Statements:
     purge_tombstones: str  # age
     load_cursor: str  # name -> cursor
     save_cursor: str  # name, cursor
-    outbox_add: str  # id, version
-    outbox_list: str  # limit
-    outbox_done: str  # id, version
 
 
 def decode_item(row: Sequence[Any]) -> Item:
@@ -141,15 +138,6 @@ class SQLStore:
 
     def ping(self) -> None:
         self._fetch("SELECT 1")
-
-    def outbox_add(self, item_id: str, version: int) -> None:
-        self._execute(self.sql.outbox_add, {"id": item_id, "version": version})
-
-    def outbox_list(self, limit: int = 100) -> builtins.list[tuple[str, int]]:
-        return [(row[0], int(row[1])) for row in self._fetch(self.sql.outbox_list, {"limit": limit})]
-
-    def outbox_done(self, item_id: str, version: int) -> None:
-        self._execute(self.sql.outbox_done, {"id": item_id, "version": version})
 
 
 def end_cursor(log_end: Sequence[Any]) -> ChangeCursor:

@@ -53,13 +53,6 @@ WHERE seq <= :upto AND seq <= (SELECT upto FROM item_changes_purged) AND logged_
 INSERT INTO change_cursors (name, cursor, saved_at) VALUES (:name, :cursor, {NOW})
 ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor, saved_at = excluded.saved_at
 """,
-    outbox_add="""
-INSERT INTO cache_outbox (id, version) VALUES (:id, :version)
-ON CONFLICT (id) DO UPDATE SET
-    version = CASE WHEN excluded.version > cache_outbox.version THEN excluded.version ELSE cache_outbox.version END
-""",
-    outbox_list="SELECT id, version FROM cache_outbox ORDER BY id LIMIT :limit",
-    outbox_done="DELETE FROM cache_outbox WHERE id = :id AND version <= :version",
 )
 
 # db.migrate's record of what is applied (positional parameters: these run in init_schema only).

@@ -8,7 +8,7 @@ from flask import Flask, Response, current_app, json
 from werkzeug.exceptions import HTTPException
 
 from cache.warm import CacheUnavailable, WarmInProgress
-from db import DatabaseUnavailable
+from db import DatabaseUnavailable, MalformedItem
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,12 @@ def _database_down(exc: DatabaseUnavailable) -> Response:
     )
 
 
+def _malformed(exc: MalformedItem) -> Response:
+    logger.error("item %s is stored in a form this service cannot read", exc.item_id)
+    message = f"item {exc.item_id!r} is stored in a form this service cannot read (not a JSON object); fix its row"
+    return error_response(500, "malformed_item", message)
+
+
 def _cache_down(exc: CacheUnavailable) -> Response:
     message = f"{exc}. Items are still served from the database."
     return error_response(503, "cache_unavailable", message, {"Retry-After": "5"})
@@ -82,5 +88,6 @@ def register(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(DatabaseUnavailable, _database_down)
     app.register_error_handler(CacheUnavailable, _cache_down)
+    app.register_error_handler(MalformedItem, _malformed)
     app.register_error_handler(WarmInProgress, _warm_running)
     app.register_error_handler(Exception, _unexpected)

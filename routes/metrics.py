@@ -59,7 +59,18 @@ def prometheus() -> ResponseReturnValue:
 @bp.get("/cache")
 def summary() -> ResponseReturnValue:
     state = cache.state()
-    totals = _totals({"cache_requests": "tier", "cache_l1_entries": None, "cache_db_loads": None})
+    totals = _totals(
+        {
+            "cache_requests": "tier",
+            "cache_l1_entries": None,
+            "cache_db_loads": None,
+            "cache_changelog_applied": None,
+            "cache_changelog_gaps": None,
+            "cache_changelog_lag_seconds": None,
+            "cache_inspector_checked": "tier",
+            "cache_inspector_stale": "tier",
+        }
+    )
     requests = {tier: int(totals["cache_requests"].get(tier, 0)) for tier in TIERS}
     total = sum(requests.values())
     hits = sum(requests[tier] for tier in HIT_TIERS)
@@ -73,6 +84,15 @@ def summary() -> ResponseReturnValue:
         "requests": requests,
         "hit_ratio": round(hits / total, 4) if total else None,
         "db_loads": int(totals["cache_db_loads"].get("", 0)),
+        "change_log": {
+            "applied": int(totals["cache_changelog_applied"].get("", 0)),
+            "gaps": int(totals["cache_changelog_gaps"].get("", 0)),
+            "lag_seconds": totals["cache_changelog_lag_seconds"].get("", 0.0),
+        },
+        "inspector": {
+            "checked": {tier: int(n) for tier, n in totals["cache_inspector_checked"].items()},
+            "stale": {tier: int(n) for tier, n in totals["cache_inspector_stale"].items()},
+        },
         "redis": info_summary(state.redis, embedded=state.config.redis_embedded or not state.config.redis_url),
         "worker_pid": os.getpid(),
     }

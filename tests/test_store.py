@@ -108,17 +108,3 @@ def test_unreachable_postgres_raises_database_unavailable():
     with pytest.raises(DatabaseUnavailable):
         dead.ping()
     dead.close()
-
-
-def test_outbox_keeps_the_newest_version_per_id_until_done(store):
-    assert store.outbox_list() == []
-    store.outbox_add("b", 3)
-    store.outbox_add("a", 5)
-    store.outbox_add("a", 4)  # older: the newest stays
-    assert store.outbox_list() == [("a", 5), ("b", 3)]
-    store.outbox_done("a", 4)  # done with an older version than recorded: the record stays
-    store.outbox_add("b", 7)
-    store.outbox_done("b", 3)  # a newer write was recorded meanwhile: it stays too
-    assert store.outbox_list() == [("a", 5), ("b", 7)]
-    store.outbox_done("a", 5)
-    assert store.outbox_list(limit=1) == [("b", 7)]

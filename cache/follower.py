@@ -1,0 +1,160 @@
+"""The change follower: the database's change log (written by its own triggers, whoever wrote the row)
+applied in order, in batches, to every tier, so the cache follows what the database committed.
+
+Per change: a deletion becomes a versioned tombstone in Redis; an insert or update turns any older copy
+into a *floor* at the new version (a miss that refuses older fills) and adds the id to the Bloom filter.
+Both are announced, so every process's L1 drops its copy (this one's too: the announcements carry an
+origin of their own). Applying a change twice is harmless (the scripts only move versions forward), so
+a crash between applying a batch and saving the position only repeats work.
+
+One follower works at a time per cache (a lease: the fleet lock, renewed every pass); every listening
+process runs one, ready to take over within LEASE_MS. Its position is saved in the database after each
+batch, so it survives restarts of the service and of Redis, and catches up on what happened while every
+instance was down. PostgreSQL wakes it within milliseconds (LISTEN/NOTIFY); SQLite is polled.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from cache.entry import CacheEntry
+from cache.guard import RedisDown
+from cache.lock import Acquired
+from cache.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, CHANGELOG_LAG
+from cache.stampede import jittered
+from db import DatabaseUnavailable, ItemStore
+from db.changes import Change, ChangeCursor
+
+if TYPE_CHECKING:
+    from cache.process import CacheProcess
+
+logger = logging.getLogger(__name__)
+
+BATCH = 1000
+LEASE_MS = 3000  # a dead follower's lease frees itself within this; renewed every pass
+WAIT_SECONDS = 0.2  # the longest wait between looks at the log (SQLite's poll; PostgreSQL's fallback)
+RETRY_SECONDS = 1.0  # after the database or Redis failed
+PURGE_INTERVAL = 60.0  # seconds between purges of applied log rows and old tombstones
+LOG_RETENTION = 3600.0  # applied log rows are kept this long (for a second cache on the same database)
+
+
+class ChangeFollower:
+    def __init__(self, cache: CacheProcess, store: ItemStore, timer: Callable[[], float] = time.monotonic) -> None:
+        self.cache, self.store, self.timer = cache, store, timer
+        prefix = cache.config.key_prefix
+        self.name = f"cache:{prefix}"  # the position's name in the database: one per cache namespace
+        self.lease_key = f"{prefix}{{changelog}}:lease"
+        self.origin = f"changelog:{cache.origin}"  # not this process's origin: its own listener applies them
+        self.cursor: ChangeCursor | None = None  # in memory while we hold the lease
+        self.lease: Acquired | None = None
+        self.caught_up_at = timer()
+        self.stopped = threading.Event()
+        self._next_purge = float("-inf")
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="cache-change-follower", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.lease is not None:
+            self.cache.lock.release(self.lease_key, self.lease.token)
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                applied = self.run_once() if self.hold_lease() else None
+            except DatabaseUnavailable as exc:
+                logger.warning("change follower: database unavailable: %s", exc)
+                self.stopped.wait(RETRY_SECONDS)
+                continue
+            except Exception:  # a bug must not stop the cache following the database for good
+                logger.exception("change follower failed")
+                self.stopped.wait(RETRY_SECONDS)
+                continue
+            if applied is None:  # another process follows; be ready to take over
+                self.stopped.wait(LEASE_MS / 3000)
+            elif applied < BATCH:
+                self.store.wait_for_changes(WAIT_SECONDS)
+
+    def hold_lease(self) -> bool:
+        """Take or renew the lease; a follower that loses it forgets its position (the next holder's wins)."""
+        lock = self.cache.lock
+        if self.lease is not None and lock.renew(self.lease_key, self.lease.token, LEASE_MS):
+            return True
+        self.lease, self.cursor = None, None
+        CHANGELOG_LAG.set(0)  # only the follower at work reports its lag
+        taken = lock.acquire(self.lease_key, LEASE_MS)
+        if isinstance(taken, Acquired):
+            self.lease = taken
+            logger.info("change follower: this process follows the database's change log now")
+        return self.lease is not None
+
+    def run_once(self) -> int:
+        """Apply the next batch; returns how many changes it held (0: caught up, or Redis failed)."""
+        if self.cursor is None:
+            saved = self.store.load_cursor(self.name)
+            self.cursor = ChangeCursor.from_text(saved) if saved else None
+        batch = self.store.changes_after(self.cursor, BATCH)
+        if batch.gap:
+            self._flush_for_gap()
+        elif batch.changes and not self.apply(batch.changes):
+            CHANGELOG_LAG.set(self.timer() - self.caught_up_at)
+            return 0  # Redis failed: the position stays, the batch is applied again when it answers
+        if batch.cursor != self.cursor:
+            self.store.save_cursor(self.name, batch.cursor.to_text())
+            self.cursor = batch.cursor
+        if len(batch.changes) < BATCH:
+            self.caught_up_at = self.timer()
+        CHANGELOG_LAG.set(self.timer() - self.caught_up_at)
+        self._purge()
+        return len(batch.changes)
+
+    def apply(self, changes: list[Change]) -> bool:
+        """One pipeline for the batch; False when Redis failed (nothing is assumed applied)."""
+        cache = self.cache
+        pipe = cache.redis.client.pipeline(transaction=False)
+        # A floor outlives any read that began before its commit: such a read fills within CACHE_TTL.
+        floor_ttl_ms = jittered(cache.config.cache_ttl, cache.config.ttl_jitter)
+        for change in changes:
+            key = cache.key(change.id)
+            if change.deleted:
+                tombstone = CacheEntry.build(change.id, change.version, None)
+                cache.redis.queue_set(pipe, key, tombstone, cache.ttl_ms(tombstone), self.origin)
+            else:
+                cache.redis.queue_floor(pipe, key, change.version, floor_ttl_ms, self.origin)
+                if cache.bloom is not None:
+                    cache.bloom.queue_add(pipe, change.id)
+        if isinstance(cache.redis.guard("changelog", "-", pipe.execute), RedisDown):
+            return False
+        CHANGELOG_APPLIED.inc(len(changes))
+        return True
+
+    def _flush_for_gap(self) -> None:
+        """The log was purged past our position: we cannot know what changed, so nothing cached is trusted."""
+        from cache import warm
+
+        CHANGELOG_GAPS.inc()
+        logger.warning("change follower: the change log was purged past this cache's position; flushing the cache")
+        warm.flush(self.cache)  # every item key and every process's L1
+        if self.cache.bloom is not None:
+            self.cache.bloom.disable()  # ids inserted meanwhile are unknown to it: rebuilt by maintenance
+
+    def _purge(self) -> None:
+        if self.timer() < self._next_purge or self.cursor is None:
+            return
+        self._next_purge = self.timer() + PURGE_INTERVAL
+        config = self.cache.config
+        purged = self.store.purge_changes(self.cursor.safe_seq, LOG_RETENTION)
+        # No cached copy of a tombstone outlives the longest TTL (+ jitter): past it, it can be forgotten.
+        longest = max(config.cache_ttl, config.cache_long_ttl, config.negative_ttl) * (1 + config.ttl_jitter)
+        tombstones = self.store.purge_tombstones(longest + config.l1_ttl)
+        if purged or tombstones:
+            logger.info("change follower: purged %d applied log rows and %d old tombstones", purged, tombstones)

@@ -1,0 +1,176 @@
+"""The change follower and the cache inspector: the database's own change log, whoever wrote the row,
+applied to every tier. Outside writers are plain driver connections running SQL, as psql or sqlite3 would."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import cache
+from cache import follower as follower_module
+from cache import inspector as inspector_module
+from cache.follower import ChangeFollower
+from cache.inspector import Inspector
+from cache.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, INSPECTOR_CHECKED, INSPECTOR_STALE
+from tests.support import sql_connection, wait_until
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def value(metric, *labels) -> float:
+    return (metric.labels(*labels) if labels else metric)._value.get()
+
+
+@pytest.fixture
+def served(make_app, stack):
+    """The app, its database URL, and an outside writer's connection to that database."""
+    app = make_app()
+    with sql_connection(stack["DATABASE_URL"]) as sql:
+        yield app, app.test_client(), sql
+
+
+def follower_for(app) -> ChangeFollower:
+    """A follower that holds the lease, as the one at work in the fleet would."""
+    follower = ChangeFollower(cache.state(), app.extensions["item_store"])
+    assert follower.hold_lease()
+    return follower
+
+
+def test_a_row_inserted_by_sql_is_served_even_after_its_id_was_cached_as_absent(served):
+    app, client, sql = served
+    follower = follower_for(app)
+    follower.run_once()  # takes its position at the end of the log
+    assert client.get("/items/from-sql").status_code == 404
+    assert client.get("/items/from-sql").headers["X-Cache"] == "negative"  # cached as absent
+    sql.execute("""INSERT INTO items (id, fields) VALUES ('from-sql', '{"by": "psql"}')""")
+    applied = value(CHANGELOG_APPLIED)
+    assert follower.run_once() == 1 and value(CHANGELOG_APPLIED) == applied + 1
+    cache.state().lru.delete(cache.cache_key("from-sql"))  # this test has no listener to hear the floor
+    got = client.get("/items/from-sql")
+    assert got.status_code == 200 and got.json["by"] == "psql" and got.headers["X-Cache"] == "db"
+
+
+def test_rows_updated_and_deleted_by_sql_replace_what_is_cached(served):
+    app, client, sql = served
+    follower = follower_for(app)
+    follower.run_once()
+    for item_id in ("a", "b"):
+        assert client.put(f"/items/{item_id}", data=json.dumps({"v": 1}), headers=JSON_HEADERS).status_code == 201
+        assert client.get(f"/items/{item_id}").headers["X-Cache"] == "lru"
+    sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'a'""")  # version not touched: bumped
+    sql.execute("DELETE FROM items WHERE id = 'b'")
+    assert follower.run_once() == 4  # the service's two creates, then the two outside writes
+    cache.state().lru.clear()  # no listener in this test: L1s are the listener's business (tested below)
+    updated = client.get("/items/a")
+    assert updated.json == {**updated.json, "v": 2, "version": 2} and updated.headers["X-Cache"] == "db"
+    deleted = client.get("/items/b")
+    assert deleted.status_code == 404 and deleted.headers["X-Cache"] == "negative"  # the tombstone
+    assert client.get("/items").json["items"] == [updated.json]  # the list agrees with GET
+
+
+def test_a_listening_process_serves_outside_writes_from_every_tier(served):
+    app, client, sql = served
+    cache.start_listener()  # listener + follower threads, as in a gunicorn worker
+    wait_until(lambda: cache.state().trust.usable and cache.state().follower.lease is not None, timeout=10)
+    client.put("/items/hot", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
+    wait_until(lambda: client.get("/items/hot").headers["X-Cache"] == "lru", timeout=5)
+    sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'hot'""")
+    wait_until(lambda: client.get("/items/hot").json["v"] == 2, timeout=5)  # L1 dropped it, Redis floored it
+    sql.execute("""INSERT INTO items (id, fields) VALUES ('cold', '{"v": 1}')""")
+    wait_until(lambda: client.get("/items/cold").status_code == 200, timeout=5)
+
+
+def test_a_slow_reader_cannot_put_the_pre_commit_row_back(served):
+    app, client, sql = served
+    follower = follower_for(app)
+    follower.run_once()
+    client.put("/items/r", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
+    before = cache.CacheEntry.build("r", 1, b'{"id":"r","v":1}')  # what a reader loaded before the commit
+    sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'r'""")
+    follower.run_once()
+    assert cache.cache_fill(cache.cache_key("r"), before) is cache.SetOutcome.NEWER  # the floor refuses it
+    cache.state().lru.clear()
+    assert client.get("/items/r").json["v"] == 2
+
+
+def test_the_position_survives_a_restart_and_changes_made_meanwhile_are_caught_up(served):
+    app, client, sql = served
+    first = follower_for(app)
+    first.run_once()
+    client.put("/items/k", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
+    first.stop()  # a follower that is gone (its lease released)
+    sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'k'""")  # while no follower runs
+    successor = follower_for(app)
+    assert successor.run_once() == 2  # resumes from the saved position: the create, then the update
+    cache.state().lru.clear()
+    assert client.get("/items/k").json["v"] == 2
+
+
+def test_a_purged_log_past_the_position_flushes_the_cache_and_says_so(served, caplog):
+    app, client, sql = served
+    store = app.extensions["item_store"]
+    follower = follower_for(app)
+    follower.run_once()
+    client.put("/items/g", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
+    sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'g'""")
+    store.purge_changes(10**9, older_than_s=0)  # the log is gone past the follower's position
+    gaps = value(CHANGELOG_GAPS)
+    follower.run_once()
+    assert value(CHANGELOG_GAPS) == gaps + 1 and "purged past this cache's position" in caplog.text
+    assert cache.state().redis.client.exists(cache.cache_key("g")) == 0 and len(cache.state().lru) == 0
+    assert client.get("/items/g").json["v"] == 2
+
+
+def test_redis_down_keeps_the_position_until_the_batch_is_applied(served, monkeypatch):
+    app, client, sql = served
+    follower = follower_for(app)
+    follower.run_once()
+    sql.execute("""INSERT INTO items (id, fields) VALUES ('x', '{}')""")
+    position = follower.cursor
+    monkeypatch.setattr(cache.state().breaker, "allow", lambda: False)  # Redis is skipped: as if down
+    assert follower.run_once() == 0 and follower.cursor == position
+    monkeypatch.undo()
+    assert follower.run_once() == 1 and follower.cursor != position
+
+
+def test_the_inspector_counts_an_entry_still_stale_after_the_bound(served, monkeypatch):
+    app, client, sql = served
+    now = [0.0]
+    inspector = Inspector(cache.state(), app.extensions["item_store"], timer=lambda: now[0])
+    client.put("/items/s", data=json.dumps({"v": 1}), headers=JSON_HEADERS)  # Redis and L1 at version 1
+    client.put("/items/fresh", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
+    sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 's'""")  # and no follower applies it
+    checked, stale = value(INSPECTOR_CHECKED, "redis"), value(INSPECTOR_STALE, "redis")
+    inspector.inspect_once()
+    assert value(INSPECTOR_CHECKED, "redis") == checked + 2 and value(INSPECTOR_CHECKED, "lru") >= 2
+    assert value(INSPECTOR_STALE, "redis") == stale  # a suspect only: the change may be in flight
+    now[0] += inspector_module.BOUND
+    inspector.inspect_once()
+    assert value(INSPECTOR_STALE, "redis") == stale + 1 and value(INSPECTOR_STALE, "lru") >= 1
+
+
+def test_the_inspector_does_not_count_a_change_applied_within_the_bound(served):
+    app, client, sql = served
+    now = [0.0]
+    inspector = Inspector(cache.state(), app.extensions["item_store"], timer=lambda: now[0])
+    follower = follower_for(app)
+    follower.run_once()
+    client.put("/items/s", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
+    sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 's'""")
+    stale = value(INSPECTOR_STALE, "redis")
+    inspector.inspect_once()  # sees version 1 cached, 2 in the database: a suspect
+    follower.run_once()  # the change lands within the bound
+    now[0] += inspector_module.BOUND
+    inspector.inspect_once()
+    assert value(INSPECTOR_STALE, "redis") == stale
+
+
+def test_only_one_follower_works_at_a_time(served):
+    app, _, _ = served
+    first = follower_for(app)
+    second = ChangeFollower(cache.state(), app.extensions["item_store"])
+    assert not second.hold_lease()
+    first.stop()
+    assert second.hold_lease()
+    assert follower_module.LEASE_MS >= 1000
