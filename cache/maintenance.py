@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cache import warm
+from cache.entry import CacheEntry
+from cache.redis_tier import SetOutcome
 
 if TYPE_CHECKING:
     from cache.process import CacheProcess
@@ -76,7 +78,7 @@ class Maintenance:
             logger.warning("a Bloom filter add failed while Redis was down: filter disabled until rebuilt")
         if not len(cache.pending):
             return
-        written = cache.pending.replay(cache.redis.set_if_newer)
+        written = cache.pending.replay(self._replay_one)
         if written:
             logger.info("replayed %d cache write(s) Redis had missed; %d still pending", written, len(cache.pending))
         nodes = getattr(cache.redis.client, "nodes_manager", None)
@@ -84,6 +86,15 @@ class Maintenance:
             # A cluster client learns of a failover slowly; our writes wait on it: ask the cluster now.
             self._next_topology = self.timer() + TOPOLOGY_INTERVAL
             cache.redis.guard("topology", "-", nodes.initialize)
+
+    def _replay_one(self, key: str, entry: CacheEntry, ttl_ms: int) -> SetOutcome:
+        """Write one missed entry. Its announcement is this process's own, which its listener ignores, so
+        this L1 is floored here: it may have taken an older copy from Redis meanwhile (another process's
+        replay into an emptied Redis), and nothing else would tell it."""
+        outcome = self.cache.redis.set_if_newer(key, entry, ttl_ms)
+        if outcome is not SetOutcome.FAILED:
+            self.cache.lru.invalidate(key, entry.version)
+        return outcome
 
     def _keep_bloom(self) -> None:
         bloom, store = self.cache.bloom, self.cache.store
