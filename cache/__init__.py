@@ -22,8 +22,8 @@ _listen_after_fork = False  # enable_listener() was called: every cache this pro
 
 
 def init_cache(config: Config, client: redis.Redis | None = None, store: ItemStore | None = None) -> None:
-    """Build this process's cache over `client` (default: the Redis `config` names). `store` (the
-    database) repairs writes Redis missed and rebuilds the Bloom filter. Listens if enable_listener() ran."""
+    """Build this process's cache over `client` (default: the Redis `config` names). A listening process
+    (enable_listener() ran) follows `store`'s change log and rebuilds the Bloom filter from it."""
     global _process
     _stop()
     _process = build(config, client, store)
