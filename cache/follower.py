@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 BATCH = 1000
 LEASE_MS = 3000  # a dead follower's lease frees itself within this; renewed every pass
 WAIT_SECONDS = 0.2  # the longest wait between looks at the log (SQLite's poll; PostgreSQL's fallback)
+GATHER_SECONDS = 0.01  # after a wake-up, let a burst of commits gather into one batch (one pass, not many)
+SAVE_INTERVAL = 1.0  # the position is saved at most this often (a restart repeats at most this much work)
 RETRY_SECONDS = 1.0  # after the database or Redis failed
 PURGE_INTERVAL = 60.0  # seconds between purges of applied log rows and old tombstones
 LOG_RETENTION = 3600.0  # applied log rows are kept this long (for a second cache on the same database)
@@ -53,7 +55,8 @@ class ChangeFollower:
         self.lease: Acquired | None = None
         self.caught_up_at = timer()
         self.stopped = threading.Event()
-        self._next_purge = float("-inf")
+        self._next_purge = self._next_save = float("-inf")
+        self._saved: ChangeCursor | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -65,6 +68,7 @@ class ChangeFollower:
         if self._thread is not None:
             self._thread.join(timeout)
         if self.lease is not None:
+            self._save_now()
             self.cache.lock.release(self.lease_key, self.lease.token)
 
     def _run(self) -> None:
@@ -81,8 +85,8 @@ class ChangeFollower:
                 continue
             if applied is None:  # another process follows; be ready to take over
                 self.stopped.wait(LEASE_MS / 3000)
-            elif applied < BATCH:
-                self.store.wait_for_changes(WAIT_SECONDS)
+            elif applied < BATCH and self.store.wait_for_changes(WAIT_SECONDS):
+                self.stopped.wait(GATHER_SECONDS)
 
     def hold_lease(self) -> bool:
         """Take or renew the lease; a follower that loses it forgets its position (the next holder's wins)."""
@@ -108,9 +112,12 @@ class ChangeFollower:
         elif batch.changes and not self.apply(batch.changes):
             CHANGELOG_LAG.set(self.timer() - self.caught_up_at)
             return 0  # Redis failed: the position stays, the batch is applied again when it answers
-        if batch.cursor != self.cursor:
-            self.store.save_cursor(self.name, batch.cursor.to_text())
-            self.cursor = batch.cursor
+        self.cursor = batch.cursor
+        if batch.gap:
+            self._save_now()
+        elif self.timer() >= self._next_save:
+            self._save_now()  # at most every SAVE_INTERVAL: a write per batch would double the database's
+            #                   write load under a stream of small batches; a restart repeats at most that much
         if len(batch.changes) < BATCH:
             self.caught_up_at = self.timer()
         CHANGELOG_LAG.set(self.timer() - self.caught_up_at)
@@ -136,6 +143,13 @@ class ChangeFollower:
             return False
         CHANGELOG_APPLIED.inc(len(changes))
         return True
+
+    def _save_now(self) -> None:
+        """Save the position in the database, if it moved since it was last saved."""
+        if self.cursor is None or self.cursor == self._saved:
+            return
+        self.store.save_cursor(self.name, self.cursor.to_text())
+        self._saved, self._next_save = self.cursor, self.timer() + SAVE_INTERVAL
 
     def _flush_for_gap(self) -> None:
         """The log was purged past our position: we cannot know what changed, so nothing cached is trusted."""
