@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # `python app.py`: every setting checked, and the metrics directory made, before prometheus_client
+    # (imported below, through cache) reads PROMETHEUS_MULTIPROC_DIR and opens its files there.
+    import metrics_dir
+    from config import load_config_or_exit
+
+    _main_config = load_config_or_exit()
+    if _main_config.metrics_dir is not None:
+        metrics_dir.prepare(_main_config.metrics_dir)
+
 import logging
 import os
 from collections.abc import Mapping
@@ -28,7 +38,7 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=config.max_item_bytes, SERVICE_CONFIG=config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    store = open_store(config.database_url, config.database_timeout)
+    store = open_store(config.database_url, config.database_timeout, config.database_pool_size)
     try:
         store.init_schema()
     except DatabaseUnavailable as exc:  # keep serving cached reads; readiness reports the database
@@ -94,7 +104,10 @@ def __getattr__(name: str) -> Any:
     create_app do not build a second app from the environment."""
     if name == "app":
         global app
-        app = create_app()
+        try:
+            app = create_app()
+        except ConfigError as exc:  # one line, exit 1, as gunicorn.conf.py and `python app.py` say it
+            raise SystemExit(f"configuration error: {exc}") from None
         return app
     raise AttributeError(name)
 
@@ -105,4 +118,4 @@ if __name__ == "__main__":
         application = create_app()
     except ConfigError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
-    application.run(host="0.0.0.0", port=load_config().port, threaded=True)
+    application.run(host="0.0.0.0", port=_main_config.port, threaded=True)

@@ -14,8 +14,6 @@ import psycopg_pool
 from db.base import DatabaseUnavailable
 from db.sql import SQLStore, schema_sql
 
-POOL_MAX = int(os.environ.get("DATABASE_POOL_SIZE", "8"))
-
 
 @functools.cache
 def _pyformat(sql: str) -> Any:
@@ -24,8 +22,11 @@ def _pyformat(sql: str) -> Any:
 
 
 class PostgresStore(SQLStore):
-    def __init__(self, url: str, *, connect_timeout: float = 3.0, pool_timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, connect_timeout: float = 3.0, pool_timeout: float = 5.0, pool_size: int = 8
+    ) -> None:
         self.url = url
+        self.pool_size = pool_size  # connections per process, at most (DATABASE_POOL_SIZE)
         self.connect_timeout = connect_timeout
         self.pool_timeout = pool_timeout
         self._pool: psycopg_pool.ConnectionPool | None = None
@@ -40,7 +41,7 @@ class PostgresStore(SQLStore):
                 self._pool = psycopg_pool.ConnectionPool(
                     self.url,
                     min_size=1,
-                    max_size=POOL_MAX,
+                    max_size=self.pool_size,
                     timeout=self.pool_timeout,
                     kwargs={
                         "autocommit": True,
