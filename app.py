@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-if __name__ == "__main__":
-    # `python app.py`: every setting checked, and the metrics directory made, before prometheus_client
-    # (imported below, through cache) reads PROMETHEUS_MULTIPROC_DIR and opens its files there.
+import os
+
+if __name__ == "__main__" or "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+    # prometheus_client (imported below, through cache) writes files to PROMETHEUS_MULTIPROC_DIR as soon as a
+    # metric is made: every setting is checked first, so a bad one is one line (exit 1) and nothing is written.
     import metrics_dir
     from config import load_config_or_exit
 
-    _main_config = load_config_or_exit()
-    if _main_config.metrics_dir is not None:
-        metrics_dir.prepare(_main_config.metrics_dir)
+    _settings = load_config_or_exit()
+    if __name__ == "__main__" and _settings.metrics_dir is not None:
+        metrics_dir.prepare(_settings.metrics_dir)  # `python app.py`; under gunicorn, on_starting does it
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -118,4 +119,4 @@ if __name__ == "__main__":
         application = create_app()
     except ConfigError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
-    application.run(host="0.0.0.0", port=_main_config.port, threaded=True)
+    application.run(host="0.0.0.0", port=_settings.port, threaded=True)

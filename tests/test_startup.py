@@ -69,3 +69,11 @@ def test_non_number_web_concurrency_under_gunicorn(tmp_path):
 @pytest.mark.parametrize("command", ["python app.py", "flask init-db"])
 def test_non_number_web_concurrency_elsewhere(command, tmp_path):
     assert_refused(start(command, tmp_path, WEB_CONCURRENCY="two"), "WEB_CONCURRENCY")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_empty_metrics_dir_writes_no_metric_file_in_the_working_directory(command, tmp_path):
+    """prometheus_client takes a set-but-empty PROMETHEUS_MULTIPROC_DIR as the working directory."""
+    before = set(ROOT.glob("*.db"))
+    assert_refused(start(command, tmp_path, PROMETHEUS_MULTIPROC_DIR=""), "PROMETHEUS_MULTIPROC_DIR")
+    assert set(ROOT.glob("*.db")) == before
