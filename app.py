@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 import os
+
+if __name__ == "__main__" or "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+    # prometheus_client (imported below, through cache) writes files to PROMETHEUS_MULTIPROC_DIR as soon as a
+    # metric is made: every setting is checked first, so a bad one is one line (exit 1) and nothing is written.
+    import metrics_dir
+    from config import load_config_or_exit
+
+    _settings = load_config_or_exit()
+    if __name__ == "__main__" and _settings.metrics_dir is not None:
+        metrics_dir.prepare(_settings.metrics_dir)  # `python app.py`; under gunicorn, on_starting does it
+
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +39,7 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=config.max_item_bytes, SERVICE_CONFIG=config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    store = open_store(config.database_url, config.database_timeout)
+    store = open_store(config.database_url, config.database_timeout, config.database_pool_size)
     try:
         store.init_schema()
     except DatabaseUnavailable as exc:  # keep serving cached reads; readiness reports the database
@@ -97,7 +108,10 @@ def __getattr__(name: str) -> Any:
     create_app do not build a second app from the environment."""
     if name == "app":
         global app
-        app = create_app()
+        try:
+            app = create_app()
+        except ConfigError as exc:  # one line, exit 1, as gunicorn.conf.py and `python app.py` say it
+            raise SystemExit(f"configuration error: {exc}") from None
         return app
     raise AttributeError(name)
 
@@ -108,4 +122,4 @@ if __name__ == "__main__":
         application = create_app()
     except ConfigError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
-    application.run(host="0.0.0.0", port=load_config().port, threaded=True)
+    application.run(host="0.0.0.0", port=_settings.port, threaded=True)

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import metrics_dir
+
 INSTANCE_DIR = Path(__file__).resolve().parent / "instance"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -46,6 +48,10 @@ class Config:
     redis_tls_verify: bool  # verify a rediss:// server's certificate (Heroku Redis: self-signed, so false)
     cache_enabled: bool  # false: every read goes to the database (to measure what the cache buys)
     request_metrics: bool  # per-endpoint request counts and latencies (prometheus-flask-exporter)
+    database_pool_size: int  # PostgreSQL connections per worker, at most
+    web_concurrency: int  # gunicorn worker processes
+    gunicorn_threads: int  # threads per gunicorn worker
+    metrics_dir: str | None  # PROMETHEUS_MULTIPROC_DIR as given; None: gunicorn makes a private one
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = 2**31) -> int:
@@ -108,8 +114,42 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
     raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {url.split(':', 1)[0]!r}")
 
 
-def load_config(environ: Mapping[str, str] | None = None) -> Config:
-    """Read every setting from `environ` (default: os.environ); raise ConfigError naming a bad variable."""
+def _metrics_dir(env: Mapping[str, str]) -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR, checked: the service deletes its own stale files there at start, so a
+    directory holding anything else is refused rather than risk a file it did not write."""
+    name = "PROMETHEUS_MULTIPROC_DIR"
+    if name not in env:
+        return None
+    path = env[name]  # as given: prometheus_client uses the raw value
+    if not path.strip():
+        raise ConfigError(f"{name} is set but empty: unset it (gunicorn then makes a private one) or name a directory")
+    if not os.path.exists(path):
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise ConfigError(f"{name}={path} does not exist and cannot be created in {parent}")
+        return path
+    if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name}={path} is not a directory this service can write to")
+    strangers = metrics_dir.unrecognised(path)
+    if strangers:
+        shown = ", ".join(strangers[:3]) + (f" and {len(strangers) - 3} more" if len(strangers) > 3 else "")
+        raise ConfigError(
+            f"{name}={path} holds files this service did not write ({shown}); name an empty or a new directory"
+        )
+    return path
+
+
+def load_config_or_exit(environ: Mapping[str, str] | None = None, *, default_port: int = 5000) -> Config:
+    """load_config, or exit 1 with the one line `configuration error: <VAR> ...` on stderr (no traceback)."""
+    try:
+        return load_config(environ, default_port=default_port)
+    except ConfigError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+
+
+def load_config(environ: Mapping[str, str] | None = None, *, default_port: int = 5000) -> Config:
+    """Read every setting from `environ` (default: os.environ); raise ConfigError naming a bad variable.
+    `default_port`: PORT when unset (5000 for `python app.py`, 8000 for gunicorn)."""
     env = os.environ if environ is None else environ
     log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
     if log_level not in LOG_LEVELS:
@@ -120,7 +160,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     cache_ttl = _int(env, "CACHE_TTL", 300, minimum=1)
     lock_ttl = _float(env, "CACHE_LOCK_TTL", 5.0, high=300)
     return Config(
-        port=_int(env, "PORT", 5000, minimum=1, maximum=65535),
+        port=_int(env, "PORT", default_port, minimum=1, maximum=65535),
         database_url=_database_url(env),
         redis_url=_redis_url(env),
         redis_embedded=_bool(env, "REDIS_EMBEDDED"),
@@ -149,4 +189,8 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         redis_tls_verify=_bool(env, "REDIS_TLS_VERIFY", default=True),
         cache_enabled=_bool(env, "CACHE_ENABLED", default=True),
         request_metrics=_bool(env, "REQUEST_METRICS", default=True),
+        database_pool_size=_int(env, "DATABASE_POOL_SIZE", 8, minimum=1, maximum=1000),
+        web_concurrency=_int(env, "WEB_CONCURRENCY", 2, minimum=1, maximum=256),
+        gunicorn_threads=_int(env, "GUNICORN_THREADS", 4, minimum=1, maximum=256),
+        metrics_dir=_metrics_dir(env),
     )

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
-import tempfile
+
+# The hooks import the project's modules (config, cache) from beside this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import metrics_dir  # noqa: E402  (needs the path above)
+from config import load_config_or_exit  # noqa: E402
+
+# Every setting, gunicorn's too, is read and checked in one place; a bad one stops start-up here with one
+# line naming it (exit 1), before a worker is forked.
+_config = load_config_or_exit(default_port=8000)
 
 # The platform (Heroku, a container) says where to listen; 8000 locally.
-bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+bind = f"0.0.0.0:{_config.port}"
 
 # Processes: Heroku sets WEB_CONCURRENCY from the dyno's memory; 2 fits a 2-core machine.
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+workers = _config.web_concurrency
 
 # gthread: a request can wait (a Redis or database round trip, a lock held by another loader for up to
 # CACHE_LOCK_WAIT, a database timeout); threads keep such a wait from holding the whole worker. They also
@@ -22,7 +30,7 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # /health/live at ~2,000 req/s with 1 thread, ~1,300 with 4); and a keep-alive connection stays with the
 # worker that accepted it, so a client with few long-lived connections can load workers unevenly.
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+threads = _config.gunicorn_threads
 
 # Heroku's router gives up after 30 s; give up on a stuck request before it does.
 timeout = 30
@@ -42,34 +50,20 @@ control_socket_disable = True
 # thread or PubSub is ever created in the master and shared by accident.
 preload_app = False
 
-# prometheus_client picks its multiprocess storage when it is first imported, so the directory must be
-# in the environment before any worker imports the app; on_starting wipes it (stale files would be summed).
-_metrics_dir_is_ours = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-os.environ.setdefault(
-    "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"item-cache-metrics-{os.getpid()}")
-)
-
+# prometheus_client picks its multiprocess storage when it is first imported, so the directory must be in
+# the environment before any worker imports the app: on_starting (in the master, before the first fork)
+# sets it. Only what this service wrote there is ever removed (metrics_dir.py).
+_metrics_dir = None
 _embedded_redis = None
 logger = logging.getLogger("gunicorn.error")
 
 
-# The hooks import the project's modules (config, cache) from beside this file.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-
 def on_starting(server):
-    """In the master, before any fork: check the configuration, reset metrics, start embedded Redis."""
-    from config import ConfigError, load_config
-
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        logger.error("configuration error: %s", exc)
-        sys.exit(1)
-    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    os.makedirs(metrics_dir, exist_ok=True)
-    if config.redis_url is None:
+    """In the master, before any fork: the metrics directory (stale metric files removed), embedded Redis."""
+    global _metrics_dir
+    _metrics_dir = metrics_dir.prepare(_config.metrics_dir)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir.path
+    if _config.redis_url is None:
         _start_embedded_redis()
 
 
@@ -100,8 +94,9 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
+    """Stop the embedded Redis; remove the metric files (and the directory, if this master made it)."""
     if _embedded_redis is not None:
         _embedded_redis.terminate()
         _embedded_redis.wait(timeout=5)
-    if _metrics_dir_is_ours:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    if _metrics_dir is not None:
+        metrics_dir.clean_up(_metrics_dir)

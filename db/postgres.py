@@ -19,14 +19,15 @@ from db.migrate import ADVISORY_LOCK_KEY, migrations
 from db.postgres_sql import IS_APPLIED, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
 from db.sql import Params, SQLStore
 
-POOL_MAX = int(os.environ.get("DATABASE_POOL_SIZE", "8"))
-
 
 class PostgresStore(SQLStore):
     sql = STATEMENTS
 
-    def __init__(self, url: str, *, connect_timeout: float = 3.0, pool_timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, connect_timeout: float = 3.0, pool_timeout: float = 5.0, pool_size: int = 8
+    ) -> None:
         self.url = url
+        self.pool_size = pool_size  # connections per process, at most (DATABASE_POOL_SIZE)
         self.connect_timeout = connect_timeout
         self.pool_timeout = pool_timeout
         self._pool: psycopg_pool.ConnectionPool | None = None
@@ -42,7 +43,7 @@ class PostgresStore(SQLStore):
                 self._pool = psycopg_pool.ConnectionPool(
                     self.url,
                     min_size=1,
-                    max_size=POOL_MAX,
+                    max_size=self.pool_size,
                     timeout=self.pool_timeout,
                     kwargs={
                         "autocommit": True,

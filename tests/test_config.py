@@ -4,6 +4,8 @@ import pytest
 
 from config import ConfigError, load_config
 
+MULTIPROC = "PROMETHEUS_MULTIPROC_DIR"
+
 
 def test_defaults():
     config = load_config({})
@@ -12,6 +14,8 @@ def test_defaults():
     assert config.redis_url is None
     assert (config.cache_ttl, config.cache_long_ttl, config.l1_max_items, config.l1_ttl) == (300, 3600, 10000, 30.0)
     assert (config.negative_ttl, config.max_item_bytes, config.api_token) == (30, 65536, None)
+    assert (config.web_concurrency, config.gunicorn_threads, config.database_pool_size) == (2, 4, 8)
+    assert config.metrics_dir is None and load_config({}, default_port=8000).port == 8000
 
 
 def test_values_are_converted():
@@ -55,8 +59,44 @@ def test_values_are_converted():
         ("CACHE_XFETCH_BETA", "-1"),
         ("CACHE_LOCK_TTL", "0"),
         ("CACHE_BLOOM", "sometimes"),
+        ("DATABASE_POOL_SIZE", "abc"),
+        ("DATABASE_POOL_SIZE", "0"),
+        ("WEB_CONCURRENCY", "two"),
+        ("WEB_CONCURRENCY", "0"),
+        ("GUNICORN_THREADS", "0"),
+        ("GUNICORN_THREADS", "four"),
+        (MULTIPROC, ""),
+        (MULTIPROC, "  "),
+        (MULTIPROC, "/nonexistent-parent/metrics"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         load_config({name: value})
+
+
+def test_gunicorn_and_pool_settings_are_converted():
+    config = load_config({"WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "8", "DATABASE_POOL_SIZE": "20"})
+    assert (config.web_concurrency, config.gunicorn_threads, config.database_pool_size) == (3, 8, 20)
+
+
+def test_metrics_dir_new_empty_or_holding_only_metric_files_is_accepted(tmp_path):
+    assert load_config({MULTIPROC: str(tmp_path / "new")}).metrics_dir == str(tmp_path / "new")
+    assert load_config({MULTIPROC: str(tmp_path)}).metrics_dir == str(tmp_path)
+    for name in ("counter_12.db", "gauge_livesum_12.db", "gauge_max_7.db", "histogram_3.db"):
+        (tmp_path / name).write_bytes(b"")
+    assert load_config({MULTIPROC: str(tmp_path)}).metrics_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["important.txt", "counter.db", "counter_12.db.bak", "notes"])
+def test_metrics_dir_holding_anything_else_is_refused_and_left_alone(tmp_path, name):
+    (tmp_path / name).write_text("keep me")
+    with pytest.raises(ConfigError, match=f"{MULTIPROC}=.*did not write \\({name}\\)"):
+        load_config({MULTIPROC: str(tmp_path)})
+    assert (tmp_path / name).read_text() == "keep me"
+
+
+def test_metrics_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=f"{MULTIPROC}=.* is not a directory"):
+        load_config({MULTIPROC: str(tmp_path / "file")})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -68,6 +69,22 @@ def test_bad_configuration_stops_start_up_naming_the_variable(tmp_path, name, va
     assert server.launch().wait(timeout=20) != 0
     assert f"configuration error: {name}" in server.output()
     server.close()
+
+
+def test_metrics_dir_given_by_the_user_loses_only_the_service_files(tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR named by the user: a stale metric file of an earlier run is removed at start
+    (it would be summed in), the workers' files are removed at exit, and the directory itself stays."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_999999.db").write_bytes(b"not a metric file any more")
+    server = Gunicorn({"REDIS_URL": "", "DATABASE_URL": f"sqlite:///{tmp_path / 'items.sqlite3'}"}, workers=2)
+    server.env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    with server:
+        assert put(server, "m1", {"n": 1})[0] == 201
+        assert metric(server, 'flask_http_request_total{method="PUT",status="201"}') == 1
+        running = sorted(os.listdir(metrics_dir))
+        assert running and "counter_999999.db" not in running
+    assert metrics_dir.is_dir() and os.listdir(metrics_dir) == []
 
 
 def test_oversized_bodies_are_refused_before_they_are_stored(tmp_path):
