@@ -21,13 +21,14 @@ import threading
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from db.changes import Change, ChangeBatch, ChangeCursor
 from db.sql import end_cursor
 
 logger = logging.getLogger(__name__)
 
-CHANNEL = "item_changes"  # the triggers' pg_notify channel
+CHANNEL = "item_changes"  # the triggers' pg_notify channel is this, ':', and the table's schema
 
 # The seq counter first (OFFSET 0 keeps the subquery apart, so it is read first), then an xid of our own;
 # run in autocommit, so that xid has completed before the snapshot below is taken.
@@ -146,7 +147,8 @@ class ListenWaiter:
                 keepalives_interval=5,
                 keepalives_count=2,
             )
-            conn.execute(f"LISTEN {CHANNEL}")
+            schema = conn.execute("SELECT current_schema()").fetchone()[0]  # type: ignore[index]
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(f"{CHANNEL}:{schema}")))
         except psycopg.Error as exc:
             logger.warning("cannot listen for changes (%s): polling", type(exc).__name__)
             self._closed.wait(timeout)  # bounded, like every wait

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 
 import pytest
 
@@ -97,23 +96,17 @@ def test_versions_of_no_ids_is_empty(store):
 
 def test_wait_for_changes_is_bounded(store, database_url):
     if database_url.startswith("sqlite"):
-        started = time.monotonic()
         assert store.wait_for_changes(0.05) is False  # SQLite polls: the wait is the poll interval
-        assert time.monotonic() - started >= 0.05
         return
     assert store.wait_for_changes(0.05) is True  # just connected: whatever came before was not heard
-    started = time.monotonic()
-    assert store.wait_for_changes(0.2) is False
-    assert 0.2 <= time.monotonic() - started < 2
+    assert store.wait_for_changes(0.2) is False  # nothing committed: the timeout ran out
 
 
-def test_postgres_wakes_a_waiter_within_milliseconds_of_a_commit(pg):
+def test_postgres_wakes_a_waiter_at_a_commit(pg):
     store, _ = pg
     store.wait_for_changes(0.01)  # connect and LISTEN
     threading.Timer(0.1, lambda: store.upsert("w", {})).start()
-    started = time.monotonic()
-    assert store.wait_for_changes(5) is True
-    assert time.monotonic() - started < 1
+    assert store.wait_for_changes(5) is True  # woken by the commit (bench/changelog.py times it)
     assert store.wait_for_changes(0.05) is False  # the notifications of that write were drained
 
 
@@ -216,9 +209,10 @@ def test_a_follower_racing_concurrent_writers_gets_every_committed_change_exactl
                         f"INSERT INTO items (id, fields) VALUES ('{item_id}', '{{}}') "
                         f'ON CONFLICT (id) DO UPDATE SET fields = \'{{"t":{txn},"k":{k}}}\''
                     )
-                time.sleep(chance.random() * 0.004)  # hold the seqs a while: commits overtake each other
+                together.wait()  # every writer holds its seqs now: their commits race and overtake each other
                 conn.execute("ROLLBACK" if chance.random() < 0.1 else "COMMIT")
 
+    together = threading.Barrier(4, timeout=30)
     writers = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
     for thread in writers:
         thread.start()

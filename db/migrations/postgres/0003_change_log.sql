@@ -57,7 +57,7 @@ $$;
 CREATE FUNCTION items_log_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO item_changes (id, version, deleted) VALUES (NEW.id, NEW.version, NEW.deleted);
-    PERFORM pg_notify('item_changes', '');
+    PERFORM pg_notify('item_changes:' || TG_TABLE_SCHEMA, '');  -- per schema: others are not woken
     RETURN NULL;
 END
 $$;
