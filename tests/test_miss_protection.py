@@ -220,3 +220,27 @@ def test_a_warm_while_another_runs_answers_409(make_app):
     response = app.test_client().post("/admin/cache/warm", headers=AUTH)
     assert response.status_code == 409 and response.json["error"] == "warm_in_progress"
     assert cache.state().lock.release(warm.lock_key(cache.state()), hold.token) is True
+
+
+def test_a_failed_early_refresh_serves_the_cached_copy(make_app, monkeypatch):
+    from cache import aside
+    from cache.metrics import REFRESH_FAILURES
+    from db import DatabaseUnavailable
+
+    app = make_app(CACHE_L1_MAX_ITEMS="0")
+    seed(app, 1)
+    client = app.test_client()
+    assert client.get("/items/item-0").headers["X-Cache"] == "db"  # cached in Redis now
+    store = app.extensions["item_store"]
+
+    def database_down(item_id):
+        raise DatabaseUnavailable("postgresql: OperationalError")
+
+    monkeypatch.setattr(store, "get", database_down)
+    monkeypatch.setattr(aside, "_refresh_due", lambda s, entry: True)  # XFetch says "refresh now"
+    failures = value(REFRESH_FAILURES)
+    answer = client.get("/items/item-0")
+    assert answer.status_code == 200 and answer.headers["X-Cache"] == "redis" and answer.json["n"] == "item-0"
+    assert value(REFRESH_FAILURES) == failures + 1
+    lock = cache.state().lock
+    assert not cache.state().redis.client.exists(lock.for_item(cache.cache_key("item-0")))  # lock released

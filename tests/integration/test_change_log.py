@@ -100,7 +100,7 @@ def test_changes_made_while_every_instance_was_down_are_applied_at_start(request
         wait_until(lambda: recovered(servers), timeout=20)
         assert served_versions(servers, "item-5") == {1}
         for server in servers:
-            server.close()
+            server.stop()
         with sql_connection(db_url) as sql:
             sql.execute("""UPDATE items SET fields = '{"while": "down"}' WHERE id = 'item-5'""")
         for server in servers:
@@ -113,7 +113,7 @@ def test_a_log_purged_past_a_stopped_fleets_position_flushes_and_serves_the_trut
         wait_until(lambda: recovered(servers), timeout=20)
         assert served_versions(servers, "item-7") == {1}
         for server in servers:
-            server.close()
+            server.stop()
         with sql_connection(db_url) as sql:
             sql.execute("""UPDATE items SET fields = '{"missed": true}' WHERE id = 'item-7'""")
         store = open_store(db_url)
