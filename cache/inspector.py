@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cache.background import Background
 from cache.guard import RedisDown
-from cache.lock import Acquired
+from cache.lock import Lease
 from cache.metrics import INSPECTOR_CHECKED, INSPECTOR_STALE
 from db import DatabaseUnavailable, ItemStore
 
@@ -49,42 +49,29 @@ class Suspect:
     seen_at: float
 
 
-class Inspector:
-    def __init__(self, cache: CacheProcess, store: ItemStore, timer: Callable[[], float] = time.monotonic) -> None:
-        self.cache, self.store, self.timer = cache, store, timer
-        self.lease_key = f"{cache.config.key_prefix}{{inspector}}:lease"
-        self.lease: Acquired | None = None
-        self.suspects: list[Suspect] = []
-        self.stopped = threading.Event()
-        self._keys: Iterator[Any] = iter(())
-        self._thread: threading.Thread | None = None
+class Inspector(Background):
+    thread_name = "cache-inspector"
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cache-inspector", daemon=True)
-        self._thread.start()
+    def __init__(self, cache: CacheProcess, store: ItemStore, timer: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.cache, self.store, self.timer = cache, store, timer
+        self.lease = Lease(cache.lock, f"{cache.config.key_prefix}{{inspector}}:lease", LEASE_MS)
+        self.suspects: list[Suspect] = []
+        self._keys: Iterator[Any] = iter(())
 
     def stop(self, timeout: float = 5.0) -> None:
-        self.stopped.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().stop(timeout)
+        self.lease.release()
 
     def _run(self) -> None:
         while not self.stopped.wait(INTERVAL):
             try:
-                if self._hold_lease():
+                if self.lease.hold():
                     self.inspect_once()
             except DatabaseUnavailable as exc:
                 logger.info("cache inspector: database unavailable: %s", exc)
             except Exception:  # a bug in the inspector must never touch serving
                 logger.exception("cache inspector failed")
-
-    def _hold_lease(self) -> bool:
-        lock = self.cache.lock
-        if self.lease is not None and lock.renew(self.lease_key, self.lease.token, LEASE_MS):
-            return True
-        taken = lock.acquire(self.lease_key, LEASE_MS)
-        self.lease = taken if isinstance(taken, Acquired) else None
-        return self.lease is not None
 
     def inspect_once(self) -> None:
         """Re-check the suspects whose bound has passed, then sample anew."""

@@ -16,7 +16,6 @@ import logging
 import os
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any, Protocol
 
 import redis
 
+from cache.background import Background
 from cache.guard import REDIS_ERRORS_CAUGHT
 from cache.metrics import LISTENER_SUBSCRIBED
 
@@ -77,22 +77,14 @@ class ConnectionSilent(Exception):
     """The subscribed connection stopped answering (no pong, or no subscribe confirmation) in time."""
 
 
-class Listener:
+class Listener(Background):
+    thread_name = "cache-invalidation-listener"
+
     def __init__(self, client: redis.Redis, channel: str, events: ListenerEvents, watchdog: Watchdog) -> None:
+        super().__init__()
         self.client, self.channel, self.events, self.watchdog = client, channel, events, watchdog
         self.subscribed = False
-        self.stopped = threading.Event()
-        self._thread: threading.Thread | None = None
         self._flush_reason = "subscribe"
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cache-invalidation-listener", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self.stopped.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         delay = RECONNECT_MIN

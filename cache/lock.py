@@ -81,3 +81,25 @@ class FleetLock:
         """True when this token still held the lock and now holds it for `ttl_ms` more."""
         args = [token, ttl_ms or self.ttl_ms]
         return self.guard("renew", lock_key, self._renew, keys=[lock_key], args=args) == 1
+
+
+class Lease:
+    """A background job that one process of the fleet runs at a time: the fleet lock on `key`, renewed by
+    its holder on every pass; a holder that dies frees it within `ttl_ms`, and another takes over."""
+
+    def __init__(self, lock: FleetLock, key: str, ttl_ms: int) -> None:
+        self.lock, self.key, self.ttl_ms = lock, key, ttl_ms
+        self.held: Acquired | None = None
+
+    def hold(self) -> bool:
+        """Renew the lease if it is ours, else try to take it: True while this process holds it."""
+        if self.held is not None and self.lock.renew(self.key, self.held.token, self.ttl_ms):
+            return True
+        taken = self.lock.acquire(self.key, self.ttl_ms)
+        self.held = taken if isinstance(taken, Acquired) else None
+        return self.held is not None
+
+    def release(self) -> None:
+        if self.held is not None:
+            self.lock.release(self.key, self.held.token)
+            self.held = None

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cache import warm
+from cache.background import Background
 from cache.entry import CacheEntry
 from cache.redis_tier import SetOutcome
 
@@ -28,22 +29,18 @@ BLOOM_CHECK_INTERVAL = 30.0  # seconds between checks that the Bloom filter exis
 TOPOLOGY_INTERVAL = 1.0  # seconds between cluster topology refreshes while writes wait for a failover
 
 
-class Maintenance:
-    def __init__(self, cache: CacheProcess, timer: Callable[[], float] = time.monotonic) -> None:
-        self.cache, self.timer = cache, timer
-        self.stopped, self._wake = threading.Event(), threading.Event()
-        self._next_bloom_check = self._next_topology = float("-inf")
-        self._thread: threading.Thread | None = None
+class Maintenance(Background):
+    thread_name = "cache-maintenance"
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cache-maintenance", daemon=True)
-        self._thread.start()
+    def __init__(self, cache: CacheProcess, timer: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.cache, self.timer = cache, timer
+        self._wake = threading.Event()
+        self._next_bloom_check = self._next_topology = float("-inf")
 
     def stop(self, timeout: float = 5.0) -> None:
-        self.stopped.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        super().stop(timeout)
 
     def wake(self) -> None:
         self._wake.set()

@@ -4,10 +4,12 @@ past its position). Each test prints what it measured."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 
 from db import open_store
 from tests.integration.fleet import fleet, recovered
@@ -24,6 +26,16 @@ def served_versions(servers: list[Gunicorn], item_id: str) -> set[int]:
             status, _, body = server.get(f"/items/{item_id}")
             versions.add(json.loads(body)["version"] if status == 200 else 0)
     return versions
+
+
+@contextlib.contextmanager
+def every_instance_down(servers: list[Gunicorn]) -> Iterator[None]:
+    """Stop every instance (their logs are kept), then start them all again."""
+    for server in servers:
+        server.stop()
+    yield
+    for server in servers:
+        server.start()
 
 
 def follower_pid(servers: list[Gunicorn]) -> int:
@@ -99,12 +111,8 @@ def test_changes_made_while_every_instance_was_down_are_applied_at_start(request
     with fleet(request.getfixturevalue("postgres_url"), seed=10) as (_, servers, _, db_url):
         wait_until(lambda: recovered(servers), timeout=20)
         assert served_versions(servers, "item-5") == {1}
-        for server in servers:
-            server.stop()
-        with sql_connection(db_url) as sql:
+        with every_instance_down(servers), sql_connection(db_url) as sql:
             sql.execute("""UPDATE items SET fields = '{"while": "down"}' WHERE id = 'item-5'""")
-        for server in servers:
-            server.start()
         wait_until(lambda: served_versions(servers, "item-5") == {2}, timeout=15)  # Redis held version 1
 
 
@@ -112,17 +120,13 @@ def test_a_log_purged_past_a_stopped_fleets_position_flushes_and_serves_the_trut
     with fleet(request.getfixturevalue("postgres_url"), seed=10) as (_, servers, _, db_url):
         wait_until(lambda: recovered(servers), timeout=20)
         assert served_versions(servers, "item-7") == {1}
-        for server in servers:
-            server.stop()
-        with sql_connection(db_url) as sql:
+        with every_instance_down(servers), sql_connection(db_url) as sql:
             sql.execute("""UPDATE items SET fields = '{"missed": true}' WHERE id = 'item-7'""")
-        store = open_store(db_url)
-        try:
-            assert store.purge_changes(10**12, older_than_s=0) >= 1  # another cache's purge, say
-        finally:
-            store.close()
-        for server in servers:
-            server.start()
+            store = open_store(db_url)
+            try:
+                assert store.purge_changes(10**12, older_than_s=0) >= 1  # another cache's purge, say
+            finally:
+                store.close()
         wait_until(lambda: served_versions(servers, "item-7") == {2}, timeout=15)
         assert any("purged past this cache's position" in s.output() for s in servers)
 
