@@ -127,7 +127,7 @@ class ChangeFollower:
     def apply(self, changes: list[Change]) -> bool:
         """One pipeline for the batch; False when Redis failed (nothing is assumed applied)."""
         cache = self.cache
-        pipe = cache.redis.client.pipeline(transaction=False)
+        pipe = cache.bulk.pipeline(transaction=False)
         # A floor outlives any read that began before its commit: such a read fills within CACHE_TTL.
         floor_ttl_ms = jittered(cache.config.cache_ttl, cache.config.ttl_jitter)
         for change in changes:

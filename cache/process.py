@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass, field
 
 import redis
+from redis import Redis
 
 from cache.bloom import BloomFilter
 from cache.breaker import CircuitBreaker
@@ -32,6 +33,9 @@ from db import ItemStore
 logger = logging.getLogger(__name__)
 
 ITEM_NAMESPACE = "item:"
+# A pipeline of a thousand scripts can outlast a request's REDIS_SOCKET_TIMEOUT on a busy Redis (seen: a
+# 100,000-item warm failing at 0.25 s); batches are nobody's request, so they may wait this long instead.
+BULK_TIMEOUT = 5.0
 
 
 @dataclass
@@ -43,6 +47,7 @@ class CacheProcess:
     bloom: BloomFilter | None
     breaker: CircuitBreaker
     store: ItemStore | None  # the database: its change log is followed, the Bloom filter rebuilt from it
+    bulk: Redis  # the same Redis for batches (warming, the change log): a longer timeout, see BULK_TIMEOUT
     trust: L1Trust = field(default_factory=L1Trust)
     pending: PendingWrites = field(default_factory=PendingWrites)
     fills: FillNotifier = field(default_factory=FillNotifier)
@@ -101,7 +106,8 @@ class CacheProcess:
 
 def build(config: Config, client: redis.Redis | None = None, store: ItemStore | None = None) -> CacheProcess:
     """This process's tiers over `client` (default: the Redis that `config` names, or the embedded one)."""
-    client = client or _client(config)
+    bulk = client or _client(config, max(BULK_TIMEOUT, config.redis_socket_timeout))
+    client = client or _client(config, config.redis_socket_timeout)
     breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown)
     guard, origin = Guard(breaker), new_origin()
     process = CacheProcess(
@@ -112,6 +118,7 @@ def build(config: Config, client: redis.Redis | None = None, store: ItemStore | 
         bloom=BloomFilter(client, guard, config.key_prefix) if config.bloom else None,
         breaker=breaker,
         store=store,
+        bulk=bulk,
     )
     breaker.on_change = process.on_breaker_change
     return process
@@ -137,11 +144,11 @@ def stop_listening(process: CacheProcess) -> None:
             worker.stop()
 
 
-def _client(config: Config) -> redis.Redis:
+def _client(config: Config, socket_timeout: float) -> redis.Redis:
     if config.redis_url and config.redis_cluster:
-        return connect_cluster(config.redis_url, config.redis_socket_timeout, config.redis_tls_verify)
+        return connect_cluster(config.redis_url, socket_timeout, config.redis_tls_verify)
     if config.redis_url:
-        return connect(config.redis_url, config.redis_socket_timeout, config.redis_tls_verify)
+        return connect(config.redis_url, socket_timeout, config.redis_tls_verify)
     from cache import embedded  # imported here: `python -m cache.embedded` must not find it loaded
 
     return embedded.client()

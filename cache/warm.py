@@ -127,7 +127,7 @@ def _build(
         if bloom_size:
             time.sleep(BLOOM_GRACE)
         for batch in store.iterate(BATCH):
-            pipe = cache.redis.client.pipeline(transaction=False)
+            pipe = cache.bulk.pipeline(transaction=False)
             if queue_items is not None:
                 queue_items(pipe, batch)
             if bloom and bloom_size:
@@ -159,7 +159,7 @@ def _queue_items(cache: CacheProcess, pipe: Any, batch: list[Item]) -> None:
 
 
 def _unlink_items(cache: CacheProcess) -> int:
-    client, deleted, batch = cache.redis.client, 0, []
+    client, deleted, batch = cache.bulk, 0, []
     for key in client.scan_iter(match=f"{cache.config.key_prefix}item:*", count=1000):
         batch.append(key)
         if len(batch) >= 1000:
