@@ -73,6 +73,11 @@ def _start_embedded_redis():
     from cache.embedded import WARNING, start_server
 
     url, _embedded_redis = start_server()
+    # Importing cache.embedded made the cache's metrics in this master too; its live gauges (0) would
+    # count as a process that never subscribes. The master serves nothing: forget its files.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(os.getpid())
     os.environ["REDIS_URL"] = url
     os.environ["REDIS_EMBEDDED"] = "1"
     logger.warning("%s (embedded server pid %d at %s)", WARNING, _embedded_redis.pid, url)

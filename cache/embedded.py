@@ -41,9 +41,13 @@ def client() -> redis.Redis:
 
 def start_server() -> tuple[str, subprocess.Popen[bytes]]:
     """Start the TCP server in a child process; return its URL and the process (stop it by pid)."""
+    # It has no metrics to report: without the directory it writes no metric files, whose live gauges
+    # (0 for "listener subscribed") would otherwise count as a worker's.
+    env = {name: value for name, value in os.environ.items() if name != "PROMETHEUS_MULTIPROC_DIR"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cache.embedded", str(os.getpid())],
         stdout=subprocess.PIPE,
+        env=env,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
     assert proc.stdout is not None

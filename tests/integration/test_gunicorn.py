@@ -8,7 +8,7 @@ import os
 import pytest
 
 from tests.integration.fleet import metric
-from tests.support import Gunicorn, RedisServer, postgres_schema_url
+from tests.support import Gunicorn, RedisServer, postgres_schema_url, wait_until
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -43,6 +43,8 @@ def test_embedded_redis_is_shared_by_all_workers_and_sqlite_survives_restart(tmp
     with Gunicorn(env, workers=2) as server:
         exercise(server)
         assert "embedded in-memory Redis" in server.output()
+        # Only workers count: neither the master nor the embedded server may hold the gauge at 0.
+        wait_until(lambda: b"\ncache_listener_subscribed 1.0\n" in server.get("/metrics")[2], timeout=10)
     with Gunicorn(env, workers=2) as restarted:  # a new embedded Redis: empty; the SQLite file is not
         status, headers, body = restarted.get("/items/item-3")
         assert status == 200 and headers["X-Cache"] == "db" and json.loads(body)["name"] == "item-3"
