@@ -56,6 +56,10 @@ def prometheus() -> ResponseReturnValue:
     return Response(body, content_type=CONTENT_TYPE_LATEST)
 
 
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
 @bp.get("/cache")
 def summary() -> ResponseReturnValue:
     state = cache.state()
@@ -83,6 +87,11 @@ def summary() -> ResponseReturnValue:
         },
         "requests": requests,
         "hit_ratio": round(hits / total, 4) if total else None,
+        "hit_ratio_means": "reads answered without the database (lru, redis, negative, bloom) / all reads",
+        "item_hit_ratio": _ratio(
+            requests["lru"] + requests["redis"], requests["lru"] + requests["redis"] + requests["db"]
+        ),
+        "absent_answered_without_db": requests["negative"] + requests["bloom"],
         "db_loads": int(totals["cache_db_loads"].get("", 0)),
         "change_log": {
             "applied": int(totals["cache_changelog_applied"].get("", 0)),

@@ -201,6 +201,8 @@ def test_metrics_count_reads_by_tier(client, app):
     after = summary()
     delta = {tier: after["requests"][tier] - before["requests"][tier] for tier in after["requests"]}
     assert delta == {"lru": 1, "redis": 0, "db": 1, "negative": 1, "bloom": 0}
+    assert after["absent_answered_without_db"] - before["absent_answered_without_db"] == 1
+    assert after["hit_ratio_means"].startswith("reads answered without the database")
     assert after["db_loads"] - before["db_loads"] == 1
     assert after["l1"]["entries_this_worker"] == 2 and after["l1"]["capacity_per_worker"] == 10000
     text = client.get("/metrics").data.decode()
