@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,9 @@ class Config:
     web_concurrency: int  # gunicorn worker processes
     gunicorn_threads: int  # threads per gunicorn worker
     metrics_dir: str | None  # PROMETHEUS_MULTIPROC_DIR as given; None: gunicorn makes a private one
+    http_max_age: int  # Cache-Control max-age of an item (s) a CDN or browser may serve it unasked; 0: revalidate
+    http_stale_while_revalidate: int  # ...and how long past that it may serve it while it revalidates (s)
+    cors_origins: tuple[str, ...]  # browser origins allowed to call the API (CORS); empty: none
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = 2**31) -> int:
@@ -147,6 +151,18 @@ def load_config_or_exit(environ: Mapping[str, str] | None = None, *, default_por
         raise SystemExit(f"configuration error: {exc}") from None
 
 
+ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+
+
+def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    """CORS_ORIGINS: comma-separated origins like https://app.example.com (scheme, host, port; no path)."""
+    origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not ORIGIN.match(origin):
+            raise ConfigError(f"CORS_ORIGINS: {origin!r} is not an origin like https://app.example.com or *")
+    return origins
+
+
 def load_config(environ: Mapping[str, str] | None = None, *, default_port: int = 5000) -> Config:
     """Read every setting from `environ` (default: os.environ); raise ConfigError naming a bad variable.
     `default_port`: PORT when unset (5000 for `python app.py`, 8000 for gunicorn)."""
@@ -193,4 +209,7 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
         web_concurrency=_int(env, "WEB_CONCURRENCY", 2, minimum=1, maximum=256),
         gunicorn_threads=_int(env, "GUNICORN_THREADS", 4, minimum=1, maximum=256),
         metrics_dir=_metrics_dir(env),
+        http_max_age=_int(env, "HTTP_MAX_AGE", 0, maximum=31_536_000),
+        http_stale_while_revalidate=_int(env, "HTTP_STALE_WHILE_REVALIDATE", 0, maximum=31_536_000),
+        cors_origins=_origins(env),
     )

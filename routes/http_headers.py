@@ -1,0 +1,74 @@
+"""What every response says beside its body: its request id, how a browser or a CDN may cache it, which
+tier answered in RFC 9211's `Cache-Status` (beside `X-Cache`), and CORS when CORS_ORIGINS allows it."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from flask import Flask, Response, current_app, g, request
+from flask_cors import CORS
+
+from config import Config
+
+# Heroku's router sends a UUID; a caller's own id is kept if it is short and plain (it reaches the logs).
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:+=/-]{1,128}$")
+CACHE_NAME = "item-cache"
+CACHE_STATUS = {  # X-Cache -> Cache-Status (RFC 9211): hits say which tier; a database load is a miss
+    "lru": f"{CACHE_NAME}; hit; detail=lru",
+    "redis": f"{CACHE_NAME}; hit; detail=redis",
+    "negative": f"{CACHE_NAME}; hit; detail=negative",
+    "bloom": f"{CACHE_NAME}; hit; detail=bloom",
+    "db": f"{CACHE_NAME}; fwd=miss; stored",
+}
+EXPOSED = ["ETag", "X-Cache", "Cache-Status", "X-Request-ID", "Location", "Retry-After"]
+ALLOWED = ["Content-Type", "Authorization", "If-Match", "If-None-Match", "Idempotency-Key", "X-Request-ID"]
+
+
+def register(app: Flask, config: Config) -> None:
+    app.before_request(_remember_request_id)
+    app.after_request(_describe)
+    if config.cors_origins:
+        CORS(app, origins=list(config.cors_origins), expose_headers=EXPOSED, allow_headers=ALLOWED, max_age=600)
+
+
+def item_cache_control(config: Config) -> str:
+    """An item's Cache-Control: revalidate with its ETag every time, unless HTTP_MAX_AGE allows reuse."""
+    if not config.http_max_age:
+        return "no-cache"
+    swr = f", stale-while-revalidate={config.http_stale_while_revalidate}" if config.http_stale_while_revalidate else ""
+    return f"public, max-age={config.http_max_age}{swr}"
+
+
+def request_id() -> str:
+    """This request's id: the caller's X-Request-ID when it is plain and short, else one made up."""
+    return g.get("request_id") or _take_request_id()
+
+
+def _remember_request_id() -> None:
+    _take_request_id()  # a before_request hook that returned a value would answer the request with it
+
+
+def _take_request_id() -> str:
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    return str(g.request_id)
+
+
+def _describe(response: Response) -> Response:
+    response.headers["X-Request-ID"] = request_id()
+    tier = response.headers.get("X-Cache")
+    if tier in CACHE_STATUS:
+        config: Config = current_app.config["SERVICE_CONFIG"]
+        response.headers["Cache-Status"] = CACHE_STATUS[tier] if config.cache_enabled else f"{CACHE_NAME}; fwd=bypass"
+    if "Cache-Control" not in response.headers:
+        response.headers["Cache-Control"] = _cache_control(response)
+    return response
+
+
+def _cache_control(response: Response) -> str:
+    """Items read successfully may be cached (revalidated by ETag); nothing else is to be stored: errors,
+    lists (no validator), writes, admin, health and metrics all change under the caller."""
+    if request.endpoint == "items.get_item" and response.status_code in (200, 304):
+        return item_cache_control(current_app.config["SERVICE_CONFIG"])
+    return "no-store"
