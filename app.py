@@ -23,6 +23,7 @@ from flask import Flask
 from flask.cli import with_appcontext
 
 import cache
+import logs
 import routes
 from cache import warm
 from config import ConfigError, load_config
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     """Build the app from the environment, with `overrides` (same names as the variables) on top."""
     config = load_config({**os.environ, **(overrides or {})})
-    _configure_logging(config.log_level)
+    logs.configure(config.log_level, config.log_format)
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=config.max_item_bytes, SERVICE_CONFIG=config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -63,13 +64,6 @@ def _warm_on_start(store: ItemStore) -> None:
         warm.warm_in_background(cache.state(), store)
     except (warm.WarmInProgress, warm.CacheUnavailable) as exc:
         logger.info("warm on start skipped: %s", exc)
-
-
-def _configure_logging(level: str) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
-    root.setLevel(level)
 
 
 @click.command("init-db")

@@ -35,6 +35,8 @@ class Config:
     api_token: str | None
     max_item_bytes: int
     log_level: str
+    log_format: str  # json, text, or auto (text on a terminal, json elsewhere)
+    access_log: bool  # one line per request (logger "access"), in the same format as every other line
     lock_ttl: float  # seconds a fleet-wide load lock lives: longer than any database load
     lock_wait: float  # seconds a reader waits for another's load before loading itself
     stampede_protection: bool  # single-flight + fleet lock; off only to measure what they save
@@ -154,6 +156,13 @@ def load_config_or_exit(environ: Mapping[str, str] | None = None, *, default_por
 ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, default).strip().lower() or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
     """CORS_ORIGINS: comma-separated origins like https://app.example.com (scheme, host, port; no path)."""
     origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
@@ -191,6 +200,8 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
         api_token=env.get("API_TOKEN") or None,
         max_item_bytes=_int(env, "MAX_ITEM_BYTES", 65536, minimum=64),
         log_level=log_level,
+        log_format=_choice(env, "LOG_FORMAT", "auto", ("auto", "json", "text")),
+        access_log=_bool(env, "ACCESS_LOG", default=True),
         lock_ttl=lock_ttl,
         lock_wait=_float(env, "CACHE_LOCK_WAIT", lock_ttl + 1.0, high=600),
         stampede_protection=_bool(env, "CACHE_STAMPEDE_PROTECTION", default=True),

@@ -9,7 +9,8 @@ import sys
 # The hooks import the project's modules (config, cache) from beside this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import metrics_dir  # noqa: E402  (needs the path above)
+import logs  # noqa: E402  (needs the path above)
+import metrics_dir  # noqa: E402
 from config import load_config_or_exit  # noqa: E402
 
 # Every setting, gunicorn's too, is read and checked in one place; a bad one stops start-up here with one
@@ -38,9 +39,14 @@ graceful_timeout = 20
 # Idle keep-alive connections are cheap for a router in front of us and save a handshake per request.
 keepalive = 5
 
-# Access log to stdout, 12-factor: the platform collects it.
-accesslog = "-"
+# Logs to stderr, 12-factor: the platform collects them. The app writes the access log itself (logger
+# "access", ACCESS_LOG), so that a request's line has the format of every other line (LOG_FORMAT) and says
+# which tier answered and how long it took; gunicorn's own access log would be a second format.
+accesslog = None
 errorlog = "-"
+# gunicorn's own lines ("Starting gunicorn", "Booting worker") in the same format, from its first line on:
+# its logging defaults with their one formatter replaced by ours.
+logconfig_dict = {"formatters": {"generic": {"()": "logs.formatter", "log_format": _config.log_format}}}
 
 # gunicorn's control socket sits at one fixed path per user, so a second instance on the same machine
 # (tests, benchmarks, two services) would take it over; we manage processes by signal instead.
@@ -59,8 +65,9 @@ logger = logging.getLogger("gunicorn.error")
 
 
 def on_starting(server):
-    """In the master, before any fork: the metrics directory (stale metric files removed), embedded Redis."""
+    """In the master, before any fork: log format, the metrics directory (stale files removed), embedded Redis."""
     global _metrics_dir
+    logs.configure(_config.log_level, _config.log_format)
     _metrics_dir = metrics_dir.prepare(_config.metrics_dir)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir.path
     if _config.redis_url is None:

@@ -3,13 +3,17 @@ tier answered in RFC 9211's `Cache-Status` (beside `X-Cache`), and CORS when COR
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 import uuid
 
 from flask import Flask, Response, current_app, g, request
 from flask_cors import CORS
 
 from config import Config
+
+access = logging.getLogger("access")
 
 # Heroku's router sends a UUID; a caller's own id is kept if it is short and plain (it reaches the logs).
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:+=/-]{1,128}$")
@@ -26,7 +30,7 @@ ALLOWED = ["Content-Type", "Authorization", "If-Match", "If-None-Match", "Idempo
 
 
 def register(app: Flask, config: Config) -> None:
-    app.before_request(_remember_request_id)
+    app.before_request(_start)
     app.after_request(_describe)
     if config.cors_origins:
         CORS(app, origins=list(config.cors_origins), expose_headers=EXPOSED, allow_headers=ALLOWED, max_age=600)
@@ -45,8 +49,9 @@ def request_id() -> str:
     return g.get("request_id") or _take_request_id()
 
 
-def _remember_request_id() -> None:
-    _take_request_id()  # a before_request hook that returned a value would answer the request with it
+def _start() -> None:
+    g.started = time.perf_counter()
+    _take_request_id()  # (a before_request hook that returned a value would answer the request with it)
 
 
 def _take_request_id() -> str:
@@ -63,7 +68,24 @@ def _describe(response: Response) -> Response:
         response.headers["Cache-Status"] = CACHE_STATUS[tier] if config.cache_enabled else f"{CACHE_NAME}; fwd=bypass"
     if "Cache-Control" not in response.headers:
         response.headers["Cache-Control"] = _cache_control(response)
+    if current_app.config["SERVICE_CONFIG"].access_log:
+        _log_request(response)
     return response
+
+
+def _log_request(response: Response) -> None:
+    """The request's line in the access log, in the format of every other line (logs.py)."""
+    duration_ms = round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)
+    fields = {
+        "method": request.method,
+        "path": request.path,
+        "status": response.status_code,
+        "duration_ms": duration_ms,
+        "bytes": response.content_length,
+        "tier": response.headers.get("X-Cache"),
+        "request_id": request_id(),
+    }
+    access.info("%s %s %s %.1fms", request.method, request.path, response.status_code, duration_ms, extra=fields)
 
 
 def _cache_control(response: Response) -> str:

@@ -4,6 +4,7 @@ stop it), 2 gunicorn instances x 2 workers; and the helpers that drive and measu
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -39,13 +40,23 @@ def recovered(servers: list[Gunicorn]) -> bool:
 
 
 def first_log_time(server: Gunicorn, text: str, since: float) -> float | None:
-    """The wall-clock time of the first line of the instance's log containing `text`, at or after `since`."""
-    for line in server.output().splitlines():
-        if text in line:
-            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    """The wall-clock time of the first log line of the instance whose message contains `text`, at or
+    after `since` (its log is JSON lines: LOG_FORMAT=auto, and its stderr is no terminal)."""
+    for line in log_lines(server):
+        if text in line["message"]:
+            stamp = datetime.fromisoformat(line["time"]).timestamp()
             if stamp >= since:
                 return stamp
     return None
+
+
+def log_lines(server: Gunicorn) -> list[dict]:
+    """The instance's log, one object per JSON line (anything else, e.g. a traceback's text, is skipped)."""
+    lines = []
+    for text in server.output().splitlines():
+        with contextlib.suppress(ValueError):
+            lines.append(json.loads(text))
+    return [line for line in lines if isinstance(line, dict) and "message" in line]
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 from db import open_store
-from tests.integration.fleet import fleet, recovered
+from tests.integration.fleet import fleet, log_lines, recovered
 from tests.support import Gunicorn, seed_items, sql_connection, wait_until
 
 READS_PER_INSTANCE = 6  # enough that both workers of an instance answer (they share its socket)
@@ -40,8 +40,8 @@ def every_instance_down(servers: list[Gunicorn]) -> Iterator[None]:
 
 def follower_pid(servers: list[Gunicorn]) -> int:
     """The pid of the worker whose follower holds the lease (it logs when it takes it)."""
-    lines = [line for s in servers for line in s.output().splitlines() if "follows the database's change log" in line]
-    return int(lines[-1].split("[", 1)[1].split("]", 1)[0])
+    lines = [line for s in servers for line in log_lines(s) if "follows the database's change log" in line["message"]]
+    return int(lines[-1]["pid"])
 
 
 def test_outside_inserts_updates_and_deletes_reach_every_worker_within_a_second(request, capsys):

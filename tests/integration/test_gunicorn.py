@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.integration.fleet import metric
+from tests.integration.fleet import log_lines, metric
 from tests.support import Gunicorn, RedisServer, postgres_schema_url, wait_until
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -112,3 +112,19 @@ def test_oversized_bodies_are_refused_before_they_are_stored(tmp_path):
         conn.close()
         assert server.get("/items/big")[0] == 404 and server.get("/items/chunked")[0] == 404
         assert server.get("/health/live")[0] == 200
+
+
+def test_every_log_line_is_json_and_a_request_id_reaches_the_access_line(tmp_path):
+    env = {"REDIS_URL": "", "DATABASE_URL": f"sqlite:///{tmp_path / 'items.sqlite3'}"}
+    with Gunicorn(env, workers=2) as server:
+        status, headers, _ = server.get("/items/nope", headers={"X-Request-ID": "trace-abc-123"})
+        assert status == 404 and headers["X-Request-ID"] == "trace-abc-123"
+
+        def access_line() -> dict | None:
+            return next((x for x in log_lines(server) if x.get("request_id") == "trace-abc-123"), None)
+
+        line = wait_until(access_line, timeout=10)
+        assert line["logger"] == "access" and line["status"] == 404 and line["path"] == "/items/nope"
+        assert line["tier"] == "db" and line["duration_ms"] >= 0 and isinstance(line["pid"], int)
+        text = [row for row in server.output().splitlines() if row.strip()]
+        assert len(log_lines(server)) == len(text)  # gunicorn's own lines are JSON too: one format
