@@ -46,6 +46,7 @@ class Config:
     redis_tls_verify: bool  # verify a rediss:// server's certificate (Heroku Redis: self-signed, so false)
     cache_enabled: bool  # false: every read goes to the database (to measure what the cache buys)
     request_metrics: bool  # per-endpoint request counts and latencies (prometheus-flask-exporter)
+    request_timeout: float  # seconds a request may wait in all (database, locks, other loads) before it gives up
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = 2**31) -> int:
@@ -149,4 +150,6 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         redis_tls_verify=_bool(env, "REDIS_TLS_VERIFY", default=True),
         cache_enabled=_bool(env, "CACHE_ENABLED", default=True),
         request_metrics=_bool(env, "REQUEST_METRICS", default=True),
+        # Under the 30 s a Heroku-style router waits, with room for the client's retry to be answered too.
+        request_timeout=_float(env, "REQUEST_TIMEOUT", 10.0, high=29),
     )

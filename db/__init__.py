@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from db.base import DatabaseUnavailable, Item, ItemStore, MalformedItem, WriteResult
 from db.changes import Change, ChangeBatch, ChangeCursor
+from db.deadline import Deadline, DeadlineExceeded
+from db.preconditions import (
+    UNCONDITIONAL,
+    Deleted,
+    IfAbsent,
+    IfExists,
+    IfVersionIn,
+    NotFound,
+    Precondition,
+    PreconditionFailed,
+    Unconditional,
+)
 
 
 def open_store(url: str, timeout: float = 3.0) -> ItemStore:
@@ -19,7 +31,18 @@ def open_store(url: str, timeout: float = 3.0) -> ItemStore:
 
 
 __all__ = [
+    "UNCONDITIONAL",
     "Change",
+    "Deadline",
+    "DeadlineExceeded",
+    "Deleted",
+    "IfAbsent",
+    "IfExists",
+    "IfVersionIn",
+    "NotFound",
+    "Precondition",
+    "PreconditionFailed",
+    "Unconditional",
     "ChangeBatch",
     "ChangeCursor",
     "DatabaseUnavailable",

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from db.changes import ChangeBatch, ChangeCursor
+from db.deadline import Deadline
+from db.preconditions import Deleted, NotFound, Precondition, PreconditionFailed
 
 
 class DatabaseUnavailable(Exception):
@@ -67,6 +69,18 @@ class ItemStore(Protocol):
 
     def delete(self, item_id: str) -> int | None:
         """Delete; return the tombstone's version, or None when there was no such item."""
+        ...
+
+    def upsert_if(
+        self, item_id: str, fields: dict[str, Any], expect: Precondition, deadline: Deadline
+    ) -> WriteResult | PreconditionFailed:
+        """Upsert if `expect` holds, checked in the write itself; DeadlineExceeded (rolled back) when it runs out."""
+        ...
+
+    def delete_if(
+        self, item_id: str, expect: Precondition, deadline: Deadline
+    ) -> Deleted | NotFound | PreconditionFailed:
+        """Delete if `expect` holds, checked in the write itself; DeadlineExceeded (rolled back) when it runs out."""
         ...
 
     def list(self, limit: int, after: str | None = None) -> list[Item]:
