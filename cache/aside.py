@@ -57,6 +57,7 @@ class Read:
 
 @dataclass(frozen=True, slots=True)
 class Written:
+    item_id: str
     entry: CacheEntry  # the committed version, as now cached
     created: bool
 
@@ -186,26 +187,24 @@ def write_item(
     store: ItemStore, item_id: str, fields: dict[str, Any], expect: Precondition, deadline: Deadline
 ) -> Written | PreconditionFailed:
     """Upsert in the database (the source of truth) if `expect` holds, then refresh both tiers.
+    A failed precondition, a database failure or the deadline running out (DeadlineExceeded: rolled back)
+    leaves the cache untouched."""
+    return write_through(item_id, lambda: store.upsert_if(item_id, fields, expect, deadline))
 
-    The Bloom filter learns the id first, so it never says "absent" for a committed item. A failed
-    precondition, a database failure or the deadline running out (DeadlineExceeded: rolled back) leaves
-    the cache untouched."""
+
+def write_through(item_id: str, write: Callable[[], WriteResult | PreconditionFailed]) -> Written | PreconditionFailed:
+    """Run a database `write` of `item_id` (counted in cache_write_outcomes_total), then cache what it committed.
+    The Bloom filter learns the id first, so it never says "absent" for a committed item."""
     s = state()
     if s.bloom is not None and not s.bloom.add(item_id):
         s.pending.bloom_missed = True
-    result = _counted(lambda: store.upsert_if(item_id, fields, expect, deadline))
+    result = _counted(write)
     if isinstance(result, PreconditionFailed):
         return result
-    return cache_written(result)
-
-
-def cache_written(result: WriteResult) -> Written:
-    """Put a committed write in both tiers."""
-    s = state()
     entry = CacheEntry.build(result.item.id, result.item.version, result.item.to_json())
     if s.config.cache_enabled:
         cache_set(s.key(result.item.id), entry)
-    return Written(entry, result.created)
+    return Written(result.item.id, entry, result.created)
 
 
 def remove_item(

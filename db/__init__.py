@@ -5,6 +5,16 @@ from __future__ import annotations
 from db.base import DatabaseUnavailable, Item, ItemStore, MalformedItem, WriteResult
 from db.changes import Change, ChangeBatch, ChangeCursor
 from db.deadline import Deadline, DeadlineExceeded
+from db.keys import (
+    KEY_LIFETIME,
+    Claim,
+    ClaimLost,
+    KeyBusy,
+    KeyedCreate,
+    KeyReused,
+    Replay,
+    StoredResponse,
+)
 from db.preconditions import (
     UNCONDITIONAL,
     Deleted,
@@ -31,7 +41,15 @@ def open_store(url: str, timeout: float = 3.0) -> ItemStore:
 
 
 __all__ = [
+    "KEY_LIFETIME",
     "UNCONDITIONAL",
+    "Claim",
+    "ClaimLost",
+    "KeyBusy",
+    "KeyReused",
+    "KeyedCreate",
+    "Replay",
+    "StoredResponse",
     "Change",
     "Deadline",
     "DeadlineExceeded",

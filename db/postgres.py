@@ -18,7 +18,7 @@ from db.base import DatabaseUnavailable
 from db.changes import ChangeBatch, ChangeCursor
 from db.deadline import Deadline, DeadlineExceeded
 from db.migrate import ADVISORY_LOCK_KEY, migrations
-from db.postgres_sql import IS_APPLIED, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
+from db.postgres_sql import IS_APPLIED, KEY_STATEMENTS, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
 from db.sql import Fetch, Params, SQLStore
 
 POOL_MAX = int(os.environ.get("DATABASE_POOL_SIZE", "8"))
@@ -26,6 +26,7 @@ POOL_MAX = int(os.environ.get("DATABASE_POOL_SIZE", "8"))
 
 class PostgresStore(SQLStore):
     sql = STATEMENTS
+    keys = KEY_STATEMENTS
 
     def __init__(self, url: str, *, connect_timeout: float = 3.0, pool_timeout: float = 5.0) -> None:
         self.url = url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from db.keys import KeyStatements
 from db.sql import Statements
 
 # The API's format for updated_at: UTC, ISO 8601, milliseconds, 'Z' (as db.base.utc_now wrote before).
@@ -62,6 +63,28 @@ WHERE seq <= %(upto)s AND seq <= (SELECT upto FROM item_changes_purged) AND logg
 INSERT INTO change_cursors (name, cursor) VALUES (%(name)s, %(cursor)s)
 ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor, saved_at = statement_timestamp()
 """,
+)
+
+KEY_STATEMENTS = KeyStatements(
+    claim="""
+INSERT INTO idempotency_keys (key, fingerprint, token, item_id)
+VALUES (%(key)s, %(fingerprint)s, %(token)s, %(item_id)s)
+ON CONFLICT (key) DO NOTHING RETURNING item_id
+""",
+    find=f"""
+SELECT fingerprint, item_id, status_code, version, body, claimed_at <= {CUTOFF}
+FROM idempotency_keys WHERE key = %(key)s
+""",
+    take_over=f"""
+UPDATE idempotency_keys SET token = %(token)s, claimed_at = statement_timestamp()
+WHERE key = %(key)s AND status_code IS NULL AND claimed_at <= {CUTOFF} RETURNING item_id
+""",
+    complete="""
+UPDATE idempotency_keys SET status_code = %(status_code)s, version = %(version)s, body = %(body)s
+WHERE key = %(key)s AND token = %(token)s AND status_code IS NULL RETURNING key
+""",
+    release="DELETE FROM idempotency_keys WHERE key = %(key)s AND token = %(token)s AND status_code IS NULL",
+    purge=f"DELETE FROM idempotency_keys WHERE created_at <= {CUTOFF}",
 )
 
 # db.migrate's record of what is applied (positional parameters: these run in init_schema only).

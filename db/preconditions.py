@@ -36,6 +36,7 @@ UNCONDITIONAL = Unconditional()
 class PreconditionFailed:
     """Nothing was written; `current_version` is the live item's (None: there is no live item)."""
 
+    item_id: str
     current_version: int | None
 
 

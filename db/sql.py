@@ -6,13 +6,14 @@ import builtins
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from db.base import Item, MalformedItem, WriteResult, encode_fields
 from db.changes import ChangeCursor
 from db.deadline import Deadline
+from db.keys import Fetch, KeyStore
 from db.preconditions import (
     Deleted,
     IfAbsent,
@@ -27,7 +28,6 @@ from db.preconditions import (
 logger = logging.getLogger(__name__)
 
 Params = Mapping[str, Any]
-Fetch = Callable[[str, Params], list[Sequence[Any]]]  # runs one statement in the open transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +67,9 @@ def decode_item(row: Sequence[Any]) -> Item:
     return Item(id=row[0], fields=fields, version=int(row[2]), updated_at=row[3])
 
 
-class SQLStore:
-    """The store over `_fetch(sql, params)` and `_execute(sql, params)`, which a backend implements."""
+class SQLStore(KeyStore):
+    """The store over `_fetch(sql, params)`, `_execute(sql, params)` and `_within(deadline)`, which a
+    backend implements; idempotency keys come from KeyStore."""
 
     sql: Statements
 
@@ -123,7 +124,7 @@ class SQLStore:
                 sql, params["versions"] = self.sql.update_if_version, self._ids_param(sorted(versions))
         rows = fetch(sql, params)
         if not rows:
-            return PreconditionFailed(self._live_version(fetch, item_id))
+            return PreconditionFailed(item_id, self._live_version(fetch, item_id))
         version, created_version, updated_at = rows[0]
         item = Item(id=item_id, fields=fields, version=int(version), updated_at=updated_at)
         return WriteResult(item=item, created=version == created_version)
@@ -135,7 +136,7 @@ class SQLStore:
             match expect:
                 case IfAbsent():  # "delete it only if it does not exist": nothing to do either way
                     live = self._live_version(fetch, item_id)
-                    return NotFound() if live is None else PreconditionFailed(live)
+                    return NotFound() if live is None else PreconditionFailed(item_id, live)
                 case IfVersionIn(versions):
                     params = {"id": item_id, "versions": self._ids_param(sorted(versions))}
                     rows = fetch(self.sql.delete_if_version, params)
@@ -146,7 +147,7 @@ class SQLStore:
             if isinstance(expect, Unconditional):
                 return NotFound()
             # If-Match on an absent item is false (RFC 9110 13.1.1): 412, not 404.
-            return PreconditionFailed(self._live_version(fetch, item_id))
+            return PreconditionFailed(item_id, self._live_version(fetch, item_id))
 
     def _live_version(self, fetch: Fetch, item_id: str) -> int | None:
         rows = fetch(self.sql.live_version, {"id": item_id})

@@ -17,11 +17,12 @@ from db.changes import Change, ChangeBatch, ChangeCursor
 from db.deadline import Deadline, DeadlineExceeded
 from db.migrate import migrations, sqlite_statements
 from db.sql import Fetch, Params, SQLStore, end_cursor
-from db.sqlite_sql import IS_APPLIED, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
+from db.sqlite_sql import IS_APPLIED, KEY_STATEMENTS, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
 
 
 class SQLiteStore(SQLStore):
     sql = STATEMENTS
+    keys = KEY_STATEMENTS
 
     def __init__(self, path: str, timeout: float = 3.0) -> None:
         self.path = path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from db.keys import KeyStatements
 from db.sql import Statements
 
 NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"  # the API's format: UTC, milliseconds, 'Z'
@@ -62,6 +63,28 @@ WHERE seq <= :upto AND seq <= (SELECT upto FROM item_changes_purged) AND logged_
 INSERT INTO change_cursors (name, cursor, saved_at) VALUES (:name, :cursor, {NOW})
 ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor, saved_at = excluded.saved_at
 """,
+)
+
+KEY_STATEMENTS = KeyStatements(
+    claim="""
+INSERT INTO idempotency_keys (key, fingerprint, token, item_id)
+VALUES (:key, :fingerprint, :token, :item_id)
+ON CONFLICT (key) DO NOTHING RETURNING item_id
+""",
+    find=f"""
+SELECT fingerprint, item_id, status_code, version, body, claimed_at <= {CUTOFF}
+FROM idempotency_keys WHERE key = :key
+""",
+    take_over=f"""
+UPDATE idempotency_keys SET token = :token, claimed_at = {NOW}
+WHERE key = :key AND status_code IS NULL AND claimed_at <= {CUTOFF} RETURNING item_id
+""",
+    complete="""
+UPDATE idempotency_keys SET status_code = :status_code, version = :version, body = :body
+WHERE key = :key AND token = :token AND status_code IS NULL RETURNING key
+""",
+    release="DELETE FROM idempotency_keys WHERE key = :key AND token = :token AND status_code IS NULL",
+    purge=f"DELETE FROM idempotency_keys WHERE created_at <= {CUTOFF}",
 )
 
 # db.migrate's record of what is applied (positional parameters: these run in init_schema only).

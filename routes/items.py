@@ -7,9 +7,10 @@ import secrets
 
 from flask import Blueprint, Response, current_app, g, request, url_for
 
-from cache import aside
+from cache import aside, idempotent
 from cache.entry import CacheEntry, make_etag
-from db import Deadline, ItemStore, NotFound, PreconditionFailed
+from db import Deadline, ItemStore, KeyBusy, KeyedCreate, KeyReused, NotFound, PreconditionFailed, Replay
+from routes import idempotency
 from routes.auth import require_token
 from routes.errors import error_response
 from routes.preconditions import write_precondition
@@ -72,13 +73,26 @@ def list_items() -> Response:
 
 @bp.post("")
 def create_item() -> Response:
+    key = idempotency.idempotency_key()
     body = parse_item_body()
+    fingerprint = idempotency.fingerprint(body)  # the body as sent, id included
     if "id" not in body:
         item_id = secrets.token_urlsafe(12)  # 16 characters of the id alphabet
     elif not isinstance(item_id := body.pop("id"), str):
         return error_response(400, "invalid_id", "id must be a string (or left out, to have one made up)")
     expect = write_precondition(check_id(item_id))
-    return _written(item_id, aside.write_item(_store(), item_id, body, expect, _deadline()))
+    if key is None:
+        return _written(aside.write_item(_store(), item_id, body, expect, _deadline()))
+    create = KeyedCreate(key, fingerprint, item_id)
+    match idempotent.create_once(_store(), create, body, expect, _deadline()):
+        case Replay(stored):
+            return idempotency.replayed(stored)
+        case KeyReused() as reused:
+            return idempotency.key_reused(reused)
+        case KeyBusy() as busy:
+            return idempotency.key_busy(busy)
+        case written:
+            return _written(written)
 
 
 @bp.put("/<item_id>")
@@ -87,21 +101,21 @@ def put_item(item_id: str) -> Response:
     body = parse_item_body()
     if body.pop("id", item_id) != item_id:
         return error_response(400, "id_mismatch", "the body's id differs from the URL's; drop it or make them equal")
-    result = aside.write_item(_store(), item_id, body, expect, _deadline())
-    return _written(item_id, result)
+    return _written(aside.write_item(_store(), item_id, body, expect, _deadline()))
 
 
-def _written(item_id: str, result: aside.Written | PreconditionFailed) -> Response:
+def _written(result: aside.Written | PreconditionFailed) -> Response:
     if isinstance(result, PreconditionFailed):
-        return _precondition_failed(item_id, result)
+        return _precondition_failed(result)
     response = _item_response(result.entry, 201 if result.created else 200)
     if result.created:
-        response.headers["Location"] = url_for("items.get_item", item_id=item_id)
+        response.headers["Location"] = url_for("items.get_item", item_id=result.item_id)
     return response
 
 
-def _precondition_failed(item_id: str, failed: PreconditionFailed) -> Response:
+def _precondition_failed(failed: PreconditionFailed) -> Response:
     """412 with the current ETag (none when there is no live item), so the client can re-read and retry."""
+    item_id = failed.item_id
     if failed.current_version is None:
         return error_response(412, "precondition_failed", f"no item with id {item_id!r} matches the precondition")
     etag = make_etag(item_id, failed.current_version)
@@ -114,7 +128,7 @@ def delete_item(item_id: str) -> Response:
     expect = write_precondition(check_id(item_id))
     result = aside.remove_item(_store(), item_id, expect, _deadline())
     if isinstance(result, PreconditionFailed):
-        return _precondition_failed(item_id, result)
+        return _precondition_failed(result)
     if isinstance(result, NotFound):
         return error_response(404, "not_found", f"no item with id {item_id!r}")
     return Response(status=204)

@@ -34,20 +34,20 @@ def test_if_version_writes_only_at_that_version(store):
     store.upsert("a", {"n": 1})
     written = store.upsert_if("a", {"n": 2}, at(1), NEVER)
     assert isinstance(written, WriteResult) and written.item.version == 2 and not written.created
-    assert store.upsert_if("a", {"n": 3}, at(1), NEVER) == PreconditionFailed(current_version=2)
+    assert store.upsert_if("a", {"n": 3}, at(1), NEVER) == PreconditionFailed("a", current_version=2)
     assert store.get("a").fields == {"n": 2} and store.get("a").version == 2
 
 
 def test_if_version_never_creates(store):
-    assert store.upsert_if("ghost", {}, at(1), NEVER) == PreconditionFailed(current_version=None)
-    assert store.upsert_if("ghost", {}, IfExists(), NEVER) == PreconditionFailed(current_version=None)
+    assert store.upsert_if("ghost", {}, at(1), NEVER) == PreconditionFailed("ghost", current_version=None)
+    assert store.upsert_if("ghost", {}, IfExists(), NEVER) == PreconditionFailed("ghost", current_version=None)
     assert store.get("ghost") is None
 
 
 def test_if_absent_creates_only(store):
     created = store.upsert_if("new", {"n": 1}, IfAbsent(), NEVER)
     assert isinstance(created, WriteResult) and created.created and created.item.version == 1
-    assert store.upsert_if("new", {"n": 2}, IfAbsent(), NEVER) == PreconditionFailed(current_version=1)
+    assert store.upsert_if("new", {"n": 2}, IfAbsent(), NEVER) == PreconditionFailed("new", current_version=1)
     store.delete("new")  # a tombstone at version 2 is absent: the id can be created again, above it
     again = store.upsert_if("new", {"n": 3}, IfAbsent(), NEVER)
     assert isinstance(again, WriteResult) and again.created and again.item.version == 3
@@ -66,11 +66,11 @@ def test_unconditional_upsert_if_is_the_plain_upsert(store):
 
 def test_conditional_delete(store):
     store.upsert("d", {"keep": True})
-    assert store.delete_if("d", at(7), NEVER) == PreconditionFailed(current_version=1)
+    assert store.delete_if("d", at(7), NEVER) == PreconditionFailed("d", current_version=1)
     assert store.get("d").fields == {"keep": True}
-    assert store.delete_if("d", IfAbsent(), NEVER) == PreconditionFailed(current_version=1)
+    assert store.delete_if("d", IfAbsent(), NEVER) == PreconditionFailed("d", current_version=1)
     assert store.delete_if("d", at(1), NEVER) == Deleted(version=2)
-    assert store.delete_if("d", IfExists(), NEVER) == PreconditionFailed(current_version=None)
+    assert store.delete_if("d", IfExists(), NEVER) == PreconditionFailed("d", current_version=None)
     assert store.delete_if("d", UNCONDITIONAL, NEVER) == NotFound()
     assert store.delete_if("d", IfAbsent(), NEVER) == NotFound()
 
@@ -87,7 +87,7 @@ def test_one_of_many_concurrent_writers_with_one_etag_wins(store):
     with ThreadPoolExecutor(writers) as pool:
         results = list(pool.map(write, range(writers)))
     assert sum(isinstance(r, WriteResult) for r in results) == 1
-    assert all(r == PreconditionFailed(current_version=2) for r in results if not isinstance(r, WriteResult))
+    assert all(r == PreconditionFailed("hot", current_version=2) for r in results if not isinstance(r, WriteResult))
     assert store.get("hot").version == 2
 
 
