@@ -16,17 +16,22 @@ ENTITY_TAG = re.compile(r'[ \t]*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"[ \t]*')
 def write_precondition(item_id: str) -> Precondition:
     """What the request's If-Match / If-None-Match expect of `item_id`; 400 when they cannot be understood."""
     if_match, if_none_match = request.headers.get("If-Match"), request.headers.get("If-None-Match")
-    if if_match is not None and if_none_match is not None:
-        raise ApiError(400, "invalid_precondition", "send If-Match or If-None-Match on a write, not both")
+    expect: Precondition = UNCONDITIONAL
+    if if_none_match is not None:
+        if if_none_match.strip() != "*":
+            message = "on a write If-None-Match takes only * (create the item only if it does not exist)"
+            raise ApiError(400, "invalid_precondition", message)
+        expect = IfAbsent()
     if if_match is not None:
-        return _if_match(item_id, if_match)
-    if if_none_match is None:
-        return UNCONDITIONAL
-    if if_none_match.strip() == "*":
-        return IfAbsent()
-    raise ApiError(
-        400, "invalid_precondition", "on a write If-None-Match takes only * (create the item only if it does not exist)"
-    )
+        # Both: If-Match needs the item to exist, If-None-Match: * needs it absent; RFC 9110 13.2.2 evaluates
+        # both, so the write can never proceed: 412 (after If-Match is checked for being well-formed).
+        expect = _if_match(item_id, if_match) if if_none_match is None else _never(item_id, if_match)
+    return expect
+
+
+def _never(item_id: str, if_match: str) -> Precondition:
+    _if_match(item_id, if_match)
+    return IfVersionIn(frozenset())
 
 
 def _if_match(item_id: str, value: str) -> Precondition:
