@@ -75,7 +75,8 @@ def list_items() -> Response:
 def create_item() -> Response:
     key = idempotency.idempotency_key()
     body = parse_item_body()
-    fingerprint = idempotency.fingerprint(body)  # the body as sent, id included
+    # Of the body as sent, before its id (if any) is taken out of it.
+    fingerprint = idempotency.fingerprint(body) if key is not None else ""
     if "id" not in body:
         item_id = secrets.token_urlsafe(12)  # 16 characters of the id alphabet
     elif not isinstance(item_id := body.pop("id"), str):
