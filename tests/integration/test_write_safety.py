@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 
 from tests.integration.fleet import TOKEN, fleet, total
-from tests.support import Gunicorn
+from tests.support import Gunicorn, RedisServer
 
 AUTH_JSON = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 
@@ -41,6 +41,31 @@ def test_fifty_puts_holding_one_etag_over_two_instances_give_one_winner(request)
         status, _, body = servers[1].get("/items/contended")
         assert status == 200 and json.loads(body)["version"] == 2  # one more than before, not 50
         assert total(servers, 'cache_write_outcomes_total{outcome="precondition_failed"}') == 49
+
+
+def test_on_sqlite_too_one_etag_one_winner_and_one_key_one_item(tmp_path):
+    """Two instances sharing one SQLite file (SQLite's single writer is the serialisation point)."""
+    with RedisServer() as redis_server:
+        env = {
+            "REDIS_URL": redis_server.url,
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'items.sqlite3'}",
+            "API_TOKEN": TOKEN,
+        }
+        servers = [Gunicorn(env, workers=2), Gunicorn(env, workers=2)]
+        try:
+            for server in servers:
+                server.start()
+            etag = servers[0].request("PUT", "/items/contended", b'{"n": 0}', AUTH_JSON)[1]["ETag"]
+            answers = at_once(servers, 50, "PUT", "/items/contended", {"n": 1}, {"If-Match": etag})
+            assert Counter(status for status, _, _ in answers) == {200: 1, 412: 49}
+            assert json.loads(servers[1].get("/items/contended")[2])["version"] == 2
+            posts = at_once(servers, 20, "POST", "/items", {"name": "order"}, {"Idempotency-Key": "order-7"})
+            assert {status for status, _, _ in posts} == {201}
+            assert len({json.loads(body)["id"] for _, _, body in posts}) == 1
+            assert len(json.loads(servers[0].get("/items")[2])["items"]) == 2  # "contended" and the one order
+        finally:
+            for server in servers:
+                server.close()
 
 
 def test_twenty_posts_sharing_one_key_create_one_item_and_replay_after_a_restart(request):
