@@ -58,6 +58,7 @@ class Config:
     http_max_age: int  # Cache-Control max-age of an item (s) a CDN or browser may serve it unasked; 0: revalidate
     http_stale_while_revalidate: int  # ...and how long past that it may serve it while it revalidates (s)
     cors_origins: tuple[str, ...]  # browser origins allowed to call the API (CORS); empty: none
+    request_timeout: float  # seconds a request may wait in all (database, locks, other loads) before it gives up
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = 2**31) -> int:
@@ -223,4 +224,6 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
         http_max_age=_int(env, "HTTP_MAX_AGE", 0, maximum=31_536_000),
         http_stale_while_revalidate=_int(env, "HTTP_STALE_WHILE_REVALIDATE", 0, maximum=31_536_000),
         cors_origins=_origins(env),
+        # Under the 30 s a Heroku-style router waits, with room for the client's retry to be answered too.
+        request_timeout=_float(env, "REQUEST_TIMEOUT", 10.0, high=29),
     )

@@ -6,8 +6,11 @@ Everything that decides what a request sees lives here; the views only translate
             miss -> Bloom filter says "never existed" -> 404.
             miss -> one loader per key in this process (single-flight) and in the fleet (Redis lock);
                     the others wait for its fill; the loader reads the DB and fills Redis and L1.
-    write:  Bloom add -> DB -> Redis (only if newer, announced to every process) -> L1.
+    write:  Bloom add -> DB (conditional: If-Match / If-None-Match checked in the write) -> Redis (only if
+            newer, announced to every process) -> L1. A failed precondition touches no cache.
     delete: DB -> versioned tombstone in Redis and L1.
+    time:   every wait draws on the request's Deadline: the database write (rolled back when it runs out),
+            and a reader's wait for another's load (after which it loads itself).
 
 Where to look next: the tiers and their settings (L1 size and TTL: CACHE_L1_MAX_ITEMS, CACHE_L1_TTL) are
 built in cache/process.py; an invalidation from another process is applied to L1 in cache/coherence.py;
@@ -20,17 +23,28 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from cache import CacheEntry, cache_delete, cache_fill, cache_get, cache_refresh, cache_set, state
 from cache.guard import RedisDown
 from cache.lock import Acquired, FleetLock, HeldByOther
-from cache.metrics import DB_LOADS, REFRESH_FAILURES, REQUESTS_BY_TIER, STAMPEDE_WAITS
+from cache.metrics import DB_LOADS, REFRESH_FAILURES, REQUESTS_BY_TIER, STAMPEDE_WAITS, WRITES_BY_OUTCOME
 from cache.process import CacheProcess
 from cache.redis_tier import Found
 from cache.stampede import SingleFlight, backoff_delays, should_refresh
-from db import DatabaseUnavailable, ItemStore, WriteResult
+from db import (
+    DatabaseUnavailable,
+    Deadline,
+    DeadlineExceeded,
+    Deleted,
+    ItemStore,
+    NotFound,
+    Precondition,
+    PreconditionFailed,
+    WriteResult,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +55,27 @@ class Read:
     tier: str  # where the answer came from: lru, redis, db; for an absent id also negative (cached) or bloom
 
 
+@dataclass(frozen=True, slots=True)
+class Written:
+    item_id: str
+    entry: CacheEntry  # the committed version, as now cached
+    created: bool
+
+
+T = TypeVar("T")
 _flights: SingleFlight[Read] = SingleFlight()
 
 
-def read_item(store: ItemStore, item_id: str) -> Read:
-    """The entry for `item_id` and where it came from (counted in cache_requests_total{tier}).
-    Raises DatabaseUnavailable only when the cache had nothing and the database is down."""
-    read = _read(store, item_id)
+def read_item(store: ItemStore, item_id: str, deadline: Deadline) -> Read:
+    """The entry for `item_id` and where it came from (counted in cache_requests_total{tier}). Waits for
+    another's load end at `deadline`. Raises DatabaseUnavailable only when the cache had nothing and the
+    database is down."""
+    read = _read(store, item_id, deadline)
     REQUESTS_BY_TIER[read.tier].inc()
     return read
 
 
-def _read(store: ItemStore, item_id: str) -> Read:
+def _read(store: ItemStore, item_id: str, deadline: Deadline) -> Read:
     s = state()
     if not s.config.cache_enabled:
         return Read(_load(store, item_id), "db")
@@ -71,8 +94,8 @@ def _read(store: ItemStore, item_id: str) -> Read:
         cache_fill(key, entry)
         return Read(entry, "db")
     # Followers wait as long as the leader may: its own wait for another process, then one load.
-    follower_timeout = s.config.lock_wait + s.config.lock_ttl
-    read, waited = _flights.run(key, functools.partial(_load_once, s, store, item_id), follower_timeout)
+    follower_timeout = deadline.cap(s.config.lock_wait + s.config.lock_ttl)
+    read, waited = _flights.run(key, functools.partial(_load_once, s, store, item_id, deadline), follower_timeout)
     if waited:
         STAMPEDE_WAITS.inc()
     return read
@@ -82,7 +105,7 @@ def _cached(entry: CacheEntry, tier: str) -> Read:
     return Read(entry, tier if entry.exists else "negative")
 
 
-def _load_once(s: CacheProcess, store: ItemStore, item_id: str) -> Read:
+def _load_once(s: CacheProcess, store: ItemStore, item_id: str, deadline: Deadline) -> Read:
     """Load under the fleet lock; if another process holds it, wait for its fill instead."""
     key = s.key(item_id)
     lock_key = FleetLock.for_item(key)
@@ -93,7 +116,7 @@ def _load_once(s: CacheProcess, store: ItemStore, item_id: str) -> Read:
     hold = found if isinstance(found, Acquired) else None  # Redis down, or its copy is stale: no lock
     if isinstance(found, HeldByOther):
         STAMPEDE_WAITS.inc()
-        waited = _wait_for_fill(s, key)
+        waited = _wait_for_fill(s, key, deadline)
         if isinstance(waited, CacheEntry):
             return _cached(waited, "redis")
         hold = waited
@@ -108,10 +131,11 @@ def _load_once(s: CacheProcess, store: ItemStore, item_id: str) -> Read:
     return Read(entry, "db")
 
 
-def _wait_for_fill(s: CacheProcess, key: str) -> CacheEntry | Acquired | None:
-    """Wait (up to CACHE_LOCK_WAIT) for another process's fill: the entry when it lands, the lock if its
-    holder vanished, None when the wait ran out or Redis failed (the caller loads without the lock)."""
-    for delay in backoff_delays(s.config.lock_wait):
+def _wait_for_fill(s: CacheProcess, key: str, deadline: Deadline) -> CacheEntry | Acquired | None:
+    """Wait (up to CACHE_LOCK_WAIT, and no later than `deadline`) for another process's fill: the entry when
+    it lands, the lock if its holder vanished, None when the wait ran out or Redis failed (the caller loads
+    without the lock)."""
+    for delay in backoff_delays(deadline.cap(s.config.lock_wait)):
         s.fills.wait(key, delay)
         entry, _ = cache_get(key)
         if isinstance(entry, CacheEntry):
@@ -159,26 +183,46 @@ def _refresh_early(s: CacheProcess, store: ItemStore, item_id: str, cached: Cach
         s.lock.release(FleetLock.for_item(key), held.token)
 
 
-def write_item(store: ItemStore, item_id: str, fields: dict[str, Any]) -> tuple[WriteResult, CacheEntry]:
-    """Upsert in the database (the source of truth), then refresh both tiers with the new version.
+def write_item(
+    store: ItemStore, item_id: str, fields: dict[str, Any], expect: Precondition, deadline: Deadline
+) -> Written | PreconditionFailed:
+    """Upsert in the database (the source of truth) if `expect` holds, then refresh both tiers.
+    A failed precondition, a database failure or the deadline running out (DeadlineExceeded: rolled back)
+    leaves the cache untouched."""
+    return write_through(item_id, lambda: store.upsert_if(item_id, fields, expect, deadline))
 
-    The Bloom filter learns the id first, so it never says "absent" for a committed item. If the database
-    write fails it raises and the cache is not touched."""
+
+def write_through(item_id: str, write: Callable[[], WriteResult | PreconditionFailed]) -> Written | PreconditionFailed:
+    """Run a database `write` of `item_id` (counted in cache_write_outcomes_total), then cache what it committed.
+    The Bloom filter learns the id first, so it never says "absent" for a committed item."""
     s = state()
     if s.bloom is not None and not s.bloom.add(item_id):
         s.pending.bloom_missed = True
-    result = store.upsert(item_id, fields)
-    entry = CacheEntry.build(item_id, result.item.version, result.item.to_json())
+    result = _counted(write)
+    if isinstance(result, PreconditionFailed):
+        return result
+    entry = CacheEntry.build(result.item.id, result.item.version, result.item.to_json())
     if s.config.cache_enabled:
-        cache_set(s.key(item_id), entry)
-    return result, entry
+        cache_set(s.key(result.item.id), entry)
+    return Written(result.item.id, entry, result.created)
 
 
-def remove_item(store: ItemStore, item_id: str) -> bool:
-    """Delete in the database, then leave a versioned tombstone in both tiers. False: no such item."""
-    version = store.delete(item_id)
-    if version is None:
-        return False
-    if state().config.cache_enabled:
-        cache_delete(state().key(item_id), version)
-    return True
+def remove_item(
+    store: ItemStore, item_id: str, expect: Precondition, deadline: Deadline
+) -> Deleted | NotFound | PreconditionFailed:
+    """Delete in the database if `expect` holds, then leave a versioned tombstone in both tiers."""
+    result = _counted(lambda: store.delete_if(item_id, expect, deadline))
+    if isinstance(result, Deleted) and state().config.cache_enabled:
+        cache_delete(state().key(item_id), result.version)
+    return result
+
+
+def _counted(write: Callable[[], T]) -> T:
+    """Run a database write, counting its outcome in cache_write_outcomes_total."""
+    try:
+        result = write()
+    except DeadlineExceeded:
+        WRITES_BY_OUTCOME["deadline_exceeded"].inc()
+        raise
+    WRITES_BY_OUTCOME["precondition_failed" if isinstance(result, PreconditionFailed) else "written"].inc()
+    return result

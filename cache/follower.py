@@ -26,7 +26,7 @@ from cache.guard import RedisDown
 from cache.lock import Acquired
 from cache.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, CHANGELOG_LAG
 from cache.stampede import jittered
-from db import DatabaseUnavailable, ItemStore
+from db import KEY_LIFETIME, DatabaseUnavailable, ItemStore
 from db.changes import Change, ChangeCursor
 
 if TYPE_CHECKING:
@@ -170,5 +170,12 @@ class ChangeFollower:
         # No cached copy of a tombstone outlives the longest TTL (+ jitter): past it, it can be forgotten.
         longest = max(config.cache_ttl, config.cache_long_ttl, config.negative_ttl) * (1 + config.ttl_jitter)
         tombstones = self.store.purge_tombstones(longest + config.l1_ttl)
-        if purged or tombstones:
-            logger.info("change follower: purged %d applied log rows and %d old tombstones", purged, tombstones)
+        # Here, not on the request path: one process of the fleet (the lease holder) purges, once a minute.
+        keys = self.store.purge_keys(KEY_LIFETIME)
+        if purged or tombstones or keys:
+            logger.info(
+                "change follower: purged %d applied log rows, %d old tombstones, %d expired idempotency keys",
+                purged,
+                tombstones,
+                keys,
+            )

@@ -41,8 +41,15 @@ INSPECTOR_CHECKED = Counter("cache_inspector_checked", "Cached entries compared 
 INSPECTOR_STALE = Counter(
     "cache_inspector_stale", "Cached entries still older than the database a full bound after first seen", ["tier"]
 )
+WRITE_OUTCOMES = Counter(
+    "cache_write_outcomes",
+    "Item writes by outcome: written, precondition_failed (412), deadline_exceeded (503, rolled back), replayed",
+    ["outcome"],
+)
 L1_ENTRIES = Gauge("cache_l1_entries", "Entries in the in-process LRU", multiprocess_mode="livesum")
 
 TIERS = ("lru", "redis", "db", "negative", "bloom")
 # Resolved once: .labels() per request is a dict lookup plus a lock we need not pay on the hot path.
 REQUESTS_BY_TIER = {tier: REQUESTS.labels(tier) for tier in TIERS}
+WRITE_OUTCOME_NAMES = ("written", "precondition_failed", "deadline_exceeded", "replayed")
+WRITES_BY_OUTCOME = {outcome: WRITE_OUTCOMES.labels(outcome) for outcome in WRITE_OUTCOME_NAMES}

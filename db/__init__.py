@@ -4,6 +4,28 @@ from __future__ import annotations
 
 from db.base import DatabaseUnavailable, Item, ItemStore, MalformedItem, WriteResult
 from db.changes import Change, ChangeBatch, ChangeCursor
+from db.deadline import Deadline, DeadlineExceeded
+from db.keys import (
+    KEY_LIFETIME,
+    Claim,
+    ClaimLost,
+    KeyBusy,
+    KeyedCreate,
+    KeyReused,
+    Replay,
+    StoredResponse,
+)
+from db.preconditions import (
+    UNCONDITIONAL,
+    Deleted,
+    IfAbsent,
+    IfExists,
+    IfVersionIn,
+    NotFound,
+    Precondition,
+    PreconditionFailed,
+    Unconditional,
+)
 
 
 def open_store(url: str, timeout: float = 3.0, pool_size: int = 8) -> ItemStore:
@@ -20,7 +42,26 @@ def open_store(url: str, timeout: float = 3.0, pool_size: int = 8) -> ItemStore:
 
 
 __all__ = [
+    "KEY_LIFETIME",
+    "UNCONDITIONAL",
+    "Claim",
+    "ClaimLost",
+    "KeyBusy",
+    "KeyReused",
+    "KeyedCreate",
+    "Replay",
+    "StoredResponse",
     "Change",
+    "Deadline",
+    "DeadlineExceeded",
+    "Deleted",
+    "IfAbsent",
+    "IfExists",
+    "IfVersionIn",
+    "NotFound",
+    "Precondition",
+    "PreconditionFailed",
+    "Unconditional",
     "ChangeBatch",
     "ChangeCursor",
     "DatabaseUnavailable",

@@ -7,9 +7,14 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from db.changes import ChangeBatch, ChangeCursor
+from db.deadline import Deadline
+from db.preconditions import Deleted, NotFound, Precondition, PreconditionFailed
+
+if TYPE_CHECKING:  # db.keys builds on WriteResult, defined here
+    from db.keys import Claim, ClaimOutcome, KeyedCreate
 
 
 class DatabaseUnavailable(Exception):
@@ -67,6 +72,34 @@ class ItemStore(Protocol):
 
     def delete(self, item_id: str) -> int | None:
         """Delete; return the tombstone's version, or None when there was no such item."""
+        ...
+
+    def upsert_if(
+        self, item_id: str, fields: dict[str, Any], expect: Precondition, deadline: Deadline
+    ) -> WriteResult | PreconditionFailed:
+        """Upsert if `expect` holds, checked in the write itself; DeadlineExceeded (rolled back) when it runs out."""
+        ...
+
+    def delete_if(
+        self, item_id: str, expect: Precondition, deadline: Deadline
+    ) -> Deleted | NotFound | PreconditionFailed:
+        """Delete if `expect` holds, checked in the write itself; DeadlineExceeded (rolled back) when it runs out."""
+        ...
+
+    def claim_key(self, create: KeyedCreate, lease: float, deadline: Deadline) -> ClaimOutcome:
+        """Claim an Idempotency-Key for `create`, or say what holds it (Replay, KeyReused, KeyBusy)."""
+        ...
+
+    def upsert_claimed(
+        self, claim: Claim, fields: dict[str, Any], expect: Precondition, deadline: Deadline
+    ) -> WriteResult | PreconditionFailed:
+        """upsert_if of `claim.item_id` that also records the response under the key, in one transaction."""
+        ...
+
+    def release_key(self, claim: Claim) -> None: ...
+
+    def purge_keys(self, older_than_s: float) -> int:
+        """Delete idempotency keys created over `older_than_s` ago."""
         ...
 
     def list(self, limit: int, after: str | None = None) -> list[Item]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -15,13 +16,15 @@ import psycopg_pool
 from db import postgres_changes
 from db.base import DatabaseUnavailable
 from db.changes import ChangeBatch, ChangeCursor
+from db.deadline import Deadline, DeadlineExceeded
 from db.migrate import ADVISORY_LOCK_KEY, migrations
-from db.postgres_sql import IS_APPLIED, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
-from db.sql import Params, SQLStore
+from db.postgres_sql import IS_APPLIED, KEY_STATEMENTS, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
+from db.sql import Fetch, Params, SQLStore
 
 
 class PostgresStore(SQLStore):
     sql = STATEMENTS
+    keys = KEY_STATEMENTS
 
     def __init__(
         self, url: str, *, connect_timeout: float = 3.0, pool_timeout: float = 5.0, pool_size: int = 8
@@ -67,6 +70,21 @@ class PostgresStore(SQLStore):
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise DatabaseUnavailable(f"postgresql: {type(exc).__name__}") from exc
 
+    @contextlib.contextmanager
+    def _within(self, deadline: Deadline) -> Iterator[Fetch]:
+        wait = min(deadline.check("a database connection"), self.pool_timeout)
+        try:
+            with self._get_pool().connection(timeout=wait) as conn:
+                yield from _bounded_transaction(conn, deadline)
+        except psycopg_pool.PoolTimeout as exc:
+            if wait < self.pool_timeout:
+                raise DeadlineExceeded("a database connection") from exc
+            raise DatabaseUnavailable("postgresql: PoolTimeout") from exc
+        except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
+            raise DeadlineExceeded("a database lock or statement") from exc
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"postgresql: {type(exc).__name__}") from exc
+
     def _fetch(self, sql: str, params: Params | None = None, timeout: float | None = None) -> list[Any]:
         with self._connection(timeout) as conn:
             cursor = conn.execute(sql.encode(), params)
@@ -76,7 +94,7 @@ class PostgresStore(SQLStore):
         with self._connection() as conn:
             return conn.execute(sql.encode(), params).rowcount
 
-    def _ids_param(self, ids: builtins.list[str]) -> Any:
+    def _ids_param(self, ids: builtins.list[Any]) -> Any:
         return ids
 
     def init_schema(self) -> None:
@@ -113,3 +131,23 @@ class PostgresStore(SQLStore):
             if self._pool is not None and self._pid == os.getpid():
                 self._pool.close()
             self._pool = None
+
+
+def _bounded_transaction(conn: psycopg.Connection[Any], deadline: Deadline) -> Iterator[Fetch]:
+    """BEGIN with statement_timeout and lock_timeout set to what is left (SET LOCAL: they end with the
+    transaction, the pooled connection keeps none), the caller's statements, COMMIT; ROLLBACK on any error."""
+    left = deadline.check("the database")
+    ms = 0 if math.isinf(left) else max(1, int(left * 1000))  # 0: no limit (Deadline.never)
+    # One round trip for all three (no parameters, so psycopg may send them as one simple query).
+    conn.execute(f"BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}".encode())
+    try:
+        yield lambda sql, params: _rows(conn.execute(sql.encode(), params))
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):  # a broken connection: the pool discards it
+            conn.execute(b"ROLLBACK")
+        raise
+    conn.execute(b"COMMIT")
+
+
+def _rows(cursor: psycopg.Cursor[Any]) -> list[Any]:
+    return list(cursor.fetchall()) if cursor.description else []

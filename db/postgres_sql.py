@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from db.keys import KeyStatements
 from db.sql import Statements
 
 # The API's format for updated_at: UTC, ISO 8601, milliseconds, 'Z' (as db.base.utc_now wrote before).
@@ -10,12 +11,7 @@ UPDATED_AT = """to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.
 ITEM = f"id, fields::text, version, {UPDATED_AT}"
 CUTOFF = "statement_timestamp() - make_interval(secs => %(age)s)"
 
-STATEMENTS = Statements(
-    get=f"SELECT {ITEM} FROM items WHERE id = %(id)s AND NOT deleted",
-    # One statement: the database bumps the version atomically with the write. It is complete without
-    # the triggers (they only log it, and replace a tombstone before the insert: version and
-    # created_version then come from the trigger, and RETURNING reports them).
-    upsert=f"""
+UPSERT = """
 INSERT INTO items (id, fields) VALUES (%(id)s, %(fields)s::json)
 ON CONFLICT (id) DO UPDATE SET
     fields = excluded.fields,
@@ -23,13 +19,28 @@ ON CONFLICT (id) DO UPDATE SET
     created_version = CASE WHEN items.deleted THEN items.version + 1 ELSE items.created_version END,
     deleted = FALSE,
     updated_at = statement_timestamp()
-RETURNING version, created_version, {UPDATED_AT}
-""",
-    delete="""
-UPDATE items SET deleted = TRUE, version = version + 1, fields = '{}', updated_at = statement_timestamp()
-WHERE id = %(id)s AND NOT deleted
-RETURNING version
-""",
+"""
+RETURNING = f"RETURNING version, created_version, {UPDATED_AT}"
+UPDATE_LIVE = """
+UPDATE items SET fields = %(fields)s::json, version = version + 1, updated_at = statement_timestamp()
+WHERE id = %(id)s AND NOT deleted"""
+DELETE = "UPDATE items SET deleted = TRUE, version = version + 1, fields = '{}', updated_at = statement_timestamp()"
+
+STATEMENTS = Statements(
+    get=f"SELECT {ITEM} FROM items WHERE id = %(id)s AND NOT deleted",
+    # One statement: the database bumps the version atomically with the write. It is complete without
+    # the triggers (they only log it, and replace a tombstone before the insert: version and
+    # created_version then come from the trigger, and RETURNING reports them).
+    upsert=f"{UPSERT}{RETURNING}",
+    # The conditions sit in the one write statement: an UPDATE re-checks its WHERE on the newest row version
+    # after waiting for a concurrent writer's lock, and ON CONFLICT DO UPDATE ... WHERE does the same, so
+    # of two writers holding one ETag only the first to commit matches.
+    insert_new=f"{UPSERT}WHERE items.deleted\n{RETURNING}",
+    update_live=f"{UPDATE_LIVE}\n{RETURNING}",
+    update_if_version=f"{UPDATE_LIVE} AND version = ANY(%(versions)s)\n{RETURNING}",
+    delete=f"{DELETE} WHERE id = %(id)s AND NOT deleted RETURNING version",
+    delete_if_version=f"{DELETE} WHERE id = %(id)s AND NOT deleted AND version = ANY(%(versions)s) RETURNING version",
+    live_version="SELECT version FROM items WHERE id = %(id)s AND NOT deleted",
     list_first=f"SELECT {ITEM} FROM items WHERE NOT deleted ORDER BY id LIMIT %(limit)s",
     list_after=f"SELECT {ITEM} FROM items WHERE NOT deleted AND id > %(after)s ORDER BY id LIMIT %(limit)s",
     count="SELECT count(*) FROM items WHERE NOT deleted",
@@ -52,6 +63,28 @@ WHERE seq <= %(upto)s AND seq <= (SELECT upto FROM item_changes_purged) AND logg
 INSERT INTO change_cursors (name, cursor) VALUES (%(name)s, %(cursor)s)
 ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor, saved_at = statement_timestamp()
 """,
+)
+
+KEY_STATEMENTS = KeyStatements(
+    claim="""
+INSERT INTO idempotency_keys (key, fingerprint, token, item_id)
+VALUES (%(key)s, %(fingerprint)s, %(token)s, %(item_id)s)
+ON CONFLICT (key) DO NOTHING RETURNING item_id
+""",
+    find=f"""
+SELECT fingerprint, item_id, status_code, version, body, claimed_at <= {CUTOFF}
+FROM idempotency_keys WHERE key = %(key)s
+""",
+    take_over=f"""
+UPDATE idempotency_keys SET token = %(token)s, claimed_at = statement_timestamp()
+WHERE key = %(key)s AND status_code IS NULL AND claimed_at <= {CUTOFF} RETURNING item_id
+""",
+    complete="""
+UPDATE idempotency_keys SET status_code = %(status_code)s, version = %(version)s, body = %(body)s
+WHERE key = %(key)s AND token = %(token)s AND status_code IS NULL RETURNING key
+""",
+    release="DELETE FROM idempotency_keys WHERE key = %(key)s AND token = %(token)s AND status_code IS NULL",
+    purge=f"DELETE FROM idempotency_keys WHERE created_at <= {CUTOFF}",
 )
 
 # db.migrate's record of what is applied (positional parameters: these run in init_schema only).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -11,6 +12,18 @@ from typing import Any
 
 from db.base import Item, MalformedItem, WriteResult, encode_fields
 from db.changes import ChangeCursor
+from db.deadline import Deadline
+from db.keys import Fetch, KeyStore
+from db.preconditions import (
+    Deleted,
+    IfAbsent,
+    IfExists,
+    IfVersionIn,
+    NotFound,
+    Precondition,
+    PreconditionFailed,
+    Unconditional,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +37,12 @@ class Statements:
 
     get: str  # id
     upsert: str  # id, fields -> version, created_version, updated_at
+    insert_new: str  # as upsert, but a live row is left alone (no row returned): If-None-Match: *
+    update_live: str  # as upsert, but only a live row (no row returned otherwise): If-Match: *
+    update_if_version: str  # as update_live, and only at one of `versions`: If-Match with ETags
     delete: str  # id -> version
+    delete_if_version: str  # id, versions -> version
+    live_version: str  # id -> version of the live row
     list_first: str  # limit
     list_after: str  # after, limit
     count: str
@@ -49,8 +67,9 @@ def decode_item(row: Sequence[Any]) -> Item:
     return Item(id=row[0], fields=fields, version=int(row[2]), updated_at=row[3])
 
 
-class SQLStore:
-    """The store over `_fetch(sql, params)` and `_execute(sql, params)`, which a backend implements."""
+class SQLStore(KeyStore):
+    """The store over `_fetch(sql, params)`, `_execute(sql, params)` and `_within(deadline)`, which a
+    backend implements; idempotency keys come from KeyStore."""
 
     sql: Statements
 
@@ -61,7 +80,12 @@ class SQLStore:
         """Run a write; how many rows it touched."""
         raise NotImplementedError
 
-    def _ids_param(self, ids: builtins.list[str]) -> Any:
+    def _ids_param(self, ids: builtins.list[Any]) -> Any:
+        raise NotImplementedError
+
+    def _within(self, deadline: Deadline) -> contextlib.AbstractContextManager[Fetch]:
+        """One transaction bounded by `deadline` (connection, locks, statements): when it runs out the
+        transaction is rolled back and DeadlineExceeded raised, so nothing commits late."""
         raise NotImplementedError
 
     def get(self, item_id: str) -> Item | None:
@@ -76,6 +100,57 @@ class SQLStore:
 
     def delete(self, item_id: str) -> int | None:
         rows = self._fetch(self.sql.delete, {"id": item_id})
+        return int(rows[0][0]) if rows else None
+
+    def upsert_if(
+        self, item_id: str, fields: dict[str, Any], expect: Precondition, deadline: Deadline
+    ) -> WriteResult | PreconditionFailed:
+        with self._within(deadline) as fetch:
+            return self._upsert_in(fetch, item_id, fields, expect)
+
+    def _upsert_in(
+        self, fetch: Fetch, item_id: str, fields: dict[str, Any], expect: Precondition
+    ) -> WriteResult | PreconditionFailed:
+        """The conditional upsert as one statement in the caller's transaction."""
+        params: dict[str, Any] = {"id": item_id, "fields": encode_fields(fields)}
+        match expect:
+            case Unconditional():
+                sql = self.sql.upsert
+            case IfAbsent():
+                sql = self.sql.insert_new
+            case IfExists():
+                sql = self.sql.update_live
+            case IfVersionIn(versions):
+                sql, params["versions"] = self.sql.update_if_version, self._ids_param(sorted(versions))
+        rows = fetch(sql, params)
+        if not rows:
+            return PreconditionFailed(item_id, self._live_version(fetch, item_id))
+        version, created_version, updated_at = rows[0]
+        item = Item(id=item_id, fields=fields, version=int(version), updated_at=updated_at)
+        return WriteResult(item=item, created=version == created_version)
+
+    def delete_if(
+        self, item_id: str, expect: Precondition, deadline: Deadline
+    ) -> Deleted | NotFound | PreconditionFailed:
+        with self._within(deadline) as fetch:
+            match expect:
+                case IfAbsent():  # "delete it only if it does not exist": nothing to do either way
+                    live = self._live_version(fetch, item_id)
+                    return NotFound() if live is None else PreconditionFailed(item_id, live)
+                case IfVersionIn(versions):
+                    params = {"id": item_id, "versions": self._ids_param(sorted(versions))}
+                    rows = fetch(self.sql.delete_if_version, params)
+                case _:
+                    rows = fetch(self.sql.delete, {"id": item_id})
+            if rows:
+                return Deleted(int(rows[0][0]))
+            if isinstance(expect, Unconditional):
+                return NotFound()
+            # If-Match on an absent item is false (RFC 9110 13.1.1): 412, not 404.
+            return PreconditionFailed(item_id, self._live_version(fetch, item_id))
+
+    def _live_version(self, fetch: Fetch, item_id: str) -> int | None:
+        rows = fetch(self.sql.live_version, {"id": item_id})
         return int(rows[0][0]) if rows else None
 
     def list(self, limit: int, after: str | None = None) -> list[Item]:

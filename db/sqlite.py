@@ -14,13 +14,15 @@ from typing import Any
 
 from db.base import DatabaseUnavailable
 from db.changes import Change, ChangeBatch, ChangeCursor
+from db.deadline import Deadline, DeadlineExceeded
 from db.migrate import migrations, sqlite_statements
-from db.sql import Params, SQLStore, end_cursor
-from db.sqlite_sql import IS_APPLIED, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
+from db.sql import Fetch, Params, SQLStore, end_cursor
+from db.sqlite_sql import IS_APPLIED, KEY_STATEMENTS, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
 
 
 class SQLiteStore(SQLStore):
     sql = STATEMENTS
+    keys = KEY_STATEMENTS
 
     def __init__(self, path: str, timeout: float = 3.0) -> None:
         self.path = path
@@ -62,6 +64,23 @@ class SQLiteStore(SQLStore):
                 raise
             conn.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def _within(self, deadline: Deadline) -> Iterator[Fetch]:
+        # SQLite's only wait is for the write lock: the busy timeout, taken from what is left. BEGIN
+        # IMMEDIATE takes the lock first, so a statement never finds the database locked half-way.
+        busy = min(deadline.check("the database's write lock"), self.timeout)
+        conn = self._connection()
+        conn.execute(f"PRAGMA busy_timeout = {max(1, int(busy * 1000))}")
+        try:
+            with self._transaction("BEGIN IMMEDIATE") as tx:
+                yield lambda sql, params: tx.execute(sql, params).fetchall()
+        except DatabaseUnavailable as exc:
+            if busy < self.timeout and "locked" in str(exc):
+                raise DeadlineExceeded("the database's write lock") from exc
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+
     def _fetch(self, sql: str, params: Params | None = None) -> list[Any]:
         with self._errors():
             return self._connection().execute(sql, params or {}).fetchall()
@@ -70,7 +89,7 @@ class SQLiteStore(SQLStore):
         with self._errors():
             return self._connection().execute(sql, params or {}).rowcount
 
-    def _ids_param(self, ids: builtins.list[str]) -> Any:
+    def _ids_param(self, ids: builtins.list[Any]) -> Any:
         return json.dumps(ids)
 
     def init_schema(self) -> None:

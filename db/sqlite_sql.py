@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
+from db.keys import KeyStatements
 from db.sql import Statements
 
 NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"  # the API's format: UTC, milliseconds, 'Z'
 CUTOFF = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('-%f seconds', :age))"
 ITEM = "id, fields, version, updated_at"
 
-STATEMENTS = Statements(
-    get=f"SELECT {ITEM} FROM items WHERE id = :id AND NOT deleted",
-    # One statement: the database bumps the version atomically with the write. The inserted version is
-    # computed from the row already there, so an id whose tombstone the triggers replace (a plain INSERT
-    # path) comes back above the tombstone with no fix-up, and RETURNING reports what is stored.
-    upsert=f"""
+UPSERT = f"""
 INSERT INTO items (id, fields, version, created_version, deleted, updated_at)
 SELECT :id, :fields, v, v, FALSE, {NOW}
 FROM (SELECT coalesce((SELECT version + 1 FROM items WHERE id = :id), 1) AS v) WHERE TRUE
@@ -23,13 +19,27 @@ ON CONFLICT (id) DO UPDATE SET
     created_version = CASE WHEN items.deleted THEN items.version + 1 ELSE items.created_version END,
     deleted = FALSE,
     updated_at = excluded.updated_at
-RETURNING version, created_version, updated_at
-""",
-    delete=f"""
-UPDATE items SET deleted = TRUE, version = version + 1, fields = '{{}}', updated_at = {NOW}
-WHERE id = :id AND NOT deleted
-RETURNING version
-""",
+"""
+RETURNING = "RETURNING version, created_version, updated_at"
+UPDATE_LIVE = f"""
+UPDATE items SET fields = :fields, version = version + 1, updated_at = {NOW}
+WHERE id = :id AND NOT deleted"""
+DELETE = f"UPDATE items SET deleted = TRUE, version = version + 1, fields = '{{}}', updated_at = {NOW}"
+IN_VERSIONS = "version IN (SELECT value FROM json_each(:versions))"
+
+STATEMENTS = Statements(
+    get=f"SELECT {ITEM} FROM items WHERE id = :id AND NOT deleted",
+    # One statement: the database bumps the version atomically with the write. The inserted version is
+    # computed from the row already there, so an id whose tombstone the triggers replace (a plain INSERT
+    # path) comes back above the tombstone with no fix-up, and RETURNING reports what is stored.
+    upsert=f"{UPSERT}{RETURNING}",
+    # The conditions sit in the one write statement (SQLite has one writer at a time anyway).
+    insert_new=f"{UPSERT}WHERE items.deleted\n{RETURNING}",
+    update_live=f"{UPDATE_LIVE}\n{RETURNING}",
+    update_if_version=f"{UPDATE_LIVE} AND {IN_VERSIONS}\n{RETURNING}",
+    delete=f"{DELETE} WHERE id = :id AND NOT deleted RETURNING version",
+    delete_if_version=f"{DELETE} WHERE id = :id AND NOT deleted AND {IN_VERSIONS} RETURNING version",
+    live_version="SELECT version FROM items WHERE id = :id AND NOT deleted",
     list_first=f"SELECT {ITEM} FROM items WHERE NOT deleted ORDER BY id LIMIT :limit",
     list_after=f"SELECT {ITEM} FROM items WHERE NOT deleted AND id > :after ORDER BY id LIMIT :limit",
     # INDEXED BY: SQLite would otherwise scan the table, tombstones and bodies included, to count.
@@ -53,6 +63,28 @@ WHERE seq <= :upto AND seq <= (SELECT upto FROM item_changes_purged) AND logged_
 INSERT INTO change_cursors (name, cursor, saved_at) VALUES (:name, :cursor, {NOW})
 ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor, saved_at = excluded.saved_at
 """,
+)
+
+KEY_STATEMENTS = KeyStatements(
+    claim="""
+INSERT INTO idempotency_keys (key, fingerprint, token, item_id)
+VALUES (:key, :fingerprint, :token, :item_id)
+ON CONFLICT (key) DO NOTHING RETURNING item_id
+""",
+    find=f"""
+SELECT fingerprint, item_id, status_code, version, body, claimed_at <= {CUTOFF}
+FROM idempotency_keys WHERE key = :key
+""",
+    take_over=f"""
+UPDATE idempotency_keys SET token = :token, claimed_at = {NOW}
+WHERE key = :key AND status_code IS NULL AND claimed_at <= {CUTOFF} RETURNING item_id
+""",
+    complete="""
+UPDATE idempotency_keys SET status_code = :status_code, version = :version, body = :body
+WHERE key = :key AND token = :token AND status_code IS NULL RETURNING key
+""",
+    release="DELETE FROM idempotency_keys WHERE key = :key AND token = :token AND status_code IS NULL",
+    purge=f"DELETE FROM idempotency_keys WHERE created_at <= {CUTOFF}",
 )
 
 # db.migrate's record of what is applied (positional parameters: these run in init_schema only).

@@ -8,7 +8,7 @@ from flask import Flask, Response, current_app, json
 from werkzeug.exceptions import HTTPException
 
 from cache.warm import CacheUnavailable, WarmInProgress
-from db import DatabaseUnavailable, MalformedItem
+from db import DatabaseUnavailable, DeadlineExceeded, MalformedItem
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,15 @@ def _database_down(exc: DatabaseUnavailable) -> Response:
     )
 
 
+def _deadline_exceeded(exc: DeadlineExceeded) -> Response:
+    logger.warning("request deadline exceeded: %s", exc)
+    message = (
+        f"The request ran out of time (REQUEST_TIMEOUT) waiting for {exc.waiting_for}; nothing was written. "
+        "Retry shortly."
+    )
+    return error_response(503, "deadline_exceeded", message, {"Retry-After": "1"})
+
+
 def _malformed(exc: MalformedItem) -> Response:
     logger.error("item %s is stored in a form this service cannot read", exc.item_id)
     message = f"item {exc.item_id!r} is stored in a form this service cannot read (not a JSON object); fix its row"
@@ -87,6 +96,7 @@ def register(app: Flask) -> None:
     app.after_request(_secure)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(DatabaseUnavailable, _database_down)
+    app.register_error_handler(DeadlineExceeded, _deadline_exceeded)
     app.register_error_handler(CacheUnavailable, _cache_down)
     app.register_error_handler(MalformedItem, _malformed)
     app.register_error_handler(WarmInProgress, _warm_running)

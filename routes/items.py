@@ -5,17 +5,30 @@ from __future__ import annotations
 import json
 import secrets
 
-from flask import Blueprint, Response, current_app, request, url_for
+from flask import Blueprint, Response, current_app, g, request, url_for
 
-from cache import aside
-from cache.entry import CacheEntry
-from db import ItemStore
+from cache import aside, idempotent
+from cache.entry import CacheEntry, make_etag
+from db import Deadline, ItemStore, KeyBusy, KeyedCreate, KeyReused, NotFound, PreconditionFailed, Replay
+from routes import idempotency
 from routes.auth import require_token
 from routes.errors import error_response
+from routes.preconditions import write_precondition
 from routes.validation import check_id, list_params, parse_item_body
 
 bp = Blueprint("items", __name__, url_prefix="/items")
 JSON = "application/json"
+
+
+@bp.before_request
+def _start_deadline() -> None:
+    """The request's deadline starts before anything it waits for (REQUEST_TIMEOUT)."""
+    g.deadline = Deadline.after(current_app.config["SERVICE_CONFIG"].request_timeout)
+
+
+def _deadline() -> Deadline:
+    deadline: Deadline = g.deadline
+    return deadline
 
 
 @bp.before_request
@@ -38,7 +51,7 @@ def _item_response(entry: CacheEntry, status: int, tier: str | None = None) -> R
 
 @bp.get("/<item_id>")
 def get_item(item_id: str) -> Response:
-    read = aside.read_item(_store(), check_id(item_id))
+    read = aside.read_item(_store(), check_id(item_id), _deadline())
     entry, tier = read.entry, read.tier
     if not entry.exists:
         return error_response(404, "not_found", f"no item with id {item_id!r}", {"X-Cache": tier})
@@ -60,33 +73,63 @@ def list_items() -> Response:
 
 @bp.post("")
 def create_item() -> Response:
+    key = idempotency.idempotency_key()
     body = parse_item_body()
+    # Of the body as sent, before its id (if any) is taken out of it.
+    fingerprint = idempotency.fingerprint(body) if key is not None else ""
     if "id" not in body:
         item_id = secrets.token_urlsafe(12)  # 16 characters of the id alphabet
     elif not isinstance(item_id := body.pop("id"), str):
         return error_response(400, "invalid_id", "id must be a string (or left out, to have one made up)")
-    return _upsert(check_id(item_id), body)
+    expect = write_precondition(check_id(item_id))
+    if key is None:
+        return _written(aside.write_item(_store(), item_id, body, expect, _deadline()))
+    create = KeyedCreate(key, fingerprint, item_id)
+    match idempotent.create_once(_store(), create, body, expect, _deadline()):
+        case Replay(stored):
+            return idempotency.replayed(stored)
+        case KeyReused() as reused:
+            return idempotency.key_reused(reused)
+        case KeyBusy() as busy:
+            return idempotency.key_busy(busy)
+        case written:
+            return _written(written)
 
 
 @bp.put("/<item_id>")
 def put_item(item_id: str) -> Response:
-    check_id(item_id)
+    expect = write_precondition(check_id(item_id))
     body = parse_item_body()
     if body.pop("id", item_id) != item_id:
         return error_response(400, "id_mismatch", "the body's id differs from the URL's; drop it or make them equal")
-    return _upsert(item_id, body)
+    return _written(aside.write_item(_store(), item_id, body, expect, _deadline()))
 
 
-def _upsert(item_id: str, fields: dict) -> Response:
-    result, entry = aside.write_item(_store(), item_id, fields)
-    response = _item_response(entry, 201 if result.created else 200)
+def _written(result: aside.Written | PreconditionFailed) -> Response:
+    if isinstance(result, PreconditionFailed):
+        return _precondition_failed(result)
+    response = _item_response(result.entry, 201 if result.created else 200)
     if result.created:
-        response.headers["Location"] = url_for("items.get_item", item_id=item_id)
+        response.headers["Location"] = url_for("items.get_item", item_id=result.item_id)
     return response
+
+
+def _precondition_failed(failed: PreconditionFailed) -> Response:
+    """412 with the current ETag (none when there is no live item), so the client can re-read and retry."""
+    item_id = failed.item_id
+    if failed.current_version is None:
+        return error_response(412, "precondition_failed", f"no item with id {item_id!r} matches the precondition")
+    etag = make_etag(item_id, failed.current_version)
+    message = f"item {item_id!r} is now at {etag}: nothing was written; re-read it and retry with that ETag"
+    return error_response(412, "precondition_failed", message, {"ETag": etag})
 
 
 @bp.delete("/<item_id>")
 def delete_item(item_id: str) -> Response:
-    if not aside.remove_item(_store(), check_id(item_id)):
+    expect = write_precondition(check_id(item_id))
+    result = aside.remove_item(_store(), item_id, expect, _deadline())
+    if isinstance(result, PreconditionFailed):
+        return _precondition_failed(result)
+    if isinstance(result, NotFound):
         return error_response(404, "not_found", f"no item with id {item_id!r}")
     return Response(status=204)

@@ -1,0 +1,145 @@
+"""Idempotency keys in the database: claim a key before the write, complete it in the write's own
+transaction, replay its first response. What both SQL backends share; their SQL is in KeyStatements."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from db.base import WriteResult
+from db.deadline import Deadline
+from db.preconditions import Precondition, PreconditionFailed
+
+KEY_LIFETIME = 24 * 3600.0  # seconds a key is honoured (the draft's suggestion: at least 24 h)
+Fetch = Callable[[str, Mapping[str, Any]], list[Sequence[Any]]]  # runs one statement in the open transaction
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStatements:
+    claim: str  # key, fingerprint, token, item_id -> item_id (no row: the key exists)
+    find: str  # key, age -> fingerprint, item_id, status_code, version, body, stale (claimed over age s ago)
+    take_over: str  # key, token, age -> item_id (a running claim older than age s)
+    complete: str  # key, token, status_code, version, body -> key (no row: the claim was taken over)
+    release: str  # key, token
+    purge: str  # age
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedCreate:
+    """A POST with an Idempotency-Key: the key, its request's fingerprint, and the id it would write."""
+
+    key: str
+    fingerprint: str
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    key: str
+    token: str
+    item_id: str  # the key's id: a retry of a made-up id gets the first attempt's
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    item_id: str
+    version: int
+    status_code: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """The key's request completed: answer its response again."""
+
+    response: StoredResponse
+
+
+@dataclass(frozen=True, slots=True)
+class KeyReused:
+    """The key belongs to a request with another fingerprint (a different body)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyBusy:
+    """The key's first request is still running (or died less than its lease ago)."""
+
+    item_id: str
+
+
+ClaimOutcome = Claim | Replay | KeyReused | KeyBusy
+
+
+class ClaimLost(Exception):
+    """The claim was taken over (its request outlived the lease); the write was rolled back."""
+
+
+class KeyStore:
+    """The idempotency half of SQLStore: it provides `keys`, `_within` and `_upsert_in`."""
+
+    keys: KeyStatements
+
+    def _within(self, deadline: Deadline) -> contextlib.AbstractContextManager[Fetch]:
+        raise NotImplementedError
+
+    def _upsert_in(
+        self, fetch: Fetch, item_id: str, fields: dict[str, Any], expect: Precondition
+    ) -> WriteResult | PreconditionFailed:
+        raise NotImplementedError
+
+    def _execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        raise NotImplementedError
+
+    def claim_key(self, create: KeyedCreate, lease: float, deadline: Deadline) -> ClaimOutcome:
+        """Claim `create.key`, or say what holds it. A running claim older than `lease` seconds (its request
+        must have ended by then) is taken over."""
+        token = secrets.token_hex(8)
+        params = {"key": create.key, "fingerprint": create.fingerprint, "token": token, "item_id": create.item_id}
+        with self._within(deadline) as fetch:
+            for _ in range(3):  # a key released between our two statements: claim it again
+                if rows := fetch(self.keys.claim, params):
+                    return Claim(create.key, token, str(rows[0][0]))
+                if rows := fetch(self.keys.find, {"key": create.key, "age": lease}):
+                    return self._held(fetch, create, rows[0], token, lease)
+        raise RuntimeError(f"idempotency key {create.key!r} kept vanishing while being claimed")
+
+    def _held(self, fetch: Fetch, create: KeyedCreate, row: Sequence[Any], token: str, lease: float) -> ClaimOutcome:
+        fingerprint, item_id, status_code, version, body, stale = row
+        if fingerprint != create.fingerprint:
+            return KeyReused()
+        if status_code is not None:
+            return Replay(StoredResponse(item_id, int(version), int(status_code), str(body).encode()))
+        if stale and (rows := fetch(self.keys.take_over, {"key": create.key, "token": token, "age": lease})):
+            return Claim(create.key, token, str(rows[0][0]))
+        return KeyBusy(item_id)
+
+    def upsert_claimed(
+        self, claim: Claim, fields: dict[str, Any], expect: Precondition, deadline: Deadline
+    ) -> WriteResult | PreconditionFailed:
+        """Upsert `claim.item_id` and record the response under the key, in one transaction: ClaimLost (and
+        nothing written) if the claim was taken over. A failed precondition leaves the claim running."""
+        with self._within(deadline) as fetch:
+            result = self._upsert_in(fetch, claim.item_id, fields, expect)
+            if isinstance(result, PreconditionFailed):
+                return result
+            response = {
+                "key": claim.key,
+                "token": claim.token,
+                "status_code": 201 if result.created else 200,
+                "version": result.item.version,
+                "body": result.item.to_json().decode(),
+            }
+            if not fetch(self.keys.complete, response):
+                raise ClaimLost(claim.key)
+            return result
+
+    def release_key(self, claim: Claim) -> None:
+        """Give a claim up (its write failed), so a retry runs the request again."""
+        self._execute(self.keys.release, {"key": claim.key, "token": claim.token})
+
+    def purge_keys(self, older_than_s: float) -> int:
+        """Delete keys created over `older_than_s` ago; returns how many."""
+        return self._execute(self.keys.purge, {"age": float(older_than_s)})

@@ -1,0 +1,166 @@
+"""Idempotency-Key on POST /items: the store's key records on both databases, and the HTTP API."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from prometheus_client import REGISTRY
+
+from db import (
+    UNCONDITIONAL,
+    Claim,
+    ClaimLost,
+    Deadline,
+    IfAbsent,
+    KeyBusy,
+    KeyedCreate,
+    KeyReused,
+    PreconditionFailed,
+    Replay,
+    StoredResponse,
+    WriteResult,
+)
+from routes.idempotency import fingerprint
+
+NEVER = Deadline.never()
+LEASE = 60.0
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def test_a_key_is_claimed_once_then_replayed(store):
+    create = KeyedCreate("k1", "print-a", "item-a")
+    claim = store.claim_key(create, LEASE, NEVER)
+    assert isinstance(claim, Claim) and claim.item_id == "item-a"
+    assert store.claim_key(create, LEASE, NEVER) == KeyBusy("item-a")
+    assert store.claim_key(KeyedCreate("k1", "print-b", "item-b"), LEASE, NEVER) == KeyReused()
+    written = store.upsert_claimed(claim, {"n": 1}, UNCONDITIONAL, NEVER)
+    assert isinstance(written, WriteResult) and written.created
+    # A retry brings a made-up id of its own: the key's first id and response win.
+    replay = store.claim_key(KeyedCreate("k1", "print-a", "another-id"), LEASE, NEVER)
+    assert replay == Replay(StoredResponse("item-a", 1, 201, written.item.to_json()))
+
+
+def test_a_released_claim_can_be_claimed_again(store):
+    create = KeyedCreate("k2", "print", "item")
+    first = store.claim_key(create, LEASE, NEVER)
+    store.release_key(first)
+    second = store.claim_key(create, LEASE, NEVER)
+    assert isinstance(second, Claim) and second.token != first.token
+
+
+def test_a_failed_precondition_records_nothing(store):
+    store.upsert("taken", {})
+    claim = store.claim_key(KeyedCreate("k3", "print", "taken"), LEASE, NEVER)
+    assert store.upsert_claimed(claim, {}, IfAbsent(), NEVER) == PreconditionFailed("taken", 1)
+    assert store.claim_key(KeyedCreate("k3", "print", "taken"), LEASE, NEVER) == KeyBusy("taken")
+
+
+def test_a_dead_claim_is_taken_over_and_its_late_write_rolled_back(store):
+    create = KeyedCreate("k4", "print", "item-4")
+    dead = store.claim_key(create, LEASE, NEVER)
+    taken = store.claim_key(create, 0.0, NEVER)  # a lease of 0 s: the first claim counts as dead
+    assert isinstance(taken, Claim) and taken.token != dead.token and taken.item_id == "item-4"
+    with pytest.raises(ClaimLost):
+        store.upsert_claimed(dead, {"late": True}, UNCONDITIONAL, NEVER)
+    assert store.get("item-4") is None  # the late write was rolled back with its claim
+    assert isinstance(store.upsert_claimed(taken, {"n": 1}, UNCONDITIONAL, NEVER), WriteResult)
+
+
+def test_concurrent_claims_of_one_key_give_one_claim(store):
+    threads = 12
+    start = threading.Barrier(threads)
+
+    def claim(n: int) -> object:
+        start.wait(10)
+        return store.claim_key(KeyedCreate("k5", "print", f"id-{n}"), LEASE, NEVER)
+
+    with ThreadPoolExecutor(threads) as pool:
+        outcomes = list(pool.map(claim, range(threads)))
+    claims = [o for o in outcomes if isinstance(o, Claim)]
+    assert len(claims) == 1
+    assert all(o == KeyBusy(claims[0].item_id) for o in outcomes if not isinstance(o, Claim))
+
+
+def test_keys_are_purged_after_their_lifetime(store):
+    store.claim_key(KeyedCreate("old", "print", "x"), LEASE, NEVER)
+    assert store.purge_keys(3600) == 0
+    assert store.purge_keys(0) == 1
+    assert isinstance(store.claim_key(KeyedCreate("old", "other", "y"), LEASE, NEVER), Claim)
+
+
+# --- HTTP ------------------------------------------------------------------------------------------------
+
+
+def post(client, body, key=None, **headers):
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return client.post("/items", data=json.dumps(body), headers={**JSON_HEADERS, **headers})
+
+
+def replays() -> float:
+    return REGISTRY.get_sample_value("cache_write_outcomes_total", {"outcome": "replayed"}) or 0.0
+
+
+def test_a_retried_create_answers_the_first_response(client):
+    before = replays()
+    first = post(client, {"name": "x"}, key="order-1")
+    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+    item_id = first.json["id"]
+    client.put(f"/items/{item_id}", data=json.dumps({"name": "changed"}), headers=JSON_HEADERS)
+    retry = post(client, {"name": "x"}, key='"order-1"')  # the draft's sf-string form is the same key
+    assert retry.status_code == 201 and retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.data == first.data and retry.headers["ETag"] == first.headers["ETag"] == f'"{item_id}.1"'
+    assert retry.headers["Location"] == first.headers["Location"] == f"/items/{item_id}"
+    assert replays() == before + 1
+    assert len(client.get("/items").json["items"]) == 1  # one item, not two
+
+
+def test_the_same_key_with_another_body_is_422(client):
+    post(client, {"name": "x"}, key="order-2")
+    other = post(client, {"name": "y"}, key="order-2")
+    assert other.status_code == 422 and other.json["error"] == "idempotency_key_reused"
+    assert len(client.get("/items").json["items"]) == 1
+
+
+def test_spacing_and_key_order_do_not_make_another_request(client):
+    first = client.post("/items", data='{"a": 1, "b": 2}', headers={**JSON_HEADERS, "Idempotency-Key": "k"})
+    again = client.post("/items", data='{"b":2,"a":1}', headers={**JSON_HEADERS, "Idempotency-Key": "k"})
+    assert again.headers["Idempotent-Replayed"] == "true" and again.json["id"] == first.json["id"]
+
+
+@pytest.mark.parametrize("stack", ["embedded", "real"], indirect=True)
+def test_a_key_still_running_answers_409(make_app):
+    app = make_app(REQUEST_TIMEOUT="0.3")
+    client = app.test_client()
+    body = {"id": "busy", "n": 1}
+    # The first request with this key is mid-write in another process: its claim is there, not completed.
+    with app.test_request_context("/items", method="POST"):
+        request_print = fingerprint(body)
+    app.extensions["item_store"].claim_key(KeyedCreate("running", request_print, "busy"), LEASE, NEVER)
+    response = post(client, body, key="running")
+    assert response.status_code == 409 and response.json["error"] == "idempotency_key_in_use"
+    assert response.headers["Retry-After"] == "1"
+    assert client.get("/items/busy").status_code == 404
+
+
+@pytest.mark.parametrize("key", ["", " ", "x" * 256, "tab\there", "caf\u00e9"])
+def test_a_bad_key_is_400_and_writes_nothing(client, key):
+    response = client.post("/items", data=json.dumps({"id": "nokey"}), headers={**JSON_HEADERS, "Idempotency-Key": key})
+    assert response.status_code == 400 and response.json["error"] == "invalid_idempotency_key"
+    assert client.get("/items/nokey").status_code == 404
+
+
+def test_the_longest_key_is_accepted(client):
+    assert post(client, {"n": 1}, key="k" * 255).status_code == 201
+
+
+def test_a_create_refused_by_its_precondition_can_be_retried_with_the_same_key(client):
+    post(client, {"id": "exists"})
+    refused = post(client, {"id": "exists", "n": 2}, key="once", **{"If-None-Match": "*"})
+    assert refused.status_code == 412 and refused.headers["ETag"] == '"exists.1"'
+    client.delete("/items/exists")
+    retried = post(client, {"id": "exists", "n": 2}, key="once", **{"If-None-Match": "*"})
+    assert retried.status_code == 201 and "Idempotent-Replayed" not in retried.headers
