@@ -16,14 +16,14 @@ instance was down. PostgreSQL wakes it within milliseconds (LISTEN/NOTIFY); SQLi
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from cache.background import Background
 from cache.entry import CacheEntry
 from cache.guard import RedisDown
-from cache.lock import Acquired
+from cache.lock import Lease
 from cache.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, CHANGELOG_LAG
 from cache.stampede import jittered
 from db import KEY_LIFETIME, DatabaseUnavailable, ItemStore
@@ -44,32 +44,26 @@ PURGE_INTERVAL = 60.0  # seconds between purges of applied log rows and old tomb
 LOG_RETENTION = 3600.0  # applied log rows are kept this long (for a second cache on the same database)
 
 
-class ChangeFollower:
+class ChangeFollower(Background):
+    thread_name = "cache-change-follower"
+
     def __init__(self, cache: CacheProcess, store: ItemStore, timer: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self.cache, self.store, self.timer = cache, store, timer
         prefix = cache.config.key_prefix
         self.name = f"cache:{prefix}"  # the position's name in the database: one per cache namespace
-        self.lease_key = f"{prefix}{{changelog}}:lease"
+        self.lease = Lease(cache.lock, f"{prefix}{{changelog}}:lease", LEASE_MS)
         self.origin = f"changelog:{cache.origin}"  # not this process's origin: its own listener applies them
         self.cursor: ChangeCursor | None = None  # in memory while we hold the lease
-        self.lease: Acquired | None = None
         self.caught_up_at = timer()
-        self.stopped = threading.Event()
         self._next_purge = self._next_save = float("-inf")
         self._saved: ChangeCursor | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cache-change-follower", daemon=True)
-        self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self.stopped.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self.lease is not None:
+        super().stop(timeout)
+        if self.lease.held is not None:
             self._save_now()
-            self.cache.lock.release(self.lease_key, self.lease.token)
+            self.lease.release()
 
     def _run(self) -> None:
         while not self.stopped.is_set():
@@ -90,16 +84,14 @@ class ChangeFollower:
 
     def hold_lease(self) -> bool:
         """Take or renew the lease; a follower that loses it forgets its position (the next holder's wins)."""
-        lock = self.cache.lock
-        if self.lease is not None and lock.renew(self.lease_key, self.lease.token, LEASE_MS):
+        held_before = self.lease.held is not None
+        if self.lease.hold():
+            if not held_before:
+                logger.info("change follower: this process follows the database's change log now")
             return True
-        self.lease, self.cursor = None, None
+        self.cursor = None
         CHANGELOG_LAG.set(0)  # only the follower at work reports its lag
-        taken = lock.acquire(self.lease_key, LEASE_MS)
-        if isinstance(taken, Acquired):
-            self.lease = taken
-            logger.info("change follower: this process follows the database's change log now")
-        return self.lease is not None
+        return False
 
     def run_once(self) -> int:
         """Apply the next batch; returns how many changes it held (0: caught up, or Redis failed)."""

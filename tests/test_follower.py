@@ -72,7 +72,7 @@ def test_rows_updated_and_deleted_by_sql_replace_what_is_cached(served):
 def test_a_listening_process_serves_outside_writes_from_every_tier(served):
     app, client, sql = served
     cache.start_listener()  # listener + follower threads, as in a gunicorn worker
-    wait_until(lambda: cache.state().trust.usable and cache.state().follower.lease is not None, timeout=10)
+    wait_until(lambda: cache.state().trust.usable and cache.state().follower.lease.held is not None, timeout=10)
     client.put("/items/hot", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
     wait_until(lambda: client.get("/items/hot").headers["X-Cache"] == "lru", timeout=5)
     sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'hot'""")
