@@ -91,6 +91,9 @@ def cache_set(key: str, entry: CacheEntry, ttl: float | None = None) -> SetOutco
     generation, ttl_ms = s.trust.generation, s.ttl_ms(entry, ttl)
     outcome = s.redis.set_if_newer(key, entry, ttl_ms)
     s.remember_write(key, entry, ttl_ms, outcome)
+    # Our own announcement never reaches our L1 (the listener ignores it), and an untrusted L1 (Redis or the
+    # listener down) takes no entry: it must still drop any older copy, or serve it once trusted again.
+    s.lru.invalidate(key, entry.version)
     return _then_l1(s, key, entry, generation, outcome)
 
 
