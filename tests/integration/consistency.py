@@ -6,12 +6,15 @@ kernel spreads them over every worker), and record the version each read returne
 
 A read is *stale* when it started more than `allowance` seconds after a newer version was acknowledged.
 Its *staleness* is how long after that acknowledgement it started: the report's `max_staleness` is the
-widest window in which any worker served an older version than one already acknowledged.
+widest window in which any worker served an older version than one already acknowledged. `stale()` lists
+each stale read with what a diagnosis needs: the instance, the tier and the request id it sent (an access
+log with `%({x-request-id}i)s` and `%(p)s` names the worker), and which newer version was acknowledged, when.
 """
 
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import random
 import threading
@@ -28,6 +31,20 @@ class Read:
     started: float
     tier: str
     elapsed: float = 0.0
+    base: str = ""  # the instance that answered
+    request_id: str = ""  # sent as X-Request-Id
+
+
+@dataclass(frozen=True)
+class StaleRead:
+    read: Read
+    newest: int  # the newest version acknowledged before the read started
+    first_newer_acked: float  # when the first version newer than the read's was acknowledged (monotonic)
+    newest_via: str  # the instance that acknowledged `newest`
+
+    @property
+    def staleness(self) -> float:
+        return self.read.started - self.first_newer_acked
 
 
 @dataclass
@@ -49,12 +66,18 @@ class Report:
 
 
 def request(
-    base: str, method: str, path: str, body: bytes | None = None, token: str | None = None
+    base: str,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    token: str | None = None,
+    extra_headers: dict[str, str] | None = None,
 ) -> tuple[int, dict, bytes]:
     host, port = base.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
         headers = {"Content-Type": "application/json", "Connection": "close"} if body is not None else {}
+        headers.update(extra_headers or {})
         if token:
             headers["Authorization"] = f"Bearer {token}"
         conn.request(method, path, body=body, headers=headers)
@@ -72,6 +95,8 @@ class Checker:
         self.keys = [f"chk-{n}" for n in range(keys)]
         self.writers, self.readers = writers, readers
         self.acks: dict[str, list[tuple[int, float]]] = {k: [] for k in self.keys}
+        self.acked_via: dict[tuple[str, int], str] = {}  # (key, version) -> the instance that acknowledged it
+        self._request_ids = itertools.count()
         self.reads: list[Read] = []
         self.read_errors = self.write_errors = 0
         self._lock = threading.Lock()
@@ -112,20 +137,24 @@ class Checker:
         acked = time.monotonic()
         with self._lock:
             if status in (200, 201):
-                self.acks[key].append((json.loads(body)["version"], acked))
+                version = json.loads(body)["version"]
+                self.acks[key].append((version, acked))
+                self.acked_via[key, version] = base
             else:
                 self.write_errors += 1
 
     def _read(self, base: str, key: str) -> None:
+        request_id = f"chk-{next(self._request_ids)}"
         started = time.monotonic()
         try:
-            status, headers, body = request(base, "GET", f"/items/{key}")
+            status, headers, body = request(base, "GET", f"/items/{key}", extra_headers={"X-Request-Id": request_id})
         except OSError:
             status = 0
         with self._lock:
             if status == 200:
                 tier, elapsed = headers.get("X-Cache", "?"), time.monotonic() - started
-                self.reads.append(Read(key, json.loads(body)["version"], started, tier, elapsed))
+                version = json.loads(body)["version"]
+                self.reads.append(Read(key, version, started, tier, elapsed, base, request_id))
             else:
                 self.read_errors += 1
 
@@ -143,26 +172,35 @@ class Checker:
         """Judge the reads that started at or after `since` (monotonic time), allowing `allowance` s of lag."""
         with self._lock:
             reads = [r for r in self.reads if r.started >= since]
-            acks = {key: sorted(a, key=lambda va: va[1]) for key, a in self.acks.items()}
-        stale, worst = 0, 0.0
-        for read in reads:
-            key_acks = acks[read.key]
-            # The earliest acknowledgement of any version newer than what this read returned, before it began.
-            cut = bisect_left([t for _, t in key_acks], read.started)
-            newer = [t for v, t in key_acks[:cut] if v > read.version]
-            if newer:
-                staleness = read.started - min(newer)
-                worst = max(worst, staleness)
-                stale += staleness > allowance
+            writes = sum(len(a) for a in self.acks.values())
+        behind = self.stale(0.0, since)
         return Report(
             reads=len(reads),
-            writes=sum(len(a) for a in acks.values()),
+            writes=writes,
             read_errors=self.read_errors,
             write_errors=self.write_errors,
-            stale_reads=stale,
-            max_staleness=worst,
+            stale_reads=sum(s.staleness > allowance for s in behind),
+            max_staleness=max((s.staleness for s in behind), default=0.0),
             tiers=dict(Counter(r.tier for r in reads)),
         )
+
+    def stale(self, allowance: float = 0.05, since: float = 0.0) -> list[StaleRead]:
+        """The reads that started at or after `since` more than `allowance` s after a newer version's ack."""
+        with self._lock:
+            reads = [r for r in self.reads if r.started >= since]
+            acks = {key: sorted(a, key=lambda va: va[1]) for key, a in self.acks.items()}
+            acked_via = dict(self.acked_via)
+        found = []
+        for read in reads:
+            key_acks = acks[read.key]
+            # The acknowledgements of versions newer than what this read returned, before it began.
+            cut = bisect_left([t for _, t in key_acks], read.started)
+            newer = [(v, t) for v, t in key_acks[:cut] if v > read.version]
+            if newer and read.started - min(t for _, t in newer) > allowance:
+                newest = max(v for v, _ in newer)
+                first = min(t for _, t in newer)
+                found.append(StaleRead(read, newest, first, acked_via.get((read.key, newest), "?")))
+        return found
 
 
 def read_everywhere(bases: list[str], keys: dict[str, int], rounds: int = 8) -> list[str]:

@@ -39,6 +39,17 @@ def recovered(servers: list[Gunicorn]) -> bool:
     )
 
 
+# An access log line per request naming the worker (pid) and the Checker's request id; tests that need to
+# say which worker served a read start gunicorn with it (GUNICORN_CMD_ARGS overrides gunicorn.conf.py).
+ACCESS_LOG_WITH_WORKER = "--access-logformat '%(p)s rid=%({x-request-id}i)s \"%(r)s\" %(s)s %({x-cache}o)s'"
+
+
+def worker_of(server: Gunicorn, request_id: str) -> str:
+    """The pid of the worker that served `request_id`, from an ACCESS_LOG_WITH_WORKER log, or "?"."""
+    match = re.search(rf"^<(\d+)> rid={re.escape(request_id)} ", server.output(), re.M)  # %(p)s is "<pid>"
+    return match.group(1) if match else "?"
+
+
 def first_log_time(server: Gunicorn, text: str, since: float) -> float | None:
     """The wall-clock time of the first log line of the instance whose message contains `text`, at or
     after `since` (its log is JSON lines: LOG_FORMAT=auto, and its stderr is no terminal)."""
