@@ -7,8 +7,8 @@ kernel spreads them over every worker), and record the version each read returne
 A read is *stale* when it started more than `allowance` seconds after a newer version was acknowledged.
 Its *staleness* is how long after that acknowledgement it started: the report's `max_staleness` is the
 widest window in which any worker served an older version than one already acknowledged. `stale()` lists
-each stale read with what a diagnosis needs: the instance, the tier and the request id it sent (an access
-log with `%({x-request-id}i)s` and `%(p)s` names the worker), and which newer version was acknowledged, when.
+each stale read with what a diagnosis needs: the instance, the tier and the request id it sent (the
+instance's access log names the worker that served it), and which newer version was acknowledged, when.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Read:
     tier: str
     elapsed: float = 0.0
     base: str = ""  # the instance that answered
-    request_id: str = ""  # sent as X-Request-Id
+    request_id: str = ""  # sent as X-Request-ID
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class Checker:
         request_id = f"chk-{next(self._request_ids)}"
         started = time.monotonic()
         try:
-            status, headers, body = request(base, "GET", f"/items/{key}", extra_headers={"X-Request-Id": request_id})
+            status, headers, body = request(base, "GET", f"/items/{key}", extra_headers={"X-Request-ID": request_id})
         except OSError:
             status = 0
         with self._lock:

@@ -39,15 +39,10 @@ def recovered(servers: list[Gunicorn]) -> bool:
     )
 
 
-# An access log line per request naming the worker (pid) and the Checker's request id; tests that need to
-# say which worker served a read start gunicorn with it (GUNICORN_CMD_ARGS overrides gunicorn.conf.py).
-ACCESS_LOG_WITH_WORKER = "--access-logformat '%(p)s rid=%({x-request-id}i)s \"%(r)s\" %(s)s %({x-cache}o)s'"
-
-
 def worker_of(server: Gunicorn, request_id: str) -> str:
-    """The pid of the worker that served `request_id`, from an ACCESS_LOG_WITH_WORKER log, or "?"."""
-    match = re.search(rf"^<(\d+)> rid={re.escape(request_id)} ", server.output(), re.M)  # %(p)s is "<pid>"
-    return match.group(1) if match else "?"
+    """The pid of the worker that served the request sent with X-Request-ID `request_id` (from the access
+    log's JSON lines), or "?"."""
+    return next((str(line["pid"]) for line in log_lines(server) if line.get("request_id") == request_id), "?")
 
 
 def first_log_time(server: Gunicorn, text: str, since: float) -> float | None:

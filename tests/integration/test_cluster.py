@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 from tests.integration.consistency import Checker, StaleRead, read_everywhere
-from tests.integration.fleet import ACCESS_LOG_WITH_WORKER, database_url, recovered, worker_of
+from tests.integration.fleet import database_url, recovered, worker_of
 from tests.support import Gunicorn, RedisClusterServers, wait_until
 
 
@@ -20,13 +20,7 @@ def cluster_fleet(request, tmp_path) -> Iterator[tuple[RedisClusterServers, list
     with contextlib.ExitStack() as stack:
         cluster = stack.enter_context(RedisClusterServers())
         db_url = stack.enter_context(database_url(request, tmp_path))
-        env = {
-            "REDIS_URL": cluster.url,
-            "REDIS_CLUSTER": "true",
-            "DATABASE_URL": db_url,
-            "CACHE_L1_TTL": "10",
-            "GUNICORN_CMD_ARGS": ACCESS_LOG_WITH_WORKER,  # a stale read can then be traced to its worker
-        }
+        env = {"REDIS_URL": cluster.url, "REDIS_CLUSTER": "true", "DATABASE_URL": db_url, "CACHE_L1_TTL": "10"}
         servers = [stack.enter_context(Gunicorn(env, workers=2)) for _ in range(2)]
         wait_until(lambda: recovered(servers), timeout=20)
         yield cluster, servers
