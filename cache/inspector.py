@@ -100,15 +100,26 @@ class Inspector(Background):
         keys = list(itertools.islice(self._keys, SAMPLE))
         if not keys:  # a full walk of the keyspace is done: start another
             pattern = f"{self.cache.config.key_prefix}item:*"
-            self._keys = self.cache.redis.client.scan_iter(match=pattern, count=SAMPLE)
+            self._keys = self.cache.bulk.scan_iter(match=pattern, count=SAMPLE)
             keys = list(itertools.islice(self._keys, SAMPLE))
-        return [c for c in (self._read_redis(k.decode() if isinstance(k, bytes) else k) for k in keys) if c]
+        return self._read_redis([k.decode() if isinstance(k, bytes) else k for k in keys])
 
-    def _read_redis(self, key: str) -> Cached | None:
-        fields = self.cache.redis.guard("inspect", key, self.cache.redis.client.hmget, key, "v", "b", "f")
-        if isinstance(fields, RedisDown) or fields[0] is None or fields[2] is not None:
-            return None  # gone, or a floor (it holds no body to be stale)
-        return Cached("redis", key, self.cache.item_id(key), int(fields[0]), bool(fields[1]))
+    def _read_redis(self, keys: list[str]) -> list[Cached]:
+        """What Redis holds for `keys`, in one round trip (floors and vanished keys left out)."""
+        if not keys:
+            return []
+        pipe = self.cache.bulk.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, "v", "f")
+            pipe.hstrlen(key, "b")  # '' is an id known to be absent; the body itself is not needed
+        replies = self.cache.redis.guard("inspect", "-", pipe.execute)
+        if isinstance(replies, RedisDown):
+            return []
+        found = []
+        for key, (version, floor), body_length in zip(keys, replies[::2], replies[1::2], strict=True):
+            if version is not None and floor is None:
+                found.append(Cached("redis", key, self.cache.item_id(key), int(version), body_length > 0))
+        return found
 
     def _sample_l1(self) -> list[Cached]:
         return [
@@ -118,7 +129,7 @@ class Inspector(Background):
 
     def _cached_now(self, cached: Cached) -> Cached | None:
         if cached.tier == "redis":
-            return self._read_redis(cached.key)
+            return next(iter(self._read_redis([cached.key])), None)
         entry = self.cache.lru.get(cached.key)
         return None if entry is None else Cached("lru", cached.key, cached.item_id, entry.version, entry.exists)
 
