@@ -97,6 +97,7 @@ class SetOutcome(enum.Enum):
     FAILED = "failed"  # Redis failed: nothing stored
 
 
+NO_ANNOUNCEMENT = ("", b"")  # an empty channel: SET_IF_NEWER publishes nothing
 _OUTCOMES = {1: SetOutcome.WRITTEN, 0: SetOutcome.SAME, -1: SetOutcome.NEWER}
 
 
@@ -171,7 +172,7 @@ class RedisTier:
     def set_if_newer(self, key: str, entry: CacheEntry, ttl_ms: int, release: Acquired | None = None) -> SetOutcome:
         """Store and announce `entry` unless Redis holds this version or a newer one; `release` frees the
         load lock (`{key}:lock`) in the same step."""
-        keys, args = [key], self._args(key, entry, ttl_ms, "")
+        keys, args = [key], self._args(entry, ttl_ms, "", self._announce(key, entry.version, self.origin))
         if release is not None:
             keys.append(FleetLock.for_item(key))
             args.append(release.token)
@@ -179,24 +180,22 @@ class RedisTier:
 
     def refresh(self, key: str, entry: CacheEntry, ttl_ms: int) -> SetOutcome:
         """As `set_if_newer`, and the same version already there takes the new TTL (an early refresh)."""
-        args = self._args(key, entry, ttl_ms, "extend")
+        args = self._args(entry, ttl_ms, "extend", self._announce(key, entry.version, self.origin))
         return self._outcome(self.guard("set", key, self._set_if_newer, keys=[key], args=args))
 
     def queue_warm(self, pipe: Any, key: str, entry: CacheEntry, ttl_ms: int) -> None:
         """Queue a refresh without announcement on `pipe` (a warm writes what the database says: no L1 is
         older). EVAL, not EVALSHA: nothing to preload on every node, and cluster pipelines allow it."""
-        args = self._args(key, entry, ttl_ms, "extend")
-        args[4:6] = ["", ""]
+        args = self._args(entry, ttl_ms, "extend", NO_ANNOUNCEMENT)
         pipe.execute_command("EVAL", SET_IF_NEWER, 1, key, *args)
 
     def queue_floor(self, pipe: Any, key: str, version: int, ttl_ms: int, origin: str) -> None:
         """Queue FLOOR on `pipe`: any copy older than `version` becomes a floor, announced as `origin`."""
-        pipe.execute_command("EVAL", FLOOR, 1, key, version, ttl_ms, self.channel, encode_message(key, version, origin))
+        pipe.execute_command("EVAL", FLOOR, 1, key, version, ttl_ms, *self._announce(key, version, origin))
 
     def queue_set(self, pipe: Any, key: str, entry: CacheEntry, ttl_ms: int, origin: str) -> None:
         """Queue SET_IF_NEWER on `pipe`, announced as `origin`."""
-        args = self._args(key, entry, ttl_ms, "")
-        args[5] = encode_message(key, entry.version, origin)
+        args = self._args(entry, ttl_ms, "", self._announce(key, entry.version, origin))
         pipe.execute_command("EVAL", SET_IF_NEWER, 1, key, *args)
 
     def delete(self, key: str) -> bool | RedisDown:
@@ -208,10 +207,14 @@ class RedisTier:
     def ping(self) -> bool:
         return self.guard("ping", "-", self.client.ping) is True
 
-    def _args(self, key: str, entry: CacheEntry, ttl_ms: int, mode: str) -> list[Any]:
+    def _announce(self, key: str, version: int, origin: str) -> tuple[str, bytes]:
+        """SET_IF_NEWER's and FLOOR's (channel, message) arguments."""
+        return self.channel, encode_message(key, version, origin)
+
+    def _args(self, entry: CacheEntry, ttl_ms: int, mode: str, announce: tuple[str, bytes]) -> list[Any]:
+        """SET_IF_NEWER's ARGV[1..7]."""
         stored = codec.encode(entry.body, self.compress_min_bytes)
-        message = encode_message(key, entry.version, self.origin)
-        return [entry.version, stored, ttl_ms, entry.load_ms, self.channel, message, mode]
+        return [entry.version, stored, ttl_ms, entry.load_ms, *announce, mode]
 
     @staticmethod
     def _outcome(result: object) -> SetOutcome:
