@@ -105,11 +105,10 @@ class ChangeFollower(Background):
             CHANGELOG_LAG.set(self.timer() - self.caught_up_at)
             return 0  # Redis failed: the position stays, the batch is applied again when it answers
         self.cursor = batch.cursor
-        if batch.gap:
+        # At most every SAVE_INTERVAL (a write per batch would double the database's write load under a stream
+        # of small batches; a restart repeats at most that much), and at once after a gap.
+        if batch.gap or self.timer() >= self._next_save:
             self._save_now()
-        elif self.timer() >= self._next_save:
-            self._save_now()  # at most every SAVE_INTERVAL: a write per batch would double the database's
-            #                   write load under a stream of small batches; a restart repeats at most that much
         if len(batch.changes) < BATCH:
             self.caught_up_at = self.timer()
         CHANGELOG_LAG.set(self.timer() - self.caught_up_at)
