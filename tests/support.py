@@ -32,6 +32,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class FakeClock:
+    """A clock for code that takes one (`timer=`): it stands still until a test moves it."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
     """Poll `predicate` until it returns something truthy; fail with AssertionError after `timeout`."""
     deadline = time.monotonic() + timeout

@@ -8,19 +8,11 @@ from cache.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from cache.metrics import CIRCUIT_OPEN, REDIS_ERRORS
 from cache.redis_tier import connect
 from config import load_config
-from tests.support import RedisServer
-
-
-class FakeTimer:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import FakeClock, RedisServer
 
 
 def test_opens_after_threshold_failures_in_a_row():
-    b = CircuitBreaker(threshold=3, cooldown=1.0, timer=FakeTimer())
+    b = CircuitBreaker(threshold=3, cooldown=1.0, timer=FakeClock(0.0))
     b.failure()
     b.failure()
     b.success()  # a success breaks the run
@@ -32,7 +24,7 @@ def test_opens_after_threshold_failures_in_a_row():
 
 
 def test_half_open_lets_exactly_one_probe_through_after_the_cooldown():
-    timer = FakeTimer()
+    timer = FakeClock(0.0)
     b = CircuitBreaker(threshold=1, cooldown=2.0, timer=timer)
     b.failure()
     timer.now = 1.9
@@ -54,7 +46,7 @@ def test_a_stopped_redis_opens_the_breaker_and_reads_stop_calling_it(key_prefix)
         env = {"CACHE_KEY_PREFIX": key_prefix, "REDIS_BREAKER_FAILURES": "3", "REDIS_BREAKER_COOLDOWN": "0.5"}
         cache.init_cache(load_config(env), client=client)
         s = cache.state()
-        s.breaker.timer = timer = FakeTimer()
+        s.breaker.timer = timer = FakeClock(0.0)
         try:
             key = cache_key("a")
             cache_set(key, CacheEntry.build("a", 1, b'{"v":"one"}'))

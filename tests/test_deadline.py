@@ -13,18 +13,7 @@ from cache import aside
 from cache.lock import FleetLock
 from config import ConfigError, load_config
 from db import UNCONDITIONAL, Deadline, DeadlineExceeded
-from tests.support import sql_connection
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def tick(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support import FakeClock, sql_connection
 
 
 def test_deadline_counts_down_on_its_clock():

@@ -13,7 +13,7 @@ from cache import inspector as inspector_module
 from cache.follower import ChangeFollower
 from cache.inspector import Inspector
 from cache.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, INSPECTOR_CHECKED, INSPECTOR_STALE
-from tests.support import sql_connection, wait_until
+from tests.support import FakeClock, sql_connection, wait_until
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -136,8 +136,8 @@ def test_redis_down_keeps_the_position_until_the_batch_is_applied(served, monkey
 
 def test_the_inspector_counts_an_entry_still_stale_after_the_bound(served, monkeypatch):
     app, client, sql = served
-    now = [0.0]
-    inspector = Inspector(cache.state(), app.extensions["item_store"], timer=lambda: now[0])
+    clock = FakeClock(0.0)
+    inspector = Inspector(cache.state(), app.extensions["item_store"], timer=clock)
     client.put("/items/s", data=json.dumps({"v": 1}), headers=JSON_HEADERS)  # Redis and L1 at version 1
     client.put("/items/fresh", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
     sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 's'""")  # and no follower applies it
@@ -145,15 +145,15 @@ def test_the_inspector_counts_an_entry_still_stale_after_the_bound(served, monke
     inspector.inspect_once()
     assert value(INSPECTOR_CHECKED, "redis") == checked + 2 and value(INSPECTOR_CHECKED, "lru") >= 2
     assert value(INSPECTOR_STALE, "redis") == stale  # a suspect only: the change may be in flight
-    now[0] += inspector_module.BOUND
+    clock.tick(inspector_module.BOUND)
     inspector.inspect_once()
     assert value(INSPECTOR_STALE, "redis") == stale + 1 and value(INSPECTOR_STALE, "lru") >= 1
 
 
 def test_the_inspector_does_not_count_a_change_applied_within_the_bound(served):
     app, client, sql = served
-    now = [0.0]
-    inspector = Inspector(cache.state(), app.extensions["item_store"], timer=lambda: now[0])
+    clock = FakeClock(0.0)
+    inspector = Inspector(cache.state(), app.extensions["item_store"], timer=clock)
     follower = follower_for(app)
     follower.run_once()
     client.put("/items/s", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
@@ -161,7 +161,7 @@ def test_the_inspector_does_not_count_a_change_applied_within_the_bound(served):
     stale = value(INSPECTOR_STALE, "redis")
     inspector.inspect_once()  # sees version 1 cached, 2 in the database: a suspect
     follower.run_once()  # the change lands within the bound
-    now[0] += inspector_module.BOUND
+    clock.tick(inspector_module.BOUND)
     inspector.inspect_once()
     assert value(INSPECTOR_STALE, "redis") == stale
 

@@ -17,7 +17,7 @@ from cache.invalidation import ConnectionSilent, Listener, Watchdog, decode_mess
 from cache.metrics import INVALIDATION_LAG, INVALIDATIONS, L1_FLUSHES
 from cache.redis_tier import RedisTier, connect
 from config import load_config
-from tests.support import RedisServer, wait_until
+from tests.support import FakeClock, RedisServer, wait_until
 
 
 def counter(metric, *labels) -> float:
@@ -114,12 +114,12 @@ class SilentPubSub:
     """A subscribed connection that confirms the subscribe, then never answers a PING; each read of it
     advances the fake clock by the time the real read would have waited."""
 
-    def __init__(self, clock: list[float]) -> None:
+    def __init__(self, clock: FakeClock) -> None:
         self.clock, self.pings = clock, 0
         self.queue = [{"type": "subscribe", "channel": b"c", "data": 1}]
 
     def get_message(self, timeout: float):
-        self.clock[0] += timeout
+        self.clock.tick(timeout)
         return self.queue.pop(0) if self.queue else None
 
     def ping(self) -> None:
@@ -143,24 +143,24 @@ class Recorder:
 
 
 def test_watchdog_gives_up_on_a_silent_connection_after_the_pong_timeout():
-    clock = [0.0]
+    clock = FakeClock(0.0)
     events = Recorder()
-    listener = Listener(None, "c", events, Watchdog(ping_interval=0.5, pong_timeout=2.0, timer=lambda: clock[0]))
+    listener = Listener(None, "c", events, Watchdog(ping_interval=0.5, pong_timeout=2.0, timer=clock))
     pubsub = SilentPubSub(clock)
     with pytest.raises(ConnectionSilent, match="no pong"):
         listener._watch(pubsub)
     assert events.events == [("subscribed", "subscribe")] and pubsub.pings == 1
-    assert 2.5 <= clock[0] <= 3.0  # one ping at 0.5 s, then 2 s without its pong
+    assert 2.5 <= clock.now <= 3.0  # one ping at 0.5 s, then 2 s without its pong
 
 
 def test_watchdog_gives_up_when_the_subscribe_is_never_confirmed():
-    clock = [0.0]
-    listener = Listener(None, "c", Recorder(), Watchdog(ping_interval=10.0, pong_timeout=1.0, timer=lambda: clock[0]))
+    clock = FakeClock(0.0)
+    listener = Listener(None, "c", Recorder(), Watchdog(ping_interval=10.0, pong_timeout=1.0, timer=clock))
     pubsub = SilentPubSub(clock)
     pubsub.queue.clear()
     with pytest.raises(ConnectionSilent, match="no subscribe confirmation"):
         listener._watch(pubsub)
-    assert 1.0 < clock[0] <= 1.25
+    assert 1.0 < clock.now <= 1.25
 
 
 def test_a_malformed_message_is_dropped_and_a_good_one_decoded():

@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cache.lru import LRUCache
+from tests.support import FakeClock
 
 
 @dataclass(frozen=True)
@@ -11,19 +12,8 @@ class Value:
     name: str = ""
 
 
-class FakeTimer:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def tick(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def make(max_items: int = 3, ttl: float = 10.0) -> tuple[LRUCache[Value], FakeTimer]:
-    timer = FakeTimer()
+def make(max_items: int = 3, ttl: float = 10.0) -> tuple[LRUCache[Value], FakeClock]:
+    timer = FakeClock(1000.0)
     return LRUCache(max_items, ttl, timer=timer), timer
 
 

@@ -5,14 +5,7 @@ from __future__ import annotations
 from cache.entry import CacheEntry
 from cache.redis_tier import SetOutcome
 from cache.replay import RECENT_SECONDS, PendingWrites
-
-
-class FakeTimer:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import FakeClock
 
 
 def entry(version: int) -> CacheEntry:
@@ -31,7 +24,7 @@ def test_keeps_the_newest_per_key_and_stops_at_the_first_failure():
 
 
 def test_after_an_outage_recent_acknowledged_writes_are_replayed_too():
-    timer = FakeTimer()
+    timer = FakeClock()
     pending = PendingWrites(timer=timer)
     pending.written("old", entry(1), 1000)
     timer.now += RECENT_SECONDS + 1
