@@ -61,14 +61,14 @@ def _take_request_id() -> str:
 
 
 def _describe(response: Response) -> Response:
+    config: Config = current_app.config["SERVICE_CONFIG"]
     response.headers["X-Request-ID"] = request_id()
     tier = response.headers.get("X-Cache")
     if tier in CACHE_STATUS:
-        config: Config = current_app.config["SERVICE_CONFIG"]
         response.headers["Cache-Status"] = CACHE_STATUS[tier] if config.cache_enabled else f"{CACHE_NAME}; fwd=bypass"
     if "Cache-Control" not in response.headers:
-        response.headers["Cache-Control"] = _cache_control(response)
-    if current_app.config["SERVICE_CONFIG"].access_log:
+        response.headers["Cache-Control"] = _cache_control(response, config)
+    if config.access_log:
         _log_request(response)
     return response
 
@@ -88,9 +88,9 @@ def _log_request(response: Response) -> None:
     access.info("%s %s %s %.1fms", request.method, request.path, response.status_code, duration_ms, extra=fields)
 
 
-def _cache_control(response: Response) -> str:
+def _cache_control(response: Response, config: Config) -> str:
     """Items read successfully may be cached (revalidated by ETag); nothing else is to be stored: errors,
     lists (no validator), writes, admin, health and metrics all change under the caller."""
     if request.endpoint == "items.get_item" and response.status_code in (200, 304):
-        return item_cache_control(current_app.config["SERVICE_CONFIG"])
+        return item_cache_control(config)
     return "no-store"
