@@ -86,3 +86,35 @@ def test_the_checker_reports_each_kind_of_broken_link(tmp_path):
         "code.py#L3: the file is shorter",
     ]
     assert defines('SET_IF_NEWER = f"""\n', "redis_tier.SET_IF_NEWER")
+
+
+class RecordingEnviron(dict):
+    """An empty environment that remembers every variable asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.asked.add(key)
+        return super().__contains__(key)
+
+
+def test_every_setting_load_config_reads_has_a_row_in_docs_configuration():
+    from config import load_config
+
+    environ = RecordingEnviron()
+    load_config(environ)
+    table = (ROOT / "docs" / "CONFIGURATION.md").read_text()
+    internal = {"REDIS_EMBEDDED"}  # set by gunicorn.conf.py for its workers; the page says so in prose
+    missing = sorted(name for name in environ.asked - internal if f"| `{name}` |" not in table)
+    assert len(environ.asked) > 30  # the recording saw the settings, not nothing
+    assert missing == [], f"add a row to docs/CONFIGURATION.md for {missing}"
