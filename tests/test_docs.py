@@ -1,0 +1,120 @@
+"""The README and docs/*.md point only at things that exist: files, headings, and the functions they name."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
+COMMENT = re.compile(r"<!--.*?-->", re.S)
+LINK = re.compile(r"\[((?:[^\[\]]|\[[^\]]*\])*)\]\(([^)\s]+)\)")
+HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$", re.M)
+SYMBOL = re.compile(r"^`([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)`$")
+
+
+def prose(text: str) -> str:
+    """The text a reader sees as Markdown: code blocks and comments removed."""
+    return COMMENT.sub("", FENCE.sub("", text))
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"`|\*\*|\[([^\]]*)\]\([^)]*\)", r"\1", heading).lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    found = set()
+    for heading in HEADING.findall(prose(path.read_text())):
+        base = slug(heading)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        found.add(base if n == 0 else f"{base}-{n}")
+    return found
+
+
+def links(path: Path) -> list[tuple[str, str]]:
+    return [(text, target) for text, target in LINK.findall(prose(path.read_text())) if "://" not in target]
+
+
+def defines(source: str, name: str) -> bool:
+    last = name.rsplit(".", 1)[-1]
+    return re.search(rf"^\s*(def|class)\s+{last}\b|^\s*{last}\s*(:[^=]*)?=", source, re.M) is not None
+
+
+def problems(document: Path) -> list[str]:
+    """Each link in `document` that points at nothing: a missing file, heading, line or definition."""
+    broken = []
+    for text, target in links(document):
+        path_part, _, anchor = target.partition("#")
+        path = (document.parent / path_part).resolve() if path_part else document
+        if not path.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and path.suffix == ".md" and anchor not in anchors(path):
+            broken.append(f"{target}: no heading with that anchor")
+        elif re.fullmatch(r"L\d+(-L\d+)?", anchor) and path.suffix == ".py":
+            if int(anchor[1:].split("-")[0]) > len(path.read_text().splitlines()):
+                broken.append(f"{target}: the file is shorter")
+        elif (symbol := SYMBOL.match(text)) and path.suffix == ".py" and not defines(path.read_text(), symbol[1]):
+            broken.append(f"{target}: does not define {symbol[1]}")
+    return broken
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_points_at_an_existing_file_heading_and_definition(document):
+    assert problems(document) == []
+
+
+def test_the_checker_reports_each_kind_of_broken_link(tmp_path):
+    (tmp_path / "code.py").write_text("def present():\n    pass\n")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# Title\n\n## A `Sub` heading\n\n```sh\n# not a heading\n[in](code)\n```\n<!-- [hidden](nowhere.md) -->\n"
+        "[ok](#a-sub-heading) [bad](#not-a-heading) [gone](missing.md) [`present`](code.py) [`absent`](code.py)\n"
+        "[line](code.py#L2) [past the end](code.py#L3) [web](https://example.com/x.md)\n"
+    )
+    assert problems(page) == [
+        "#not-a-heading: no heading with that anchor",
+        "missing.md: no such file",
+        "code.py: does not define absent",
+        "code.py#L3: the file is shorter",
+    ]
+    assert defines('SET_IF_NEWER = f"""\n', "redis_tier.SET_IF_NEWER")
+
+
+class RecordingEnviron(dict):
+    """An empty environment that remembers every variable asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.asked.add(key)
+        return super().__contains__(key)
+
+
+def test_every_setting_load_config_reads_has_a_row_in_docs_configuration():
+    from config import load_config
+
+    environ = RecordingEnviron()
+    load_config(environ)
+    table = (ROOT / "docs" / "CONFIGURATION.md").read_text()
+    internal = {"REDIS_EMBEDDED"}  # set by gunicorn.conf.py for its workers; the page says so in prose
+    missing = sorted(name for name in environ.asked - internal if f"| `{name}` |" not in table)
+    assert len(environ.asked) > 30  # the recording saw the settings, not nothing
+    assert missing == [], f"add a row to docs/CONFIGURATION.md for {missing}"
