@@ -48,11 +48,14 @@ end
 
 # KEYS[1]: meta (hash m, k)  KEYS[2]: bits   ARGV[1]: the id
 # returns: -1 no filter built yet (ignore it); 0 the id was never added; 1 it may have been
+# Bits gone but meta left (evicted under an allkeys-* maxmemory-policy): the filter is dropped, so that it
+# is rebuilt instead of answering "absent" for every item.
 CHECK = (
     _POSITIONS_LUA
     + """
 local m = tonumber(redis.call('HGET', KEYS[1], 'm'))
 if not m then return -1 end
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('DEL', KEYS[1]) return -1 end
 for _, p in ipairs(positions(ARGV[1], m, tonumber(redis.call('HGET', KEYS[1], 'k')))) do
   if redis.call('GETBIT', KEYS[2], p) == 0 then return 0 end
 end
@@ -61,13 +64,18 @@ return 1
 )
 
 # KEYS[1], KEYS[2]: the live filter's meta and bits; KEYS[3], KEYS[4]: those of a filter being built
-# ARGV[1]: the id.  Adds it to each filter that exists; returns how many that was.
+# ARGV[1]: the id.  Adds it to each filter that exists; returns how many that was. A live filter whose bits
+# were evicted is dropped, not refilled with this one id (which would make every other id "absent").
 ADD = (
     _POSITIONS_LUA
     + """
 local added = 0
 for f = 1, 3, 2 do
   local m = tonumber(redis.call('HGET', KEYS[f], 'm'))
+  if m and f == 1 and redis.call('EXISTS', KEYS[2]) == 0 then
+    redis.call('DEL', KEYS[1])
+    m = nil
+  end
   if m then
     for _, p in ipairs(positions(ARGV[1], m, tonumber(redis.call('HGET', KEYS[f], 'k')))) do
       redis.call('SETBIT', KEYS[f + 1], p, 1)

@@ -69,6 +69,19 @@ def test_disabled_filter_stops_answering_absent(bloom):
     assert bloom.might_contain("never")
 
 
+def test_evicted_bits_drop_the_filter_instead_of_answering_absent(bloom, redis_client):
+    # Under an allkeys-* maxmemory-policy Redis may evict the bits and keep the meta hash.
+    build(bloom, ["member", "other"])
+    redis_client.delete(bloom.bits)
+    assert bloom.add("newcomer")  # must not start a bit array holding only this id
+    assert bloom.might_contain("member") and bloom.might_contain("other")
+    assert not bloom.is_built()  # so maintenance rebuilds it
+    build(bloom, ["member"])
+    redis_client.delete(bloom.bits)
+    assert bloom.might_contain("member")
+    assert not bloom.is_built()
+
+
 def test_redis_down_means_doubt_not_absent(key_prefix):
     dead = BloomFilter(connect(f"redis://127.0.0.1:{free_port()}/0", 0.2), Guard(CircuitBreaker()), key_prefix)
     assert dead.might_contain("x")
