@@ -55,9 +55,18 @@ def _start() -> None:
 
 
 def _take_request_id() -> str:
-    incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    g.request_id = new_request_id(request.headers.get("X-Request-ID", ""))
     return str(g.request_id)
+
+
+def new_request_id(incoming: str) -> str:
+    """The id a request with this X-Request-ID (or "") is answered and logged under."""
+    return incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def cache_status(tier: str, config: Config) -> str:
+    """The Cache-Status (RFC 9211) of a read answered by `tier`."""
+    return CACHE_STATUS[tier] if config.cache_enabled else f"{CACHE_NAME}; fwd=bypass"
 
 
 def _describe(response: Response) -> Response:
@@ -65,7 +74,7 @@ def _describe(response: Response) -> Response:
     response.headers["X-Request-ID"] = request_id()
     tier = response.headers.get("X-Cache")
     if tier in CACHE_STATUS:
-        response.headers["Cache-Status"] = CACHE_STATUS[tier] if config.cache_enabled else f"{CACHE_NAME}; fwd=bypass"
+        response.headers["Cache-Status"] = cache_status(tier, config)
     if "Cache-Control" not in response.headers:
         response.headers["Cache-Control"] = _cache_control(response, config)
     if config.access_log:
@@ -74,18 +83,28 @@ def _describe(response: Response) -> Response:
 
 
 def _log_request(response: Response) -> None:
-    """The request's line in the access log, in the format of every other line (logs.py)."""
-    duration_ms = round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)
+    tier = response.headers.get("X-Cache")
+    started = g.get("started", time.perf_counter())
+    status, size = response.status_code, response.content_length
+    log_request(request.method, request.path, status, started, size, tier, request_id())
+
+
+def log_request(
+    method: str, path: str, status: int, started: float, size: int | None, tier: str | None, request_id: str
+) -> None:
+    """The request's line in the access log, in the format of every other line (logs.py); `started` is
+    its time.perf_counter() when it arrived."""
+    duration_ms = round((time.perf_counter() - started) * 1000, 2)
     fields = {
-        "method": request.method,
-        "path": request.path,
-        "status": response.status_code,
+        "method": method,
+        "path": path,
+        "status": status,
         "duration_ms": duration_ms,
-        "bytes": response.content_length,
-        "tier": response.headers.get("X-Cache"),
-        "request_id": request_id(),
+        "bytes": size,
+        "tier": tier,
+        "request_id": request_id,
     }
-    access.info("%s %s %s %.1fms", request.method, request.path, response.status_code, duration_ms, extra=fields)
+    access.info("%s %s %s %.1fms", method, path, status, duration_ms, extra=fields)
 
 
 def _cache_control(response: Response, config: Config) -> str:
