@@ -2,8 +2,8 @@
 
 An L1 hit does almost no work of its own; routing, the request object, hooks and middleware around it
 cost more than the hit. This WSGI wrapper, in front of Flask (`app.wsgi_app`), answers exactly one kind of
-request itself: a plain `GET /items/<id>` (a valid id, no query string, no body, no `If-None-Match`, no
-`Origin` while CORS is configured) whose item L1 holds, fresh and trusted (cache/aside.py `read_l1_hit`).
+request itself: a plain `GET /items/<id>` (a valid id, no query string, no body, no `If-None-Match`)
+whose item L1 holds, fresh and trusted (cache/aside.py `read_l1_hit`).
 Its answer is the routed view's, built by the same function (routes/item_read.py), counted in the same
 tier counter and per-endpoint request metrics, logged in the same access line. Everything else (a miss, a
 404, a 304, HEAD, an odd path, a disabled or untrusted L1) goes to Flask untouched: the wrapper decides
@@ -21,10 +21,11 @@ from typing import Any
 
 from flask import Flask
 from prometheus_client import CollectorRegistry
+from werkzeug.datastructures import EnvironHeaders
 
 from cache import aside
 from config import Config
-from routes.http_headers import log_request, new_request_id
+from routes.http_headers import cors_headers, log_request, new_request_id
 from routes.item_read import STATUS, STATUS_LINE, found_headers
 from routes.validation import ID_PATTERN
 
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 ENDPOINT = "items.get_item"  # the view's endpoint: the label its request metrics are grouped under
 ITEM_PATH = re.compile(f"/items/({ID_PATTERN.pattern})")
-# Any of these in the request and the view might answer differently (304, CORS, a body to refuse): decline.
+# Any of these in the request and the view might answer differently (a 304, a body): decline.
 DECLINE_IF_PRESENT = ("HTTP_IF_NONE_MATCH", "HTTP_TRANSFER_ENCODING")
 # prometheus-flask-exporter's default metrics (group_by="endpoint"): recorded here under the same labels.
 DURATION_METRIC = "flask_http_request_duration_seconds"
@@ -70,11 +71,11 @@ def request_metrics(registry: CollectorRegistry) -> RequestMetrics | None:
 class FastPath:
     """WSGI middleware: an L1 hit of a plain GET /items/<id> answered here, everything else by `app`."""
 
-    def __init__(self, app: WSGIApp, config: Config, metrics: RequestMetrics | None) -> None:
+    def __init__(self, app: WSGIApp, config: Config, metrics: RequestMetrics | None, cors_options: Any) -> None:
         self.app = app
         self.config = config
         self.metrics = metrics
-        self.decline_if_present = DECLINE_IF_PRESENT + (("HTTP_ORIGIN",) if config.cors_origins else ())
+        self.cors_options = cors_options  # flask-cors's, as http_headers resolved them; None: CORS off
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -85,7 +86,8 @@ class FastPath:
         if entry is None or entry.body is None:
             return self.app(environ, start_response)
         request_id = new_request_id(environ.get("HTTP_X_REQUEST_ID", ""))
-        start_response(STATUS_LINE, found_headers(entry, "lru", self.config, request_id))
+        cors = cors_headers(self.cors_options, EnvironHeaders(environ), "GET") if self.cors_options else []
+        start_response(STATUS_LINE, found_headers(entry, "lru", self.config, request_id, cors))
         if self.metrics is not None:
             self.metrics.record(max(time.perf_counter() - started, 0))
         if self.config.access_log:
@@ -97,7 +99,7 @@ class FastPath:
             return None
         if environ.get("CONTENT_LENGTH", "") not in ("", "0"):
             return None
-        if any(name in environ for name in self.decline_if_present):
+        if any(name in environ for name in DECLINE_IF_PRESENT):
             return None
         return ITEM_PATH.fullmatch(environ.get("PATH_INFO", ""))
 
@@ -112,4 +114,4 @@ def install(app: Flask, config: Config) -> None:
         if metrics is None:  # it could not count what the view counts: answer nothing rather than differ
             logger.error("fast path off: prometheus-flask-exporter's request metrics were not found")
             return
-    app.wsgi_app = FastPath(app.wsgi_app, config, metrics)  # type: ignore[method-assign]
+    app.wsgi_app = FastPath(app.wsgi_app, config, metrics, app.extensions.get("cors_options"))  # type: ignore[method-assign]

@@ -7,9 +7,11 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from flask_cors import CORS
+from flask_cors.core import get_cors_headers, get_cors_options
 
 from config import Config
 
@@ -33,7 +35,23 @@ def register(app: Flask, config: Config) -> None:
     app.before_request(_start)
     app.after_request(_describe)
     if config.cors_origins:
-        CORS(app, origins=list(config.cors_origins), expose_headers=EXPOSED, allow_headers=ALLOWED, max_age=600)
+        settings = cors_settings(config)
+        CORS(app, **settings)
+        # The same options, resolved as flask-cors resolves them for its one resource (/*), for the answers
+        # that set their CORS headers themselves (routes/item_read.py).
+        app.extensions["cors_options"] = get_cors_options(app, settings)
+
+
+def cors_settings(config: Config) -> dict[str, Any]:
+    return {"origins": list(config.cors_origins), "expose_headers": EXPOSED, "allow_headers": ALLOWED, "max_age": 600}
+
+
+def cors_headers(options: Any, request_headers: Any, method: str) -> list[tuple[str, str]]:
+    """The CORS headers flask-cors's after_request would add to this request's answer (none without
+    `options`: CORS_ORIGINS unset), computed by flask-cors itself."""
+    if options is None:
+        return []
+    return [(name, str(value)) for name, value in get_cors_headers(options, request_headers, method).items()]
 
 
 def item_cache_control(config: Config) -> str:

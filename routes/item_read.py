@@ -21,8 +21,11 @@ STATUS = 200
 STATUS_LINE = "200 OK"  # as werkzeug writes it
 
 
-def found_headers(entry: CacheEntry, tier: str, config: Config, request_id: str) -> list[tuple[str, str]]:
-    """Every header of a 200 answer to GET /items/<id> that `tier` answered with `entry` (which exists)."""
+def found_headers(
+    entry: CacheEntry, tier: str, config: Config, request_id: str, cors: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """Every header of a 200 answer to GET /items/<id> that `tier` answered with `entry` (which exists);
+    `cors`: routes.http_headers.cors_headers for the request."""
     return [
         ("Content-Type", JSON),
         ("Content-Length", str(len(entry.body or b""))),
@@ -32,9 +35,12 @@ def found_headers(entry: CacheEntry, tier: str, config: Config, request_id: str)
         ("Cache-Control", item_cache_control(config)),
         ("X-Request-ID", request_id),
         *SECURITY_HEADERS.items(),
+        *cors,
     ]
 
 
-def found_response(entry: CacheEntry, tier: str, config: Config, request_id: str) -> Response:
+def found_response(
+    entry: CacheEntry, tier: str, config: Config, request_id: str, cors: list[tuple[str, str]]
+) -> Response:
     """The same answer as a Flask response (the routed view's)."""
-    return Response(entry.body, status=STATUS, headers=found_headers(entry, tier, config, request_id))
+    return Response(entry.body, status=STATUS, headers=found_headers(entry, tier, config, request_id, cors))

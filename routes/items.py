@@ -13,7 +13,7 @@ from db import Deadline, ItemStore, KeyBusy, KeyedCreate, KeyReused, NotFound, P
 from routes import idempotency
 from routes.auth import require_token
 from routes.errors import error_response
-from routes.http_headers import request_id
+from routes.http_headers import cors_headers, request_id
 from routes.item_read import found_response
 from routes.preconditions import write_precondition
 from routes.validation import check_id, list_params, parse_item_body
@@ -59,7 +59,8 @@ def get_item(item_id: str) -> Response:
     if if_none_match and request.if_none_match.contains_weak(entry.etag.strip('"')):
         return Response(status=304, headers={"ETag": entry.etag, "X-Cache": tier})
     # The same answer the fast path gives an L1 hit before routing (routes/fast_path.py).
-    return found_response(entry, tier, current_app.config["SERVICE_CONFIG"], request_id())
+    cors = cors_headers(current_app.extensions.get("cors_options"), request.headers, request.method)
+    return found_response(entry, tier, current_app.config["SERVICE_CONFIG"], request_id(), cors)
 
 
 @bp.get("")
