@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from bench.load import Result, Write, measure, process_tree
+from bench.load import Result, Write, measure, median_cells, process_tree, run_round
 from bench.report import machine, update_section
 from tests.support import Gunicorn, RedisServer, seed_items
 
@@ -100,17 +100,7 @@ def run(seconds: float, rounds: int, connections: int, threads: int) -> list[Sce
         for scenario in plan:  # every worker's L1 and every tier warmed, unmeasured
             load(scenario, 1.0)
         for round_number in range(rounds):
-            baseline = None
-            for scenario in plan:
-                result = load(scenario, seconds)
-                scenario.results.append(result)
-                baseline = baseline or result.rps
-                scenario.ratios.append(result.rps / baseline)
-                print(
-                    f"round {round_number + 1} {scenario.name}: {result.rps:.0f} req/s, p99 {result.p99_ms:.2f} ms, "
-                    f"{result.cpu_us_per_request:.0f} us CPU/req, errors {result.errors}",
-                    flush=True,
-                )
+            run_round(round_number + 1, plan, lambda scenario: load(scenario, seconds))
             for scenario in plan:
                 if scenario.pair:
                     scenario.pair_ratios.append(scenario.results[-1].rps / by_name[scenario.pair].results[-1].rps)
@@ -119,19 +109,13 @@ def run(seconds: float, rounds: int, connections: int, threads: int) -> list[Sce
 
 def table(plan: list[Scenario]) -> list[str]:
     rows = [
-        "| scenario | req/s | vs bare WSGI | fast path on / off | p50 ms | p99 ms | server CPU us/req | errors |",
+        "| scenario | req/s | vs bare WSGI | p50 ms | p99 ms | server CPU us/req | fast path on / off | errors |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in plan:
-
-        def med(attr: str, results: list[Result] = s.results) -> float:
-            return statistics.median(getattr(r, attr) for r in results)
-
         pair = f"{statistics.median(s.pair_ratios):.2f}" if s.pair_ratios else ""
-        rows.append(
-            f"| {s.name} | {med('rps'):,.0f} | {statistics.median(s.ratios):.2f} | {pair} | {med('p50_ms'):.2f} | "
-            f"{med('p99_ms'):.2f} | {med('cpu_us_per_request'):.0f} | {sum(r.errors for r in s.results)} |"
-        )
+        errors = sum(r.errors for r in s.results)
+        rows.append(f"| {s.name} | {median_cells(s.results, s.ratios)} | {pair} | {errors} |")
     return rows
 
 

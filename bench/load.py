@@ -7,11 +7,14 @@ import http.client
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 LUA = Path(__file__).resolve().parent / "lua"
 
@@ -24,6 +27,43 @@ class Result:
     requests: int
     errors: int
     cpu_us_per_request: float = 0.0
+
+
+class Measured(Protocol):
+    name: str
+    results: list[Result]
+    ratios: list[float]
+
+
+M = TypeVar("M", bound=Measured)
+
+
+def run_round(number: int, plan: Sequence[M], load: Callable[[M], Result]) -> None:
+    """One round: each scenario loaded in turn, its rate also kept as a ratio to the first one's (the
+    baseline) in this same round, and printed as it ends."""
+    baseline = None
+    for scenario in plan:
+        result = load(scenario)
+        scenario.results.append(result)
+        baseline = baseline or result.rps
+        scenario.ratios.append(result.rps / baseline)
+        print(
+            f"round {number} {scenario.name}: {result.rps:.0f} req/s, p99 {result.p99_ms:.2f} ms, "
+            f"{result.cpu_us_per_request:.0f} us CPU/req, errors {result.errors}",
+            flush=True,
+        )
+
+
+def median_cells(results: list[Result], ratios: list[float]) -> str:
+    """Medians over rounds as table cells: req/s | ratio to the baseline | p50 ms | p99 ms | server CPU us/req."""
+
+    def med(attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in results)
+
+    return (
+        f"{med('rps'):,.0f} | {statistics.median(ratios):.2f} | {med('p50_ms'):.2f} | {med('p99_ms'):.2f} | "
+        f"{med('cpu_us_per_request'):.0f}"
+    )
 
 
 def _ms(text: str) -> float:
