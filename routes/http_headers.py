@@ -35,15 +35,16 @@ def register(app: Flask, config: Config) -> None:
     app.before_request(_start)
     app.after_request(_describe)
     if config.cors_origins:
-        settings = cors_settings(config)
+        settings: dict[str, Any] = {
+            "origins": list(config.cors_origins),
+            "expose_headers": EXPOSED,
+            "allow_headers": ALLOWED,
+            "max_age": 600,
+        }
         CORS(app, **settings)
         # The same options, resolved as flask-cors resolves them for its one resource (/*), for the answers
         # that set their CORS headers themselves (routes/item_read.py).
         app.extensions["cors_options"] = get_cors_options(app, settings)
-
-
-def cors_settings(config: Config) -> dict[str, Any]:
-    return {"origins": list(config.cors_origins), "expose_headers": EXPOSED, "allow_headers": ALLOWED, "max_age": 600}
 
 
 def cors_headers(options: Any, request_headers: Any, method: str) -> list[tuple[str, str]]:
@@ -101,6 +102,7 @@ def _describe(response: Response) -> Response:
 
 
 def _log_request(response: Response) -> None:
+    """This request's access line (log_request), from Flask's request and response."""
     tier = response.headers.get("X-Cache")
     started = g.get("started", time.perf_counter())
     status, size = response.status_code, response.content_length
