@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from bench.load import Result, measure, process_tree
+from bench.load import Result, measure, median_cells, process_tree, run_round
 from bench.report import machine, update_section
 from tests.support import ROOT, Gunicorn, RedisServer, postgres_schema_url, seed_items
 
@@ -127,25 +127,20 @@ def run(seconds: float, rounds: int, pg_base: str | None, connections: int) -> l
         plan = scenarios(bool(pg_url))
         for scenario in plan:  # warm every tier, unmeasured
             measure(services[scenario.service].base + scenario.path, 1.0, connections, scenario.script)
+
+        def load(scenario: Scenario) -> Result:
+            server = services[scenario.service]
+            before = tier_counts(server) if scenario.script else {}
+            pids = process_tree(server.proc.pid)
+            result = measure(server.base + scenario.path, seconds, connections, scenario.script, pids)
+            if scenario.script:
+                after = tier_counts(server)
+                for tier, n in after.items():
+                    scenario.tiers[tier] = scenario.tiers.get(tier, 0) + n - before.get(tier, 0)
+            return result
+
         for round_number in range(rounds):
-            baseline = None
-            for scenario in plan:
-                server = services[scenario.service]
-                before = tier_counts(server) if scenario.script else {}
-                pids = process_tree(server.proc.pid)
-                result = measure(server.base + scenario.path, seconds, connections, scenario.script, pids)
-                scenario.results.append(result)
-                if scenario.script:
-                    after = tier_counts(server)
-                    for tier, n in after.items():
-                        scenario.tiers[tier] = scenario.tiers.get(tier, 0) + n - before.get(tier, 0)
-                baseline = baseline or result.rps
-                scenario.ratios.append(result.rps / baseline)
-                print(
-                    f"round {round_number + 1} {scenario.name}: {result.rps:.0f} req/s, p99 {result.p99_ms:.2f} ms, "
-                    f"{result.cpu_us_per_request:.0f} us CPU/req, errors {result.errors}",
-                    flush=True,
-                )
+            run_round(round_number + 1, plan, load)
         return plan
 
 
@@ -155,20 +150,13 @@ def table(plan: list[Scenario]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for s in plan:
-
-        def med(attr: str, results: list[Result] = s.results) -> float:
-            return statistics.median(getattr(r, attr) for r in results)
-
         total = sum(s.tiers.values())
         mix = (
             ", ".join(f"{t} {n / total:.0%}" for t, n in sorted(s.tiers.items(), key=lambda kv: -kv[1]) if n)
             if total
             else ""
         )
-        rows.append(
-            f"| {s.name} | {med('rps'):,.0f} | {statistics.median(s.ratios):.2f} | {med('p50_ms'):.2f} | "
-            f"{med('p99_ms'):.2f} | {med('cpu_us_per_request'):.0f} | {mix} |"
-        )
+        rows.append(f"| {s.name} | {median_cells(s.results, s.ratios)} | {mix} |")
     return rows
 
 

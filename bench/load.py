@@ -7,11 +7,14 @@ import http.client
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 LUA = Path(__file__).resolve().parent / "lua"
 
@@ -26,14 +29,53 @@ class Result:
     cpu_us_per_request: float = 0.0
 
 
+class Measured(Protocol):
+    name: str
+    results: list[Result]
+    ratios: list[float]
+
+
+M = TypeVar("M", bound=Measured)
+
+
+def run_round(number: int, plan: Sequence[M], load: Callable[[M], Result]) -> None:
+    """One round: each scenario loaded in turn, its rate also kept as a ratio to the first one's (the
+    baseline) in this same round, and printed as it ends."""
+    baseline = None
+    for scenario in plan:
+        result = load(scenario)
+        scenario.results.append(result)
+        baseline = baseline or result.rps
+        scenario.ratios.append(result.rps / baseline)
+        print(
+            f"round {number} {scenario.name}: {result.rps:.0f} req/s, p99 {result.p99_ms:.2f} ms, "
+            f"{result.cpu_us_per_request:.0f} us CPU/req, errors {result.errors}",
+            flush=True,
+        )
+
+
+def median_cells(results: list[Result], ratios: list[float]) -> str:
+    """Medians over rounds as table cells: req/s | ratio to the baseline | p50 ms | p99 ms | server CPU us/req."""
+
+    def med(attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in results)
+
+    return (
+        f"{med('rps'):,.0f} | {statistics.median(ratios):.2f} | {med('p50_ms'):.2f} | {med('p99_ms'):.2f} | "
+        f"{med('cpu_us_per_request'):.0f}"
+    )
+
+
 def _ms(text: str) -> float:
     """wrk's "812.00us", "3.10ms", "1.02s", "2.00m" in milliseconds."""
     value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
-def wrk(url: str, seconds: float, connections: int, script: str | None = None, env: dict | None = None) -> Result:
-    args = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url]
+def wrk(
+    url: str, seconds: float, connections: int, script: str | None = None, env: dict | None = None, threads: int = 1
+) -> Result:
+    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url]
     if script:
         args += ["-s", str(LUA / script)]
     out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30, env={**os.environ, **(env or {})})
@@ -51,8 +93,9 @@ def wrk(url: str, seconds: float, connections: int, script: str | None = None, e
     return Result(rps, p50, p99, total, failed)
 
 
-def python_load(url: str, seconds: float, connections: int) -> Result:
-    """Keep-alive GETs from `connections` threads: a fallback when wrk is missing (it measures less)."""
+def python_load(url: str, seconds: float, connections: int, method: str = "GET", body: bytes | None = None) -> Result:
+    """Keep-alive requests (GETs, or `method` with `body`) from `connections` threads: a fallback when wrk is
+    missing (it measures less)."""
     host, port_path = url.removeprefix("http://").split(":", 1)
     port, path = port_path.split("/", 1)
     latencies: list[float] = []
@@ -66,7 +109,7 @@ def python_load(url: str, seconds: float, connections: int) -> Result:
         while time.monotonic() < deadline:
             started = time.perf_counter()
             try:
-                conn.request("GET", "/" + path)
+                conn.request(method, "/" + path, body, {"Content-Type": "application/json"} if body else {})
                 response = conn.getresponse()
                 response.read()
                 ok = response.status < 400
@@ -90,15 +133,32 @@ def python_load(url: str, seconds: float, connections: int) -> Result:
     return Result(n / seconds, latencies[n // 2] * 1000, latencies[int(n * 0.99)] * 1000, n, errors[0])
 
 
-def measure(url: str, seconds: float, connections: int = 16, script: str | None = None, pids: list[int] = ()) -> Result:
-    """Load `url` for `seconds`; with `pids`, also the server CPU they used per request."""
+@dataclass(frozen=True)
+class Write:
+    """A request with a body, for the Python fallback; wrk sends the same from `script`."""
+
+    method: str
+    body: bytes
+
+
+def measure(
+    url: str,
+    seconds: float,
+    connections: int = 16,
+    script: str | None = None,
+    pids: list[int] = (),
+    threads: int = 1,
+    write: Write | None = None,
+) -> Result:
+    """Load `url` for `seconds` (wrk with `threads` threads); with `pids`, also the server CPU they used per
+    request."""
     before = cpu_seconds(pids)
     if shutil.which("wrk"):
-        result = wrk(url, seconds, connections, script)
+        result = wrk(url, seconds, connections, script, threads=threads)
     else:
-        if script:
+        if script and write is None:
             raise SystemExit("mixed workloads need wrk (apt-get install wrk)")
-        result = python_load(url, seconds, connections)
+        result = python_load(url, seconds, connections, *((write.method, write.body) if write else ()))
     used = cpu_seconds(pids) - before
     result.cpu_us_per_request = used / max(result.requests, 1) * 1e6
     return result

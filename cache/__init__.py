@@ -66,13 +66,18 @@ def cache_key(item_id: str) -> str:
     return state().key(item_id)
 
 
+def cache_get_l1(key: str) -> CacheEntry | None:
+    """L1 alone: its live entry for `key` while L1 is trusted, else None (cache/trust.py)."""
+    s = _process or state()  # the attribute, not the call: this is the L1-hit path
+    return s.lru.get(key) if s.trust.usable else None
+
+
 def cache_get(key: str) -> tuple[CacheEntry | _Miss, str | None]:
     """L1, then Redis (copied into L1). Returns (entry, "lru" | "redis") or (MISS, None)."""
-    s = _process or state()  # the attribute, not the call: this is the L1-hit path
-    if s.trust.usable:
-        entry = s.lru.get(key)
-        if entry is not None:
-            return entry, "lru"
+    entry = cache_get_l1(key)
+    if entry is not None:
+        return entry, "lru"
+    s = _process or state()
     generation = s.trust.generation
     found = s.redis.get(key, s.item_id(key))
     if not isinstance(found, CacheEntry):
@@ -151,6 +156,7 @@ __all__ = [
     "cache_delete",
     "cache_fill",
     "cache_get",
+    "cache_get_l1",
     "cache_key",
     "cache_refresh",
     "cache_set",

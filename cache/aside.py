@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from cache import CacheEntry, cache_delete, cache_fill, cache_get, cache_refresh, cache_set, state
+from cache import CacheEntry, cache_delete, cache_fill, cache_get, cache_get_l1, cache_refresh, cache_set, state
 from cache.guard import RedisDown
 from cache.lock import Acquired, FleetLock, HeldByOther
 from cache.metrics import DB_LOADS, REFRESH_FAILURES, REQUESTS_BY_TIER, STAMPEDE_WAITS, WRITES_BY_OUTCOME
@@ -73,6 +73,19 @@ def read_item(store: ItemStore, item_id: str, deadline: Deadline) -> Read:
     read = _read(store, item_id, deadline)
     REQUESTS_BY_TIER[read.tier].inc()
     return read
+
+
+def read_l1_hit(item_id: str) -> CacheEntry | None:
+    """The item as `read_item` would answer it from L1 (counted as that read, tier lru), or None when L1
+    cannot answer it (disabled, untrusted, absent, expired, a cached 404): then only read_item decides."""
+    s = state()
+    if not s.config.cache_enabled:
+        return None
+    entry = cache_get_l1(s.key(item_id))
+    if entry is None or not entry.exists:
+        return None
+    REQUESTS_BY_TIER["lru"].inc()
+    return entry
 
 
 def _read(store: ItemStore, item_id: str, deadline: Deadline) -> Read:

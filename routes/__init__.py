@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from routes import admin, errors, health, http_headers, items, metrics, openapi
+from routes import admin, errors, fast_path, health, http_headers, items, metrics, openapi
 
 
 def register(app: Flask) -> None:
@@ -16,3 +16,4 @@ def register(app: Flask) -> None:
     app.register_blueprint(openapi.bp)
     errors.register(app)
     http_headers.register(app, app.config["SERVICE_CONFIG"])
+    fast_path.install(app, app.config["SERVICE_CONFIG"])  # last: it answers in front of everything above

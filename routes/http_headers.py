@@ -7,9 +7,11 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from flask_cors import CORS
+from flask_cors.core import get_cors_headers, get_cors_options
 
 from config import Config
 
@@ -33,7 +35,24 @@ def register(app: Flask, config: Config) -> None:
     app.before_request(_start)
     app.after_request(_describe)
     if config.cors_origins:
-        CORS(app, origins=list(config.cors_origins), expose_headers=EXPOSED, allow_headers=ALLOWED, max_age=600)
+        settings: dict[str, Any] = {
+            "origins": list(config.cors_origins),
+            "expose_headers": EXPOSED,
+            "allow_headers": ALLOWED,
+            "max_age": 600,
+        }
+        CORS(app, **settings)
+        # The same options, resolved as flask-cors resolves them for its one resource (/*), for the answers
+        # that set their CORS headers themselves (routes/item_read.py).
+        app.extensions["cors_options"] = get_cors_options(app, settings)
+
+
+def cors_headers(options: Any, request_headers: Any, method: str) -> list[tuple[str, str]]:
+    """The CORS headers flask-cors's after_request would add to this request's answer (none without
+    `options`: CORS_ORIGINS unset), computed by flask-cors itself."""
+    if options is None:
+        return []
+    return [(name, str(value)) for name, value in get_cors_headers(options, request_headers, method).items()]
 
 
 def item_cache_control(config: Config) -> str:
@@ -55,9 +74,18 @@ def _start() -> None:
 
 
 def _take_request_id() -> str:
-    incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    g.request_id = new_request_id(request.headers.get("X-Request-ID", ""))
     return str(g.request_id)
+
+
+def new_request_id(incoming: str) -> str:
+    """The id a request with this X-Request-ID (or "") is answered and logged under."""
+    return incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def cache_status(tier: str, config: Config) -> str:
+    """The Cache-Status (RFC 9211) of a read answered by `tier`."""
+    return CACHE_STATUS[tier] if config.cache_enabled else f"{CACHE_NAME}; fwd=bypass"
 
 
 def _describe(response: Response) -> Response:
@@ -65,7 +93,7 @@ def _describe(response: Response) -> Response:
     response.headers["X-Request-ID"] = request_id()
     tier = response.headers.get("X-Cache")
     if tier in CACHE_STATUS:
-        response.headers["Cache-Status"] = CACHE_STATUS[tier] if config.cache_enabled else f"{CACHE_NAME}; fwd=bypass"
+        response.headers["Cache-Status"] = cache_status(tier, config)
     if "Cache-Control" not in response.headers:
         response.headers["Cache-Control"] = _cache_control(response, config)
     if config.access_log:
@@ -74,18 +102,29 @@ def _describe(response: Response) -> Response:
 
 
 def _log_request(response: Response) -> None:
-    """The request's line in the access log, in the format of every other line (logs.py)."""
-    duration_ms = round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)
+    """This request's access line (log_request), from Flask's request and response."""
+    tier = response.headers.get("X-Cache")
+    started = g.get("started", time.perf_counter())
+    status, size = response.status_code, response.content_length
+    log_request(request.method, request.path, status, started, size, tier, request_id())
+
+
+def log_request(
+    method: str, path: str, status: int, started: float, size: int | None, tier: str | None, request_id: str
+) -> None:
+    """The request's line in the access log, in the format of every other line (logs.py); `started` is
+    its time.perf_counter() when it arrived."""
+    duration_ms = round((time.perf_counter() - started) * 1000, 2)
     fields = {
-        "method": request.method,
-        "path": request.path,
-        "status": response.status_code,
+        "method": method,
+        "path": path,
+        "status": status,
         "duration_ms": duration_ms,
-        "bytes": response.content_length,
-        "tier": response.headers.get("X-Cache"),
-        "request_id": request_id(),
+        "bytes": size,
+        "tier": tier,
+        "request_id": request_id,
     }
-    access.info("%s %s %s %.1fms", request.method, request.path, response.status_code, duration_ms, extra=fields)
+    access.info("%s %s %s %.1fms", method, path, status, duration_ms, extra=fields)
 
 
 def _cache_control(response: Response, config: Config) -> str:

@@ -13,6 +13,8 @@ from db import Deadline, ItemStore, KeyBusy, KeyedCreate, KeyReused, NotFound, P
 from routes import idempotency
 from routes.auth import require_token
 from routes.errors import error_response
+from routes.http_headers import cors_headers, request_id
+from routes.item_read import found_response
 from routes.preconditions import write_precondition
 from routes.validation import check_id, list_params, parse_item_body
 
@@ -42,11 +44,8 @@ def _store() -> ItemStore:
     return store
 
 
-def _item_response(entry: CacheEntry, status: int, tier: str | None = None) -> Response:
-    headers = {"ETag": entry.etag}
-    if tier is not None:
-        headers["X-Cache"] = tier
-    return Response(entry.body, status=status, headers=headers, content_type=JSON)
+def _item_response(entry: CacheEntry, status: int) -> Response:
+    return Response(entry.body, status=status, headers={"ETag": entry.etag}, content_type=JSON)
 
 
 @bp.get("/<item_id>")
@@ -59,7 +58,9 @@ def get_item(item_id: str) -> Response:
     # If-None-Match uses the weak comparison (RFC 9110 13.1.2): W/"x" matches "x".
     if if_none_match and request.if_none_match.contains_weak(entry.etag.strip('"')):
         return Response(status=304, headers={"ETag": entry.etag, "X-Cache": tier})
-    return _item_response(entry, 200, tier)
+    # The same answer the fast path gives an L1 hit before routing (routes/fast_path.py).
+    cors = cors_headers(current_app.extensions.get("cors_options"), request.headers, request.method)
+    return found_response(entry, tier, current_app.config["SERVICE_CONFIG"], request_id(), cors)
 
 
 @bp.get("")

@@ -1,0 +1,157 @@
+"""What the fast path (routes/fast_path.py) buys, and that it costs every other route nothing.
+
+    python -m bench.fast_path [--seconds 5] [--rounds 3] [--connections 64] [--threads 2] [--no-write]
+
+Each service is the production start (`gunicorn app:app`: the project's gunicorn.conf.py, 2 workers,
+gthread), with FAST_PATH on or off; the baseline is a bare WSGI callable (bench/bare_app.py) on the same
+gunicorn settings. wrk drives each scenario with 2 threads and 64 keep-alive connections, so neither
+worker idles (bench/__main__.py explains why few connections can leave one worker with all of them).
+Scenarios alternate round by round; every figure is the median over rounds, the ratio to the bare app the
+median of per-round ratios, and on/off the median ratio of each route with the fast path on to the same
+route with it off, measured in the same round. Writes the "fast_path" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from bench.load import Result, Write, measure, median_cells, process_tree, run_round
+from bench.report import machine, update_section
+from tests.support import Gunicorn, RedisServer, seed_items
+
+WRITE = Write("PUT", b'{"name":"bench write","price":9.5}')
+
+
+@dataclass
+class Scenario:
+    name: str
+    service: str
+    path: str = "/items/item-0"
+    script: str | None = None
+    pair: str | None = None  # the same route on the service with the fast path off: its on/off ratio
+    results: list[Result] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    pair_ratios: list[float] = field(default_factory=list)
+
+
+SERVICES: dict[str, dict[str, str]] = {
+    "app": {},
+    "l1-off": {"CACHE_L1_MAX_ITEMS": "0"},
+    "cache-off": {"CACHE_ENABLED": "false"},
+}
+ONLY_ON = {"no-access-log": {"ACCESS_LOG": "false"}}  # services needed with the fast path on only
+
+
+def scenarios() -> list[Scenario]:
+    found = [Scenario("bare WSGI callable (baseline)", "bare", "/")]
+    for route, service, path, script in (
+        ("L1 hit: GET /items/<id>", "app", "/items/item-0", None),
+        ("L2 hit (CACHE_L1_MAX_ITEMS=0)", "l1-off", "/items/item-0", None),
+        ("database read, SQLite (CACHE_ENABLED=false)", "cache-off", "/items/item-0", None),
+        ("write: PUT /items/<id>", "app", "/items/bench-write", "put.lua"),
+        ("GET /health/live", "app", "/health/live", None),
+    ):
+        on, off = f"{route}, fast path on", f"{route}, fast path off"
+        found.append(Scenario(on, f"{service}+on", path, script, pair=off))
+        found.append(Scenario(off, f"{service}+off", path, script))
+    # What the access line (JSON, one write to stderr per request) costs the hit: both paths write it.
+    found.append(Scenario("L1 hit, fast path on, ACCESS_LOG=false", "no-access-log+on"))
+    return found
+
+
+def start_services(redis_url: str, sqlite_url: str) -> dict[str, Gunicorn]:
+    base = {"REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, "LOG_LEVEL": "WARNING", "CACHE_BLOOM": "false"}
+    services = {}
+    bare = Gunicorn(base, workers=2)
+    bare.app = "bench.bare_app:app"
+    services["bare"] = bare.start()
+    for name, env in {**SERVICES, **ONLY_ON}.items():
+        for setting in ("on",) if name in ONLY_ON else ("on", "off"):
+            prefix = f"{name}-{setting}:"
+            services[f"{name}+{setting}"] = Gunicorn(
+                {**base, **env, "FAST_PATH": setting, "CACHE_KEY_PREFIX": prefix}, workers=2
+            ).start()
+    return services
+
+
+def run(seconds: float, rounds: int, connections: int, threads: int) -> list[Scenario]:
+    with contextlib.ExitStack() as stack:
+        redis_server = stack.enter_context(RedisServer())
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        sqlite_url = f"sqlite:///{tmp}/items.sqlite3"
+        seed_items(sqlite_url, 1)
+        services = start_services(redis_server.url, sqlite_url)
+        for server in services.values():
+            stack.callback(server.close)
+        plan = scenarios()
+        by_name = {s.name: s for s in plan}
+
+        def load(scenario: Scenario, seconds: float) -> Result:
+            server = services[scenario.service]
+            write = WRITE if scenario.script else None
+            pids = process_tree(server.proc.pid) if server.proc else []
+            return measure(server.base + scenario.path, seconds, connections, scenario.script, pids, threads, write)
+
+        for scenario in plan:  # every worker's L1 and every tier warmed, unmeasured
+            load(scenario, 1.0)
+        for round_number in range(rounds):
+            run_round(round_number + 1, plan, lambda scenario: load(scenario, seconds))
+            for scenario in plan:
+                if scenario.pair:
+                    scenario.pair_ratios.append(scenario.results[-1].rps / by_name[scenario.pair].results[-1].rps)
+        return plan
+
+
+def table(plan: list[Scenario]) -> list[str]:
+    rows = [
+        "| scenario | req/s | vs bare WSGI | p50 ms | p99 ms | server CPU us/req | fast path on / off | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in plan:
+        pair = f"{statistics.median(s.pair_ratios):.2f}" if s.pair_ratios else ""
+        errors = sum(r.errors for r in s.results)
+        rows.append(f"| {s.name} | {median_cells(s.results, s.ratios)} | {pair} | {errors} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
+    args = parser.parse_args()
+    started = time.monotonic()
+    plan = run(args.seconds, args.rounds, args.connections, args.threads)
+    command = (
+        f"python -m bench.fast_path --seconds {args.seconds:g} --rounds {args.rounds} "
+        f"--connections {args.connections} --threads {args.threads}"
+    )
+    section = "\n".join(
+        [
+            "## Fast path: L1 hits answered before Flask's routing",
+            "",
+            f"`{command}` ({machine()}; {time.monotonic() - started:.0f} s).",
+            "Every service is `gunicorn app:app` with the production gunicorn.conf.py (2 workers, gthread), "
+            "FAST_PATH on or off; the baseline is a bare WSGI callable (bench/bare_app.py) on the same settings. "
+            f"wrk -t{args.threads} -c{args.connections}, one redis-server, SQLite, all on loopback; medians over "
+            f"{args.rounds} alternating rounds; ratios are per-round ratios measured in the same round.",
+            "Targets (issue 17): the L1 hit with the fast path on at >= 0.90 of the bare app; every other route "
+            "with the fast path on within 5% of it off (on / off >= 0.95).",
+            "",
+            *table(plan),
+        ]
+    )
+    if not args.no_write:
+        update_section("fast_path", section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
