@@ -43,14 +43,15 @@ def is_commit(kind: bytes, body: bytes) -> bool:
 
 class PgProxy(TcpProxy):
     """A TcpProxy in front of PostgreSQL (cut, restore, pause as TcpProxy) that can also lose COMMIT's
-    answer: after `drop_commit_replies(n)`, each of the next n COMMITs is passed to the server, which
-    commits it, and when the server's answer arrives the proxy closes both ends instead of passing it on.
-    The client then cannot know whether its transaction committed. Needs a connection without TLS
-    (`sslmode=disable`): it reads the client's messages."""
+    answer: after `drop_commit_reply(marker)`, the next COMMIT of a transaction that sent `marker` (say, an
+    item id as a statement's parameter) is passed to the server, which commits it, and when the server's
+    answer arrives the proxy closes both ends instead of passing it on: the client cannot know whether
+    its transaction committed. Other connections' COMMITs (the change follower's) pass. Needs a connection
+    without TLS (`sslmode=disable`): it reads the client's messages."""
 
     def __init__(self, upstream_port: int, delay: float = 0.0) -> None:
         self._arm_lock = threading.Lock()
-        self._armed = 0
+        self._markers: list[bytes] = []
         self.commits_seen = 0
         self.replies_dropped = 0
         super().__init__(upstream_port, delay)
@@ -59,26 +60,33 @@ class PgProxy(TcpProxy):
     def url(self) -> str:
         raise AttributeError("PgProxy has no redis URL: route a database URL with tests.support.with_port")
 
-    def drop_commit_replies(self, count: int = 1) -> None:
+    def drop_commit_reply(self, marker: bytes) -> None:
         with self._arm_lock:
-            self._armed = count
+            self._markers.append(marker)
 
-    def _take_arm(self) -> bool:
+    def _take_marker(self, sent: bytes) -> bool:
+        """A COMMIT whose transaction sent `sent`: should its answer be lost (once per marker)?"""
         with self._arm_lock:
             self.commits_seen += 1
-            if self._armed <= 0:
-                return False
-            self._armed -= 1
-            return True
+            for marker in self._markers:
+                if marker in sent:
+                    self._markers.remove(marker)
+                    return True
+            return False
 
     def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
         frames = ClientMessages()
         lose_reply = threading.Event()
+        transaction: list[bytes] = []  # what the client sent since its last COMMIT
 
         def to_server(data: bytes) -> bool:
             for kind, body in frames.feed(data):
-                if is_commit(kind, body) and self._take_arm():
+                if not is_commit(kind, body):
+                    transaction.append(body)
+                    continue
+                if self._take_marker(b"".join(transaction)):
                     lose_reply.set()  # before the COMMIT is forwarded, so its answer finds it set
+                transaction.clear()
             return True
 
         def to_client(data: bytes) -> bool:
