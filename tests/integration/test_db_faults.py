@@ -91,7 +91,7 @@ def test_writes_fail_fast_while_the_database_is_cut_and_succeed_within_2s_of_its
     first_ok = min(a.finished for a in after if a.status in (200, 201)) - up_at
     failed_after = [a for a in after if a.status not in (200, 201)]
     last_failed = max((a.started - up_at for a in failed_after), default=0.0)
-    latencies = sorted(a.finished - a.started for a in during)
+    latencies = sorted(a.finished - a.started for a in during) or [float("inf")]  # none: each took > 4 s
     with capsys.disabled():
         print(
             f"\n[database cut 5s] during: {len(during)} writes, statuses {sorted({a.status for a in during})}, "
