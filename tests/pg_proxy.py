@@ -64,6 +64,11 @@ class PgProxy(TcpProxy):
         with self._arm_lock:
             self._markers.append(marker)
 
+    def keep_commit_replies(self) -> None:
+        """Forget the markers not yet met: every answer passes again."""
+        with self._arm_lock:
+            self._markers.clear()
+
     def _take_marker(self, sent: bytes) -> bool:
         """A COMMIT whose transaction sent `sent`: should its answer be lost (once per marker)?"""
         with self._arm_lock:
