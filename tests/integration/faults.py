@@ -161,7 +161,7 @@ class FaultRun:
             inside = [w for w in self.windows if w.start <= last and moment < w.end]
             return verdicts[inside[-1].name] if inside else healthy
 
-        def at(moment: float) -> Window:
+        def window_at(moment: float) -> Window:
             return windows.get(where(moment).name, Window("healthy", 0.0))
 
         writes = [c for c in calls if c.client in self.owned]
@@ -175,9 +175,9 @@ class FaultRun:
                 verdict.write_failures += is_write
                 verdict.read_failures += not is_write
                 if len(verdict.examples) < 5:
-                    at = call.started - self.began
+                    offset = call.started - self.began
                     verdict.examples.append(
-                        f"failed at {at:.2f}s {call.client} {call.key} via {call.base}: {call.error}"
+                        f"failed at {offset:.2f}s {call.client} {call.key} via {call.base}: {call.error}"
                     )
         _judge_commits(writes, committed, where)
         served = [c for c in calls if c.ok]  # a write's answer serves its version too
@@ -186,8 +186,8 @@ class FaultRun:
             acks[call.key].append(call)
         for read in reads:
             if read.ok:
-                _judge_read(read, acks[read.key], at(read.started).bound, where(read.started))
-        _judge_backwards(served, lambda moment: at(moment).lag, where)
+                _judge_read(read, acks[read.key], window_at(read.started).bound, where(read.started))
+        _judge_backwards(served, lambda moment: window_at(moment).lag, where)
         return [*verdicts.values(), healthy]
 
 
