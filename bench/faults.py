@@ -18,15 +18,7 @@ import time
 from collections import defaultdict
 
 from bench.report import machine, update_section
-from tests.integration.fault_plan import (
-    committed_versions,
-    database_cut,
-    lost_commit_answers,
-    redis_frozen,
-    redis_killed,
-    run_faults,
-    worker_killed,
-)
+from tests.integration.fault_plan import committed_versions, database_faults, redis_faults, run_faults
 from tests.integration.faults import FaultRun, Verdict
 from tests.integration.fleet import TOKEN, fleet, recovered
 from tests.pg_proxy import PgProxy
@@ -65,11 +57,8 @@ def main() -> None:
         began, rounds = time.monotonic(), 0
         while time.monotonic() - began < args.seconds:
             faults = [
-                database_cut(proxy, 8.0),
-                lost_commit_answers(proxy, run.keys[rounds % 4 :: 4], 4.0),
-                redis_killed(redis_server, 5.0, args.l1_ttl),
-                redis_frozen(redis_server, args.l1_ttl * 2 + 1, args.l1_ttl),
-                worker_killed(servers[rounds % 2]),
+                *database_faults(proxy, servers, run.keys, cut=8.0, round_=rounds),
+                *redis_faults(redis_server, args.l1_ttl, down=5.0, frozen=args.l1_ttl * 2 + 1),
             ]
             run_faults(run, servers, faults, grace=3.0)
             rounds += 1

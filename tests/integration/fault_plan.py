@@ -61,6 +61,23 @@ def redis_frozen(redis_server: RedisServer, seconds: float, l1_ttl: float) -> Fa
     return Fault(f"redis SIGSTOP {seconds:g}s", redis_server.pause, redis_server.resume, seconds, l1_ttl + 1.0)
 
 
+def database_faults(
+    proxy: PgProxy, servers: list[Gunicorn], keys: list[str], cut: float, round_: int = 0
+) -> list[Fault]:
+    """The database's faults, one after another: the first instance's connections cut for `cut` s, the
+    answers to COMMITs of a quarter of `keys` lost, a worker SIGKILLed (of each instance in turn)."""
+    return [
+        database_cut(proxy, cut),
+        lost_commit_answers(proxy, keys[round_ % 4 :: 4], 4.0),
+        worker_killed(servers[1 - round_ % 2]),
+    ]
+
+
+def redis_faults(redis_server: RedisServer, l1_ttl: float, down: float, frozen: float) -> list[Fault]:
+    """Redis SIGKILLed and restarted empty after `down` s, then frozen for `frozen` s (past CACHE_L1_TTL)."""
+    return [redis_killed(redis_server, down, l1_ttl), redis_frozen(redis_server, frozen, l1_ttl)]
+
+
 def worker_pids(server: Gunicorn) -> list[int]:
     assert server.proc is not None
     children = f"/proc/{server.proc.pid}/task/{server.proc.pid}/children"

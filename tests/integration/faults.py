@@ -17,6 +17,7 @@ Everything is judged per fault window (and for the healthy time outside them), e
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import threading
@@ -126,7 +127,7 @@ class FaultRun:
         try:
             status, _, payload = request(base, method, f"/items/{key}", body, self.token if body else None)
             answer = json.loads(payload) if payload else {}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # a killed worker cuts an answer short
             status, answer = 0, {"error": f"no_answer ({type(exc).__name__})"}
         version = answer.get("version") if 200 <= status < 300 else None
         error = "" if version is not None else str(answer.get("error", "no_answer" if status == 0 else status))

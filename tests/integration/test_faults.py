@@ -10,15 +10,7 @@ import time
 
 import pytest
 
-from tests.integration.fault_plan import (
-    committed_versions,
-    database_cut,
-    lost_commit_answers,
-    redis_frozen,
-    redis_killed,
-    run_faults,
-    worker_killed,
-)
+from tests.integration.fault_plan import committed_versions, database_faults, redis_faults, run_faults
 from tests.integration.faults import FaultRun
 from tests.integration.fleet import TOKEN, fleet, log_lines, recovered
 from tests.pg_proxy import PgProxy
@@ -29,22 +21,18 @@ L1_TTL = 2.0  # CACHE_L1_TTL: short, so a Redis outage longer than it stays shor
 EXPECTED = ("database unavailable", "write outcome unknown", "Worker (pid:")
 
 
-def database_faults(redis_server, servers, proxy, run):
-    return [
-        database_cut(proxy, 3.0),
-        lost_commit_answers(proxy, run.keys[::4], 4.0),
-        worker_killed(servers[1]),
-    ]
+def database_plan(redis_server, servers, proxy, run):
+    return database_faults(proxy, servers, run.keys, cut=3.0)
 
 
-def redis_faults(redis_server, servers, proxy, run):
-    return [redis_killed(redis_server, 3.0, L1_TTL), redis_frozen(redis_server, L1_TTL + 1.5, L1_TTL)]
+def redis_plan(redis_server, servers, proxy, run):
+    return redis_faults(redis_server, L1_TTL, down=3.0, frozen=L1_TTL + 1.5)
 
 
 @pytest.mark.parametrize(
     "plan",
     [
-        pytest.param(database_faults, id="database"),
+        pytest.param(database_plan, id="database"),
         pytest.param(
             redis_faults,
             id="redis",
