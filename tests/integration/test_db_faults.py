@@ -105,6 +105,7 @@ def test_writes_fail_fast_while_the_database_is_cut_and_succeed_within_2s_of_its
     ]
     assert latencies[-1] < 1.5  # not DATABASE_TIMEOUT (3 s) each: the pool knows the database is down
     assert first_ok < RECOVERY_BOUND
+    assert all(moment - up_at < RECOVERY_BOUND for moment in ready)  # readiness green when writes succeed
     assert all(a.started < up_at + RECOVERY_BOUND for a in failed_after), failed_after
 
 
