@@ -35,6 +35,7 @@ from cache.process import CacheProcess
 from cache.redis_tier import Found
 from cache.stampede import SingleFlight, backoff_delays, should_refresh
 from db import (
+    CommitOutcomeUnknown,
     DatabaseUnavailable,
     Deadline,
     DeadlineExceeded,
@@ -236,6 +237,9 @@ def _counted(write: Callable[[], T]) -> T:
         result = write()
     except DeadlineExceeded:
         WRITES_BY_OUTCOME["deadline_exceeded"].inc()
+        raise
+    except CommitOutcomeUnknown:
+        WRITES_BY_OUTCOME["outcome_unknown"].inc()  # the change follower brings the cache to what committed
         raise
     WRITES_BY_OUTCOME["precondition_failed" if isinstance(result, PreconditionFailed) else "written"].inc()
     return result

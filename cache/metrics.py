@@ -51,5 +51,5 @@ L1_ENTRIES = Gauge("cache_l1_entries", "Entries in the in-process LRU", multipro
 TIERS = ("lru", "redis", "db", "negative", "bloom")
 # Resolved once: .labels() per request is a dict lookup plus a lock we need not pay on the hot path.
 REQUESTS_BY_TIER = {tier: REQUESTS.labels(tier) for tier in TIERS}
-WRITE_OUTCOME_NAMES = ("written", "precondition_failed", "deadline_exceeded", "replayed")
+WRITE_OUTCOME_NAMES = ("written", "precondition_failed", "deadline_exceeded", "outcome_unknown", "replayed")
 WRITES_BY_OUTCOME = {outcome: WRITE_OUTCOMES.labels(outcome) for outcome in WRITE_OUTCOME_NAMES}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from db.base import DatabaseUnavailable, Item, ItemStore, MalformedItem, WriteResult
+from db.base import CommitOutcomeUnknown, DatabaseUnavailable, Item, ItemStore, MalformedItem, WriteResult
 from db.changes import Change, ChangeBatch, ChangeCursor
 from db.deadline import Deadline, DeadlineExceeded
 from db.keys import (
@@ -64,6 +64,7 @@ __all__ = [
     "Unconditional",
     "ChangeBatch",
     "ChangeCursor",
+    "CommitOutcomeUnknown",
     "DatabaseUnavailable",
     "Item",
     "ItemStore",

@@ -21,6 +21,11 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached or refused the statement; nothing was written."""
 
 
+class CommitOutcomeUnknown(Exception):
+    """The connection failed after COMMIT was sent and before its answer arrived: the write may or may not
+    have been committed (unlike DatabaseUnavailable, where nothing was)."""
+
+
 class MalformedItem(Exception):
     """The row of `item_id` does not hold a JSON object (written behind the service's back)."""
 

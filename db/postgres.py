@@ -7,6 +7,7 @@ import contextlib
 import math
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ import psycopg_pool
 from psycopg_pool.base import AttemptWithBackoff
 
 from db import postgres_changes
-from db.base import DatabaseUnavailable
+from db.base import CommitOutcomeUnknown, DatabaseUnavailable
 from db.changes import ChangeBatch, ChangeCursor
 from db.deadline import Deadline, DeadlineExceeded
 from db.migrate import ADVISORY_LOCK_KEY, migrations
@@ -23,6 +24,11 @@ from db.postgres_sql import IS_APPLIED, KEY_STATEMENTS, MIGRATIONS_TABLE, RECORD
 from db.sql import Fetch, Params, SQLStore
 
 RECONNECT_FIRST, RECONNECT_MAX = 0.1, 0.5  # seconds between a lost pool's attempts to reconnect
+# While the pool's last attempt to connect failed, a checkout waits this long (one reconnect interval: a
+# database that just came back is used) instead of DATABASE_TIMEOUT; a waiting checkout looks this often.
+DOWN_WAIT = RECONNECT_MAX
+# A COMMIT that fails with one of these (or no SQLSTATE: the connection was lost) may have committed.
+COMMIT_LOST_SQLSTATES = ("08", "57P01", "57P02")
 
 
 class QuickReconnect(AttemptWithBackoff):
@@ -39,8 +45,46 @@ class QuickReconnect(AttemptWithBackoff):
 
 
 class _Pool(psycopg_pool.ConnectionPool):
+    """Reconnects quickly (QuickReconnect) and knows whether its last attempt to connect failed (`down`)."""
+
+    down = False
+
     def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
         super()._add_connection(attempt or QuickReconnect(timeout=self.reconnect_timeout), growing)
+
+    def _connect(self, timeout: float | None = None) -> psycopg.Connection[Any]:
+        try:
+            conn = super()._connect(timeout)
+        except BaseException:
+            self.down = True
+            raise
+        self.down = False
+        return conn
+
+    def checkout(self, wait: float) -> psycopg.Connection[Any]:
+        """A connection within `wait` s; PoolTimeout within about DOWN_WAIT s instead while the pool's
+        attempts to connect fail (a request then answers 503 at once rather than after DATABASE_TIMEOUT)."""
+        give_up = time.monotonic() + wait
+        while True:
+            left = give_up - time.monotonic()
+            try:
+                conn = self.getconn(timeout=max(0.001, min(left, DOWN_WAIT)))
+            except psycopg_pool.PoolTimeout:
+                if self.down or give_up - time.monotonic() <= 0:
+                    raise
+                continue
+            self.down = False  # it passed the check: the database answers
+            return conn
+
+    @contextlib.contextmanager
+    def connection_within(self, wait: float) -> Iterator[psycopg.Connection[Any]]:
+        """As `connection()`, with `checkout`'s wait."""
+        conn = self.checkout(wait)
+        try:
+            with conn:
+                yield conn
+        finally:
+            self.putconn(conn)
 
 
 class PostgresStore(SQLStore):
@@ -54,12 +98,12 @@ class PostgresStore(SQLStore):
         self.pool_size = pool_size  # connections per process, at most (DATABASE_POOL_SIZE)
         self.connect_timeout = connect_timeout
         self.pool_timeout = pool_timeout
-        self._pool: psycopg_pool.ConnectionPool | None = None
+        self._pool: _Pool | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._waiter: postgres_changes.ListenWaiter | None = None
 
-    def _get_pool(self) -> psycopg_pool.ConnectionPool:
+    def _get_pool(self) -> _Pool:
         with self._lock:
             if self._pool is None or self._pid != os.getpid():
                 # After a fork the parent's pool (its sockets and worker threads) is not ours: start anew.
@@ -86,7 +130,7 @@ class PostgresStore(SQLStore):
     @contextlib.contextmanager
     def _connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
         try:
-            with self._get_pool().connection(timeout=timeout) as conn:
+            with self._get_pool().connection_within(self.pool_timeout if timeout is None else timeout) as conn:
                 yield conn
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise DatabaseUnavailable(f"postgresql: {type(exc).__name__}") from exc
@@ -94,11 +138,12 @@ class PostgresStore(SQLStore):
     @contextlib.contextmanager
     def _within(self, deadline: Deadline) -> Iterator[Fetch]:
         wait = min(deadline.check("a database connection"), self.pool_timeout)
+        pool = self._get_pool()
         try:
-            with self._get_pool().connection(timeout=wait) as conn:
+            with pool.connection_within(wait) as conn:
                 yield from _bounded_transaction(conn, deadline)
         except psycopg_pool.PoolTimeout as exc:
-            if wait < self.pool_timeout:
+            if wait < self.pool_timeout and not pool.down:
                 raise DeadlineExceeded("a database connection") from exc
             raise DatabaseUnavailable("postgresql: PoolTimeout") from exc
         except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
@@ -156,7 +201,8 @@ class PostgresStore(SQLStore):
 
 def _bounded_transaction(conn: psycopg.Connection[Any], deadline: Deadline) -> Iterator[Fetch]:
     """BEGIN with statement_timeout and lock_timeout set to what is left (SET LOCAL: they end with the
-    transaction, the pooled connection keeps none), the caller's statements, COMMIT; ROLLBACK on any error."""
+    transaction, the pooled connection keeps none), the caller's statements, COMMIT; ROLLBACK on any error.
+    CommitOutcomeUnknown when the connection failed after COMMIT was sent: it may have committed."""
     left = deadline.check("the database")
     ms = 0 if math.isinf(left) else max(1, int(left * 1000))  # 0: no limit (Deadline.never)
     # One round trip for all three (no parameters, so psycopg may send them as one simple query).
@@ -167,7 +213,12 @@ def _bounded_transaction(conn: psycopg.Connection[Any], deadline: Deadline) -> I
         with contextlib.suppress(psycopg.Error):  # a broken connection: the pool discards it
             conn.execute(b"ROLLBACK")
         raise
-    conn.execute(b"COMMIT")
+    try:
+        conn.execute(b"COMMIT")
+    except psycopg.OperationalError as exc:
+        if exc.sqlstate is None or exc.sqlstate.startswith(COMMIT_LOST_SQLSTATES):
+            raise CommitOutcomeUnknown(f"postgresql: {type(exc).__name__} during COMMIT") from exc
+        raise  # the server answered COMMIT with an error: rolled back
 
 
 def _rows(cursor: psycopg.Cursor[Any]) -> list[Any]:

@@ -8,7 +8,7 @@ from flask import Flask, Response, current_app, json
 from werkzeug.exceptions import HTTPException
 
 from cache.warm import CacheUnavailable, WarmInProgress
-from db import DatabaseUnavailable, DeadlineExceeded, MalformedItem
+from db import CommitOutcomeUnknown, DatabaseUnavailable, DeadlineExceeded, MalformedItem
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,16 @@ def _database_down(exc: DatabaseUnavailable) -> Response:
         "The database is unreachable; nothing was written. Retry shortly.",
         {"Retry-After": "5"},
     )
+
+
+def _outcome_unknown(exc: CommitOutcomeUnknown) -> Response:
+    logger.error("write outcome unknown: %s", exc)
+    message = (
+        "The connection to the database failed after the write was sent to commit: it may or may not have been "
+        "committed. GET the item to see which (its version and ETag), or retry safely: with If-Match and the "
+        "ETag you last saw, or with the same Idempotency-Key."
+    )
+    return error_response(503, "outcome_unknown", message, {"Retry-After": "1"})
 
 
 def _deadline_exceeded(exc: DeadlineExceeded) -> Response:
@@ -97,6 +107,7 @@ def register(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(DatabaseUnavailable, _database_down)
     app.register_error_handler(DeadlineExceeded, _deadline_exceeded)
+    app.register_error_handler(CommitOutcomeUnknown, _outcome_unknown)
     app.register_error_handler(CacheUnavailable, _cache_down)
     app.register_error_handler(MalformedItem, _malformed)
     app.register_error_handler(WarmInProgress, _warm_running)

@@ -407,10 +407,21 @@ class TcpProxy:
                 client.close()
                 continue
             self.sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, 0.0), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, self.delay), daemon=True).start()
+            self._relay(client, upstream)
 
-    def _pump(self, source: socket.socket, target: socket.socket, delay: float) -> None:
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Start relaying one connection both ways (a subclass may inspect each direction)."""
+        threading.Thread(target=self._pump, args=(client, upstream, 0.0), daemon=True).start()
+        threading.Thread(target=self._pump, args=(upstream, client, self.delay), daemon=True).start()
+
+    def _pump(
+        self,
+        source: socket.socket,
+        target: socket.socket,
+        delay: float,
+        forward: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        """Relay `source` to `target`; `forward(data)` False: drop that data and close both ends instead."""
         with contextlib.suppress(OSError):  # the other direction may have closed it already
             source.settimeout(0.05)
         while not self.closed:
@@ -426,6 +437,8 @@ class TcpProxy:
                 break
             if delay:
                 time.sleep(delay)
+            if forward is not None and not forward(data):
+                break
             try:
                 target.sendall(data)
             except OSError:

@@ -76,21 +76,31 @@ def database_url(request, tmp_path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def fleet(postgres_url: str, db_delay: float = 0.0, seed: int = 0, **env: str) -> Iterator[tuple]:
-    """redis-server + PostgreSQL (through a proxy) + 2 instances x 2 workers; yields what tests poke.
-    `seed` items are inserted before the service starts (rows written behind its back would be unknown
-    to the Bloom filter until the next warm)."""
+def fleet(
+    postgres_url: str,
+    db_delay: float = 0.0,
+    seed: int = 0,
+    proxy_type: type[TcpProxy] = TcpProxy,
+    proxied: int = 2,
+    **env: str,
+) -> Iterator[tuple]:
+    """redis-server + PostgreSQL + 2 instances x 2 workers, the first `proxied` instances reaching the
+    database through a proxy (a `proxy_type`, e.g. tests.pg_proxy.PgProxy), the others directly; yields
+    what tests poke. `seed` items are inserted before the service starts (rows written behind its back
+    would be unknown to the Bloom filter until the next warm)."""
     with RedisServer() as redis_server, postgres_schema_url(postgres_url) as db_url:
         seed_items(db_url, seed)
-        proxy = TcpProxy(int(db_url.split("@127.0.0.1:")[1].split("/")[0]), delay=db_delay)
+        proxy = proxy_type(int(db_url.split("@127.0.0.1:")[1].split("/")[0]), delay=db_delay)
         env = {
             "REDIS_URL": redis_server.url,
-            "DATABASE_URL": with_port(db_url, proxy.port),
+            # No TLS on loopback, so a PgProxy can read the messages it relays.
+            "DATABASE_URL": with_port(db_url, proxy.port) + "&sslmode=disable",
             "CACHE_LOCK_TTL": str(LOCK_TTL),
             "API_TOKEN": TOKEN,
             **env,
         }
-        servers = [Gunicorn(env, workers=2), Gunicorn(env, workers=2)]
+        direct = {**env, "DATABASE_URL": db_url}
+        servers = [Gunicorn(env if n < proxied else direct, workers=2) for n in range(2)]
         try:
             for server in servers:
                 server.start()

@@ -1,0 +1,119 @@
+"""A write whose COMMIT may or may not have happened is told apart from one where nothing was written
+(issue 16, finding 3), and the PostgreSQL pool fails a checkout fast once it knows the database is down."""
+
+from __future__ import annotations
+
+import contextlib
+
+import psycopg
+import psycopg_pool
+import pytest
+
+from db import UNCONDITIONAL, CommitOutcomeUnknown, DatabaseUnavailable, Deadline
+from db.postgres import DOWN_WAIT, PostgresStore, _Pool
+
+
+class FakeCursor:
+    description = ("version", "created_version", "updated_at")
+
+    def fetchall(self):
+        return [(2, 1, "2026-11-27T00:00:00.000Z")]
+
+
+class FakeConnection:
+    """Records the first word of each statement it is sent; raises `error` on the one whose first word is `fail_on`."""
+
+    def __init__(self, fail_on: bytes, error: Exception) -> None:
+        self.fail_on, self.error, self.sent = fail_on, error, []
+
+    def execute(self, sql: bytes, params=None):
+        self.sent.append(sql.split()[0].decode())
+        if sql.split()[0].rstrip(b";") == self.fail_on:
+            raise self.error
+        return FakeCursor()
+
+
+class FakePool:
+    down = False
+
+    def __init__(self, conn: FakeConnection) -> None:
+        self.conn = conn
+
+    @contextlib.contextmanager
+    def connection_within(self, wait: float):
+        yield self.conn
+
+
+def write_through(conn: FakeConnection) -> None:
+    store = PostgresStore("postgresql://unused.invalid/none")
+    store._pool = FakePool(conn)  # type: ignore[assignment]
+    store.upsert_if("a", {"n": 1}, UNCONDITIONAL, Deadline.never())
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly"),
+        psycopg.errors.ConnectionFailure("connection failure"),  # SQLSTATE 08006
+        psycopg.errors.AdminShutdown("terminating connection due to administrator command"),  # 57P01
+    ],
+)
+def test_a_connection_lost_during_commit_is_an_unknown_outcome(error):
+    conn = FakeConnection(b"COMMIT", error)
+    with pytest.raises(CommitOutcomeUnknown):
+        write_through(conn)
+    assert conn.sent == ["BEGIN;", "INSERT", "COMMIT"]
+
+
+def test_a_connection_lost_before_commit_wrote_nothing():
+    conn = FakeConnection(b"INSERT", psycopg.OperationalError("server closed the connection unexpectedly"))
+    with pytest.raises(DatabaseUnavailable):
+        write_through(conn)
+    assert "COMMIT" not in conn.sent  # the transaction never asked to commit: nothing can have been written
+
+
+def test_commit_refused_by_the_server_wrote_nothing():
+    # The server answered the COMMIT with an error: it rolled the transaction back.
+    conn = FakeConnection(b"COMMIT", psycopg.errors.SerializationFailure("could not serialize access"))
+    with pytest.raises(DatabaseUnavailable):
+        write_through(conn)
+
+
+def test_unknown_outcome_answers_503_saying_how_to_find_out(client, app, monkeypatch):
+    def lost(*args, **kwargs):
+        raise CommitOutcomeUnknown("postgresql: OperationalError during COMMIT")
+
+    monkeypatch.setattr(app.extensions["item_store"], "upsert_if", lost)
+    response = client.put("/items/u1", json={"n": 1})
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert response.json["error"] == "outcome_unknown"
+    message = response.json["message"]
+    assert "may or may not have been committed" in message
+    assert "GET" in message and "If-Match" in message and "Idempotency-Key" in message
+    assert "nothing was written" not in message
+
+
+def test_database_down_still_says_nothing_was_written(client, app, monkeypatch):
+    def down(*args, **kwargs):
+        raise DatabaseUnavailable("postgresql: OperationalError")
+
+    monkeypatch.setattr(app.extensions["item_store"], "upsert_if", down)
+    response = client.put("/items/u1", json={"n": 1})
+    assert response.status_code == 503 and response.json["error"] == "database_unavailable"
+    assert "nothing was written" in response.json["message"]
+
+
+def test_checkout_gives_up_after_one_wait_once_the_pool_knows_the_database_is_down(monkeypatch):
+    pool = _Pool("postgresql://unused.invalid/none", open=False)
+    asked: list[float] = []
+
+    def getconn(timeout: float):
+        asked.append(timeout)
+        if len(asked) == 2:
+            pool.down = True  # the pool's attempt to reconnect failed while this checkout waited
+        raise psycopg_pool.PoolTimeout("no connection")
+
+    monkeypatch.setattr(pool, "getconn", getconn)
+    with pytest.raises(psycopg_pool.PoolTimeout):
+        pool.checkout(wait=3600.0)
+    assert len(asked) == 2 and all(timeout <= DOWN_WAIT for timeout in asked)
