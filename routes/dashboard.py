@@ -33,6 +33,7 @@ PAGES = {  # name -> (body, content type), read once
         ("dashboard.html", "text/html; charset=utf-8"),
         ("dashboard.js", "text/javascript; charset=utf-8"),
         ("dashboard.css", "text/css; charset=utf-8"),
+        ("dashboard.svg", "image/svg+xml"),
     )
 }
 
@@ -81,6 +82,11 @@ def script() -> Response:
 @bp.get("/app.css")
 def stylesheet() -> Response:
     return _asset("dashboard.css")
+
+
+@bp.get("/icon.svg")
+def icon() -> Response:
+    return _asset("dashboard.svg")  # else the browser asks for /favicon.ico, a 404 in its console
 
 
 @bp.get("/status.json")

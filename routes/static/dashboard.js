@@ -88,7 +88,9 @@
 
   function duration(s) {
     if (s === null || !Number.isFinite(s)) return "\u2014";
-    return s < 1 ? `${(s * 1000).toFixed(2)} ms` : `${s.toFixed(2)} s`;
+    const ms = s * 1000;
+    if (ms >= 1000) return `${s.toFixed(2)} s`;
+    return `${ms.toFixed(ms < 10 ? 2 : ms < 100 ? 1 : 0)} ms`;
   }
 
   function bytes(n) {
@@ -105,7 +107,8 @@
     const el = byId(id);
     el.textContent = text;
     el.dataset.value = value === null ? "" : String(value);
-    el.className = tone;
+    el.classList.remove("ok", "bad", "warn");
+    if (tone) el.classList.add(tone);
   }
 
   function renderRatio(newest) {
@@ -206,80 +209,103 @@
     const capacity = perWorker && status.workers ? perWorker * status.workers : null;
     show(
       "l1-capacity",
-      capacity ? `${number.format(perWorker)} \u00d7 ${status.workers} workers` : "\u2014",
+      capacity ? `${status.workers} \u00d7 ${number.format(perWorker)}` : "\u2014",
       capacity,
     );
     byId("l1-fill").style.width = capacity && entries ? `${Math.min(100, (100 * entries) / capacity)}%` : "0";
     show("pending-writes", newest.pending === null ? "\u2014" : number.format(newest.pending), newest.pending);
   }
 
-  function drawChart() {
-    const canvas = byId("chart");
-    const scale = window.devicePixelRatio || 1;
-    const width = canvas.clientWidth;
-    const height = canvas.clientHeight;
-    canvas.width = Math.round(width * scale);
-    canvas.height = Math.round(height * scale);
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(scale, 0, 0, scale, 0, 0);
-    ctx.clearRect(0, 0, width, height);
-    const css = getComputedStyle(document.documentElement);
-    const colour = (name) => css.getPropertyValue(`--${name}`).trim();
-    const pad = { left: 48, right: 44, top: 8, bottom: 20 };
-    const plotW = width - pad.left - pad.right;
-    const plotH = height - pad.top - pad.bottom;
-    const newest = history[history.length - 1];
-    const x = (t) => pad.left + plotW * (1 - (newest.t - t) / WINDOW_MS);
+  // Per refresh interval: reads per second by tier, and the hit ratio of that interval's reads.
+  function intervalsOf(samples) {
     const intervals = [];
-    for (let i = 1; i < history.length; i += 1) {
-      const [a, b] = [history[i - 1], history[i]];
+    for (let i = 1; i < samples.length; i += 1) {
+      const [a, b] = [samples[i - 1], samples[i]];
       const rates = TIERS.map((tier) => (1000 * (b.reads[tier] - a.reads[tier])) / (b.t - a.t));
       const reads = readsOf(b) - readsOf(a);
       const ratio = reads > 0 ? (sum(b.reads, HIT_TIERS) - sum(a.reads, HIT_TIERS)) / reads : null;
       intervals.push({ from: a.t, to: b.t, rates, ratio });
     }
+    return intervals;
+  }
+
+  function drawChart() {
+    const canvas = byId("chart");
+    const scale = window.devicePixelRatio || 1;
+    const [width, height] = [canvas.clientWidth, canvas.clientHeight];
+    canvas.width = Math.round(width * scale);
+    canvas.height = Math.round(height * scale);
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(scale, 0, 0, scale, 0, 0);
+    const css = getComputedStyle(document.documentElement);
+    const plot = { left: 48, top: 8, width: width - 92, height: height - 28, colour: (name) => css.getPropertyValue(`--${name}`).trim() };
+    const newest = history[history.length - 1];
+    // Five minutes once there are five minutes of samples; until then, the whole minutes there are.
+    const spanMs = Math.min(WINDOW_MS, Math.max(60000, Math.ceil((newest.t - history[0].t) / 60000) * 60000));
+    byId("chart-window").textContent = `last ${seconds(spanMs)}`;
+    const intervals = intervalsOf(history);
     const top = niceCeiling(Math.max(1, ...intervals.map((iv) => iv.rates.reduce((p, r) => p + r, 0))));
-    const y = (rate) => pad.top + plotH * (1 - rate / top);
+    plot.x = (t) => plot.left + plot.width * (1 - (newest.t - t) / spanMs);
+    plot.y = (fraction) => plot.top + plot.height * (1 - fraction);
+    drawGrid(ctx, plot, top, newest.t, spanMs);
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(plot.left, 0, plot.width, height);
+    ctx.clip(); // a sample just older than the window stays out of the axis labels
+    drawBars(ctx, plot, intervals, top);
+    drawRatio(ctx, plot, intervals);
+    ctx.restore();
+  }
+
+  function drawGrid(ctx, plot, top, now, spanMs) {
     ctx.font = "11px system-ui, sans-serif";
-    ctx.strokeStyle = colour("line");
-    ctx.fillStyle = colour("muted");
+    ctx.strokeStyle = plot.colour("line");
+    ctx.fillStyle = plot.colour("muted");
     ctx.lineWidth = 1;
+    const right = plot.left + plot.width;
     for (let k = 0; k <= 4; k += 1) {
-      const value = (top * k) / 4;
+      const py = Math.round(plot.y(k / 4)) + 0.5;
       ctx.beginPath();
-      ctx.moveTo(pad.left, Math.round(y(value)) + 0.5);
-      ctx.lineTo(width - pad.right, Math.round(y(value)) + 0.5);
+      ctx.moveTo(plot.left, py);
+      ctx.lineTo(right, py);
       ctx.stroke();
       ctx.textAlign = "right";
-      ctx.fillText(`${number.format(value)}/s`, pad.left - 6, y(value) + 4);
+      ctx.fillText(`${number.format((top * k) / 4)}/s`, plot.left - 6, py + 4);
       ctx.textAlign = "left";
-      ctx.fillText(`${25 * k}%`, width - pad.right + 6, y(value) + 4);
+      ctx.fillText(`${25 * k}%`, right + 6, py + 4);
     }
     ctx.textAlign = "center";
-    for (let minutes = 0; minutes <= 5; minutes += 1) {
-      ctx.fillText(minutes ? `-${minutes} min` : "now", x(newest.t - minutes * 60000), height - 5);
+    const tickMs = spanMs > 60000 ? 60000 : 10000;
+    for (let ago = 0; ago <= spanMs; ago += tickMs) {
+      ctx.fillText(ago ? `-${seconds(ago)}` : "now", plot.x(now - ago), plot.top + plot.height + 15);
     }
+  }
+
+  function drawBars(ctx, plot, intervals, top) {
     for (const iv of intervals) {
       let base = 0;
       iv.rates.forEach((rate, i) => {
         if (rate <= 0) return;
-        ctx.fillStyle = colour(TIERS[i]);
-        ctx.fillRect(x(iv.from), y(base + rate), Math.max(1, x(iv.to) - x(iv.from)), y(base) - y(base + rate));
+        ctx.fillStyle = plot.colour(TIERS[i]);
+        const [y0, y1] = [plot.y(base / top), plot.y((base + rate) / top)];
+        ctx.fillRect(plot.x(iv.from), y1, Math.max(1, plot.x(iv.to) - plot.x(iv.from) - 1), y0 - y1);
         base += rate;
       });
     }
-    ctx.strokeStyle = colour("ratio");
+  }
+
+  function drawRatio(ctx, plot, intervals) {
+    ctx.strokeStyle = plot.colour("ratio");
     ctx.lineWidth = 2;
     ctx.beginPath();
     let drawing = false;
     for (const iv of intervals) {
       if (iv.ratio === null) {
-        drawing = false;
+        drawing = false; // no reads in this interval: a gap, not a fall to 0
         continue;
       }
-      const py = pad.top + plotH * (1 - iv.ratio);
-      if (drawing) ctx.lineTo(x(iv.to), py);
-      else ctx.moveTo(x(iv.to), py);
+      if (drawing) ctx.lineTo(plot.x(iv.to), plot.y(iv.ratio));
+      else ctx.moveTo(plot.x(iv.to), plot.y(iv.ratio));
       drawing = true;
     }
     ctx.stroke();
