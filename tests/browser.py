@@ -122,7 +122,7 @@ class Chromium:
         for domain in ("Page", "Runtime", "Log"):
             page.call(f"{domain}.enable")
         page.call("Page.addScriptToEvaluateOnNewDocument", {"source": WATCH_VIOLATIONS})
-        page.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        page.resize(width, height)
         page.call("Page.navigate", {"url": url})
         return page
 
@@ -155,6 +155,10 @@ class Page:
     def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         return self.browser.call(method, params, session=self.session)
 
+    def resize(self, width: int, height: int) -> None:
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        self.call("Emulation.setDeviceMetricsOverride", metrics)
+
     def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression in the page (awaited when it is a promise)."""
         result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
@@ -184,6 +188,6 @@ class Page:
         """A PNG of the whole page, as tall as its content."""
         height = self.evaluate("Math.ceil(document.documentElement.scrollHeight)")
         width = self.evaluate("document.documentElement.clientWidth")
-        self.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        self.resize(width, height)
         data = self.call("Page.captureScreenshot", {"format": "png"})["data"]
         path.write_bytes(base64.b64decode(data))

@@ -20,6 +20,7 @@ from tests.support import Gunicorn, RedisServer, wait_until
 pytestmark = pytest.mark.skipif(chromium_binary() is None, reason="no chromium on PATH (apt-get install chromium)")
 TOKEN = "dashboard-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+WRITE = {**AUTH, "Content-Type": "application/json"}
 SCREENSHOT = os.environ.get("DASHBOARD_SCREENSHOT")
 
 
@@ -40,7 +41,7 @@ def traffic(server: Gunicorn, rounds: int, tag: str) -> None:
         ids = [f"{tag}-{round_}-{n}" for n in range(10)]
         for item_id in ids:
             body = json.dumps({"name": item_id}).encode()
-            assert server.request("PUT", f"/items/{item_id}", body, {**AUTH, "Content-Type": "application/json"})[0] == 201
+            assert server.request("PUT", f"/items/{item_id}", body, WRITE)[0] == 201
         assert server.request("DELETE", "/admin/cache", headers=AUTH)[0] == 200
         for item_id in ids * 4:
             assert server.get(f"/items/{item_id}")[0] == 200
