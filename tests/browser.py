@@ -177,7 +177,8 @@ class Page:
             if method == "Runtime.exceptionThrown":
                 found.append(f"exception: {params['exceptionDetails'].get('exception', {}).get('description')}")
             elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                found.append(f"console.{params['type']}: {[a.get('value') for a in params.get('args', [])]}")
+                args = [arg.get("value", arg.get("description")) for arg in params.get("args", [])]
+                found.append(f"console.{params['type']}: {args}")
             elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
                 entry = params["entry"]
                 found.append(f"log ({entry['source']}): {entry['text']} {entry.get('url', '')}".rstrip())

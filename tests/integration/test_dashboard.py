@@ -85,6 +85,15 @@ def test_dashboard_loads_clean_and_its_figures_follow_the_traffic(tmp_path):
             wait_until(shows_redis_down, timeout=15, interval=0.2)
             assert page.errors() == []
 
+            # /metrics unreachable (a proxy that hides it, a service without it): said on the page, which goes on.
+            page.call("Network.enable")
+            page.call("Network.setBlockedURLs", {"urls": ["*/metrics"]})
+            wait_until(lambda: text(page, "status").startswith("metrics unavailable"), timeout=10)
+            assert page.errors() == []  # handled: no uncaught rejection, nothing logged as an error
+            page.call("Network.setBlockedURLs", {"urls": []})
+            wait_until(lambda: page.evaluate("document.getElementById('status').dataset.state") == "ok", timeout=10)
+            assert text(page, "redis-memory").startswith("unavailable")  # still down, still said
+
             # The watch can fail: an inline script is refused by the page's policy, and both reports see it.
             page.evaluate("document.head.append(Object.assign(document.createElement('script'), {textContent: '1'}))")
             errors = wait_until(page.errors, timeout=5)
