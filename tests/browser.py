@@ -134,14 +134,18 @@ class Chromium:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc:
+        if self.proc and hasattr(self, "_reader"):
             os.close(self._write)
             self._reader.join(timeout=10)  # the browser is gone, so its end of the pipe is closed
             os.close(self._read)
         shutil.rmtree(self.profile, ignore_errors=True)
 
     def __enter__(self) -> Chromium:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # a browser that started but never answered is still ours to stop
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()

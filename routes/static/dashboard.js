@@ -64,6 +64,7 @@
       listener: total(samples, "cache_listener_subscribed"),
       redisErrors: total(samples, "cache_redis_errors_total") ?? 0,
       pending: total(samples, "cache_pending_writes"),
+      changelogLag: total(samples, "cache_changelog_lag_seconds"),
     };
   }
 
@@ -182,6 +183,10 @@
     show("lag-mean", count > 0 ? duration(mean) : "no writes", mean);
     const p99 = quantile(first, newest, 0.99);
     show("lag-p99", p99 === null ? "\u2014" : `\u2264 ${duration(p99)}`, p99);
+    const behind = newest.changelogLag;
+    if (behind === null) show("changelog-lag", "\u2014", null);
+    // Under a second: the follower's own polling, not a backlog.
+    else show("changelog-lag", behind < 1 ? "caught up" : `behind by ${duration(behind)}`, behind, behind > 5 ? "warn" : "");
   }
 
   function renderRedis(newest) {

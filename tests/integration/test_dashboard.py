@@ -72,6 +72,7 @@ def test_dashboard_loads_clean_and_its_figures_follow_the_traffic(tmp_path):
             assert figure(page, "lag-mean") > 0 and figure(page, "invalidations") > 0
             assert text(page, "breaker") == "closed" and text(page, "listener") == "subscribed"
             assert figure(page, "redis-memory") > 0 and figure(page, "l1-entries") > 0
+            assert figure(page, "changelog-lag") is not None  # the change follower reports (0 while caught up)
             assert page.errors() == []
             if SCREENSHOT:
                 page.screenshot(Path(SCREENSHOT))
