@@ -241,7 +241,10 @@ class RedisTier:
 
 INFO_FIELDS = (
     "redis_version",
+    "used_memory",
     "used_memory_human",
+    "maxmemory",
+    "maxmemory_policy",
     "keyspace_hits",
     "keyspace_misses",
     "evicted_keys",

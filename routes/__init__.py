@@ -1,10 +1,10 @@
-"""Blueprints: items, metrics, health; and the JSON error handlers."""
+"""Blueprints: items, metrics, health (+ admin, openapi, dashboard); and the JSON error handlers."""
 
 from __future__ import annotations
 
 from flask import Flask
 
-from routes import admin, errors, fast_path, health, http_headers, items, metrics, openapi
+from routes import admin, dashboard, errors, fast_path, health, http_headers, items, metrics, openapi
 
 
 def register(app: Flask) -> None:
@@ -14,6 +14,7 @@ def register(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(dashboard.bp)
     errors.register(app)
     http_headers.register(app, app.config["SERVICE_CONFIG"])
     fast_path.install(app, app.config["SERVICE_CONFIG"])  # last: it answers in front of everything above
