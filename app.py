@@ -50,6 +50,9 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     cache.init_cache(config, store=store)
     if config.warm_on_start:
         _warm_on_start(store)
+    if config.demo_db_load_delay:
+        delay = config.demo_db_load_delay
+        logger.warning("DEMO_DB_LOAD_DELAY=%g: every database load of an item is slowed on purpose (demo only)", delay)
     if config.api_token is None:
         logger.warning("API_TOKEN is not set: anyone who can reach this service can write items")
 

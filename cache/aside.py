@@ -150,6 +150,8 @@ def _wait_for_fill(s: CacheProcess, key: str, deadline: Deadline) -> CacheEntry 
 
 def _load(store: ItemStore, item_id: str) -> CacheEntry:
     started = time.perf_counter()
+    if state().config.demo_db_load_delay:
+        time.sleep(state().config.demo_db_load_delay)  # DEMO_DB_LOAD_DELAY: a slow database, shown by the demo
     item = store.get(item_id)
     load_ms = max(1, int((time.perf_counter() - started) * 1000))
     DB_LOADS.inc()
