@@ -64,7 +64,6 @@ class Stack:
             "REDIS_EMBEDDED": "" if self.real_redis else "1",
             "DATABASE_URL": self.database_url,
             "API_TOKEN": TOKEN,
-            "CACHE_LOCK_TTL": "2",
             "LOG_FORMAT": "json",
             "ACCESS_LOG": "false",
             **extra,
