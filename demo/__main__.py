@@ -1,6 +1,7 @@
 """A live demo of the service: it starts Redis (a redis-server when one is on PATH, else the embedded one)
-and two instances sharing it and the database (SQLite in a temporary directory, or DATABASE_URL), runs
-scenes, and for each prints the commands a person could type, what came back and the metric deltas.
+and two instances sharing it and the database (SQLite in a temporary directory, or a schema of its own in
+DATABASE_URL's PostgreSQL database, dropped at the end), runs scenes, and for each prints the commands a
+person could type, what came back and the metric deltas.
 
     python -m demo                    every scene
     python -m demo --scene stampede   one scene
@@ -44,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.scene or list(SCENES)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill <pid>` cleans up like Ctrl-C does
     started = time.monotonic()
-    stack = Stack(os.environ.get("DATABASE_URL") or None)
+    database_url = os.environ.get("DATABASE_URL") or None
+    if database_url and not database_url.startswith(("postgres://", "postgresql://")):
+        parser.error("DATABASE_URL must be a PostgreSQL URL (or unset: SQLite in a temporary directory)")
+    stack = Stack(database_url)
     outcomes: dict[str, Outcome] = {}
     try:
         a, b = stack.start()

@@ -139,7 +139,7 @@ def sql(stack: Stack, a: Gunicorn, b: Gunicorn) -> Outcome:
     ):
         database = "sqlite3 " + stack.database_url.removeprefix("sqlite:///")
         if not stack.database_url.startswith("sqlite"):
-            database = "psql $DATABASE_URL"
+            database = f"psql '{stack.database_url}'"
         cmd(f"{database} <<'SQL'")
         say(f"  {statement}")
         say("  SQL")

@@ -1,9 +1,11 @@
 """What the demo starts and stops: Redis (a real redis-server when one is on PATH, else the embedded one),
-the database (SQLite in a temporary directory, or DATABASE_URL), and gunicorn instances sharing both.
+the database (SQLite in a temporary directory, or a new schema in DATABASE_URL's PostgreSQL database, dropped
+at the end), and gunicorn instances sharing both.
 Everything is started by us, on loopback, and stopped by pid; the temporary directory is removed."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
@@ -15,7 +17,7 @@ import redis
 
 from cache.embedded import start_server
 from cache.embedded_share import SharedServer, file_for, join_or_start, leave
-from tests.support import Gunicorn, RedisServer, wait_until
+from tests.support import Gunicorn, RedisServer, postgres_schema_url, wait_until
 
 TOKEN = "demo-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -34,7 +36,9 @@ class Response:
 class Stack:
     def __init__(self, database_url: str | None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="item-cache-demo-"))
-        self.database_url = database_url or f"sqlite:///{self.tmp / 'items.sqlite3'}"
+        self.given_database = database_url
+        self.database_url = f"sqlite:///{self.tmp / 'items.sqlite3'}"
+        self.schema = contextlib.ExitStack()  # PostgreSQL: a schema of our own in the given database, dropped after
         self.redis_server: RedisServer | None = None
         self.shared: SharedServer | None = None
         self.instances: list[Gunicorn] = []
@@ -45,6 +49,8 @@ class Stack:
         return self.redis_server is not None
 
     def start(self) -> tuple[Gunicorn, Gunicorn]:
+        if self.given_database:
+            self.database_url = self.schema.enter_context(postgres_schema_url(self.given_database))
         if shutil.which("redis-server"):
             self.redis_server = RedisServer()
             self.redis_server.start()
@@ -93,6 +99,7 @@ class Stack:
             self.redis_server.stop()
         if self.shared is not None:
             leave(self.shared)
+        self.schema.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
