@@ -62,7 +62,8 @@ def test_every_scene_passes_and_everything_started_is_stopped():
         pytest.skip("the redis-down scene needs redis-server on PATH")
     began = time.monotonic()
     status, output = run_demo()
-    assert status == 0, output[-4000:]
+    verdicts = re.findall(r"^(?:PASS|FAIL|SKIP) .*$", output, re.M)
+    assert status == 0, "\n".join(verdicts) + "\n" + output[-3000:]
     for name in SCENES:
         assert re.search(rf"^PASS {name}: ", output, re.M), f"{name} did not pass:\n{output[-4000:]}"
     assert f"{len(SCENES)}/{len(SCENES)} scenes passed" in output
