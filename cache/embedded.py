@@ -10,7 +10,6 @@ in a process that forks can leave locks held in the children. In-process (`clien
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import secrets
@@ -69,6 +68,8 @@ def start_server(own_file: Path, shared_file: Path) -> tuple[int, str, int]:
 
 def _serve(own_file: str, shared_file: str) -> None:
     """Serve until nobody holds a shared lock on our file (or SIGTERM); remove the file if it is still ours."""
+    import fcntl  # here: the in-process client() must import on any platform
+
     from cache.embedded_share import MARKER_KEY, POLL_SECONDS
 
     fd = os.open(own_file, os.O_RDONLY)  # our own open file: its exclusive lock conflicts with every user's

@@ -71,10 +71,14 @@ def use_shared(database_url: str) -> SharedServer:
     from cache.embedded import start_server
     from config import INSTANCE_DIR
 
+    path = file_for(database_url, INSTANCE_DIR)
     try:
-        server = join_or_start(file_for(database_url, INSTANCE_DIR), start_server)
+        server = join_or_start(path, start_server)
     except EmbeddedConflict as exc:
         raise SystemExit(f"configuration error: {exc}") from None
+    except OSError as exc:  # e.g. the database's directory is read-only
+        message = f"cannot share the embedded Redis through {path} ({exc}); set REDIS_URL"
+        raise SystemExit(f"configuration error: {message}") from None
     os.environ["REDIS_URL"] = server.url
     os.environ["REDIS_EMBEDDED"] = "1"
     return server
