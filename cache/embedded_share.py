@@ -126,7 +126,7 @@ def leave(server: SharedServer) -> None:
         os.close(fd)  # another instance still uses it: it outlives us
         return
     try:
-        with contextlib.suppress(FileNotFoundError):
+        if _is_current(fd, server.path):  # not replaced between our look and our lock
             os.unlink(server.path)
         _stop(server)
     finally:
