@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:12} {what}")
         return 0
     chosen = args.scene or list(SCENES)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill <pid>` cleans up like Ctrl-C does
+    # Ctrl-C and `kill <pid>` both end in the clean-up below, even where SIGINT was inherited as ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     database_url = os.environ.get("DATABASE_URL") or None
     if database_url and not database_url.startswith(("postgres://", "postgresql://")):
@@ -57,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{redis}; database {stack.database_url}")
         say(f"instance A: localhost:{a.port}, instance B: localhost:{b.port} (gunicorn app:app, 2 workers each)")
         for name in chosen:
+            if any(server.proc is None or server.proc.poll() is not None for server in (a, b)):
+                outcomes[name] = Outcome(False, "not run: instance A or B has exited")
+                print(f"FAIL {name}: {outcomes[name].summary}", flush=True)
+                continue
             run, what = SCENES[name]
             title(f"{name}: {what}")
             began = time.monotonic()
