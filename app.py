@@ -50,6 +50,9 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     cache.init_cache(config, store=store)
     if config.warm_on_start:
         _warm_on_start(store)
+    if config.demo_db_load_delay:
+        delay = config.demo_db_load_delay
+        logger.warning("DEMO_DB_LOAD_DELAY=%g: every database load of an item is slowed on purpose (demo only)", delay)
     if config.api_token is None:
         logger.warning("API_TOKEN is not set: anyone who can reach this service can write items")
 
@@ -111,9 +114,16 @@ def __getattr__(name: str) -> Any:
 
 
 if __name__ == "__main__":
+    from cache.embedded_share import leave, use_shared
+
     cache.enable_listener()  # one process, no fork: its listener starts with the cache
+    # No REDIS_URL: the embedded Redis that `gunicorn app:app` instances on this database use too.
+    shared = use_shared(_settings.database_url) if _settings.redis_url is None else None
     try:
         application = create_app()
+        application.run(host="0.0.0.0", port=_settings.port, threaded=True)
     except ConfigError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
-    application.run(host="0.0.0.0", port=_settings.port, threaded=True)
+    finally:
+        if shared is not None:
+            leave(shared)

@@ -60,6 +60,7 @@ class Config:
     cors_origins: tuple[str, ...]  # browser origins allowed to call the API (CORS); empty: none
     request_timeout: float  # seconds a request may wait in all (database, locks, other loads) before it gives up
     fast_path: bool  # answer a plain GET /items/<id> that L1 holds before Flask's routing (routes/fast_path.py)
+    demo_db_load_delay: float  # seconds added to every item load from the database: demo and tests only (0: off)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = 2**31) -> int:
@@ -228,4 +229,7 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
         # Under the 30 s a Heroku-style router waits, with room for the client's retry to be answered too.
         request_timeout=_float(env, "REQUEST_TIMEOUT", 10.0, high=29),
         fast_path=_bool(env, "FAST_PATH", default=True),
+        # A slow database on purpose, so that `python -m demo` can show a stampede on SQLite (whose loads
+        # take microseconds and never collide). Logged loudly at start-up; never set it in production.
+        demo_db_load_delay=_float(env, "DEMO_DB_LOAD_DELAY", 0.0, high=5, zero_ok=True),
     )

@@ -75,19 +75,27 @@ def on_starting(server):
 
 
 def _start_embedded_redis():
-    """One fakeredis server for all workers, so they never disagree; its URL reaches them via REDIS_URL."""
+    """One fakeredis server for all workers, and for every other default instance on this database (found
+    through a file beside it), so they never disagree; its URL reaches the workers via REDIS_URL."""
     global _embedded_redis
-    from cache.embedded import WARNING, start_server
+    from cache.embedded import WARNING
+    from cache.embedded_share import use_shared
 
-    url, _embedded_redis = start_server()
+    _embedded_redis = use_shared(_config.database_url)
     # Importing cache.embedded made the cache's metrics in this master too; its live gauges (0) would
     # count as a process that never subscribes. The master serves nothing: forget its files.
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(os.getpid())
-    os.environ["REDIS_URL"] = url
-    os.environ["REDIS_EMBEDDED"] = "1"
-    logger.warning("%s (embedded server pid %d at %s)", WARNING, _embedded_redis.pid, url)
+    how = "started by this instance" if _embedded_redis.started_here else "shared with another instance"
+    logger.warning(
+        "%s (embedded server pid %d at %s, %s; named in %s)",
+        WARNING,
+        _embedded_redis.pid,
+        _embedded_redis.url,
+        how,
+        _embedded_redis.path,
+    )
 
 
 def post_fork(server, worker):
@@ -106,9 +114,11 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    """Stop the embedded Redis; remove the metric files (and the directory, if this master made it)."""
+    """Leave the embedded Redis (stopped if no other instance uses it); remove the metric files (and the
+    directory, if this master made it)."""
     if _embedded_redis is not None:
-        _embedded_redis.terminate()
-        _embedded_redis.wait(timeout=5)
+        from cache.embedded_share import leave
+
+        leave(_embedded_redis)
     if _metrics_dir is not None:
         metrics_dir.clean_up(_metrics_dir)

@@ -65,6 +65,7 @@ class Written:
 
 T = TypeVar("T")
 _flights: SingleFlight[Read] = SingleFlight()
+_sleep = time.sleep  # replaced by tests: the demo's slow database (DEMO_DB_LOAD_DELAY) without the wait
 
 
 def read_item(store: ItemStore, item_id: str, deadline: Deadline) -> Read:
@@ -164,6 +165,8 @@ def _wait_for_fill(s: CacheProcess, key: str, deadline: Deadline) -> CacheEntry 
 
 def _load(store: ItemStore, item_id: str) -> CacheEntry:
     started = time.perf_counter()
+    if state().config.demo_db_load_delay:
+        _sleep(state().config.demo_db_load_delay)  # DEMO_DB_LOAD_DELAY: a slow database, shown by the demo
     item = store.get(item_id)
     load_ms = max(1, int((time.perf_counter() - started) * 1000))
     DB_LOADS.inc()

@@ -90,11 +90,13 @@ def rebuild_bloom_in_background(cache: CacheProcess, store: ItemStore) -> thread
     return _in_background(functools.partial(rebuild_bloom, cache, store, hold))
 
 
-def log_progress(every: int = 10_000) -> Progress:
-    """Progress for a log, not a terminal: a line every `every` items and at the end."""
+def log_progress() -> Progress:
+    """Progress for a log, not a terminal: a line at each tenth of the items (at most one a batch) and at the
+    end, so a warm of any size says how far it is in about ten lines."""
 
     def report(done: int, total: int) -> None:
-        if done % every < BATCH or done == total:
+        step = max(BATCH, -(-total // 10))
+        if done % step < BATCH or done == total:
             logger.info("warming: %d/%d items", done, total)
 
     return report

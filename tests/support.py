@@ -351,7 +351,7 @@ class Gunicorn:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()  # gunicorn's graceful stop; its on_exit stops the embedded Redis
+            self.proc.terminate()  # gunicorn's graceful stop; on_exit: the embedded Redis stops with its last user
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -244,3 +244,16 @@ def test_a_failed_early_refresh_serves_the_cached_copy(make_app, monkeypatch):
     assert value(REFRESH_FAILURES) == failures + 1
     lock = cache.state().lock
     assert not cache.state().redis.client.exists(lock.for_item(cache.cache_key("item-0")))  # lock released
+
+
+def test_demo_db_load_delay_slows_database_loads_and_nothing_else(make_app, monkeypatch):
+    """DEMO_DB_LOAD_DELAY (the demo's slow database): a sleep before each load from the database only."""
+    from cache import aside
+
+    app = make_app(DEMO_DB_LOAD_DELAY="0.25")
+    seed(app, 1)
+    slept: list[float] = []
+    monkeypatch.setattr(aside, "_sleep", slept.append)
+    client = app.test_client()
+    tiers = [client.get("/items/item-0").headers["X-Cache"] for _ in range(2)]
+    assert tiers == ["db", "lru"] and slept == [0.25]

@@ -128,3 +128,30 @@ def test_every_log_line_is_json_and_a_request_id_reaches_the_access_line(tmp_pat
         assert line["tier"] == "db" and line["duration_ms"] >= 0 and isinstance(line["pid"], int)
         text = [row for row in server.output().splitlines() if row.strip()]
         assert len(log_lines(server)) == len(text)  # gunicorn's own lines are JSON too: one format
+
+
+def test_two_default_instances_on_one_database_share_one_embedded_redis_and_leave_nothing_behind(tmp_path):
+    """`PORT=8001 gunicorn app:app` and `PORT=8002 gunicorn app:app` (no REDIS_URL, one SQLite file): a
+    write on either is read on the other, the starter may go first, and the last one out stops the server."""
+    from cache.embedded_share import _running
+
+    env = {"REDIS_URL": "", "DATABASE_URL": f"sqlite:///{tmp_path / 'items.sqlite3'}"}
+    shared = tmp_path / "items.sqlite3.redis"
+    first, second = Gunicorn(env, workers=2).start(), Gunicorn(env, workers=2)
+    try:
+        second.start()
+        server_pid = json.loads(shared.read_text())["pid"]
+        assert "started by this instance" in first.output() and "shared with another instance" in second.output()
+        assert put(first, "w1", {"price": 1})[0] == 201
+        status, headers, body = second.get("/items/w1")
+        assert status == 200 and json.loads(body)["price"] == 1 and headers["X-Cache"] in ("redis", "lru")
+        assert put(first, "w1", {"price": 2})[0] == 200  # seen within the invalidation lag (L1 TTL at worst)
+        wait_until(lambda: all(json.loads(second.get("/items/w1")[2])["price"] == 2 for _ in range(4)), timeout=5)
+        first.close()  # the instance that started the server goes first: the other keeps it
+        assert put(second, "w2", {"price": 3})[0] == 201 and second.get("/items/w2")[1]["X-Cache"] in ("redis", "lru")
+        assert _running(server_pid) and shared.exists()
+    finally:
+        first.close()
+        second.close()
+    assert not _running(server_pid)
+    assert [name for name in os.listdir(tmp_path) if ".redis" in name] == []  # nor a temporary one

@@ -1,0 +1,255 @@
+"""One embedded Redis per database on this machine: several default instances (no REDIS_URL) find it
+through a small file beside the SQLite database, so they never silently disagree.
+
+The file (`<database>.redis`, JSON: host, port, pid, token) is created atomically (written under a
+temporary name, then hard-linked into place: only one creator wins). Every instance that uses the server
+holds a shared `flock` on the file for as long as it runs; the kernel drops it when the process dies, even
+by SIGKILL. So "is anyone still using this server?" is "can an exclusive lock be taken?":
+- the server outlives the instance that started it and stops when the last user is gone: a user's clean
+  exit (`leave`) that finds itself last removes the file and stops the server; the server also checks
+  every POLL_SECONDS and stops itself (removing its file) if its users died without saying so;
+- a file whose server does not answer with its token is stale: replaced if nobody holds it, else start-up
+  is refused with a message saying what to set (instances still use a server that died: never two caches);
+- a file at that path that this service did not write is never touched: start-up is refused instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+SERVICE = "item-cache embedded redis"  # the file says who wrote it; any other file at the path is left alone
+MARKER_KEY = "item-cache:embedded-server"  # the server holds its token here: "it is ours and it is alive"
+POLL_SECONDS = 0.2
+StartServer = Callable[[Path, Path], tuple[int, str, int]]  # (own file, shared file) -> port, token, pid
+
+
+class EmbeddedConflict(RuntimeError):
+    """The embedded Redis for this database cannot be shared safely; the message says what to set."""
+
+
+@dataclass
+class SharedServer:
+    """The embedded server this process uses, and the open file whose shared lock says so."""
+
+    path: Path
+    host: str
+    port: int
+    pid: int
+    token: str
+    started_here: bool
+    lock_fd: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+
+def file_for(database_url: str, instance_dir: Path) -> Path:
+    """`<file>.redis` beside a SQLite database; for another database, one file per URL in `instance_dir`."""
+    if database_url.startswith("sqlite:///"):
+        return Path(database_url.removeprefix("sqlite:///") + ".redis")
+    digest = hashlib.sha256(database_url.encode()).hexdigest()[:16]
+    return instance_dir / f"embedded-redis-{digest}.redis"
+
+
+def use_shared(database_url: str) -> SharedServer:
+    """Join or start the embedded Redis for `database_url` and point this process's children at it
+    (REDIS_URL, REDIS_EMBEDDED); exit with one line saying what to set when it cannot be shared safely."""
+    from cache.embedded import start_server
+    from config import INSTANCE_DIR
+
+    path = file_for(database_url, INSTANCE_DIR)
+    try:
+        server = join_or_start(path, start_server)
+    except EmbeddedConflict as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+    except OSError as exc:  # e.g. the database's directory is read-only
+        message = f"cannot share the embedded Redis through {path} ({exc}); set REDIS_URL"
+        raise SystemExit(f"configuration error: {message}") from None
+    os.environ["REDIS_URL"] = server.url
+    os.environ["REDIS_EMBEDDED"] = "1"
+    return server
+
+
+def join_or_start(path: Path, start: StartServer, timeout: float = 15.0) -> SharedServer:
+    """Use the live server named in `path`, or start one with `start(tmp_path, path)` -> (port, token, pid)
+    and publish it there. Raises EmbeddedConflict when neither is safe."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            server = _create(path, start)
+            if server is not None:
+                return server
+            continue  # another instance published its server first: use that one
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a stopping server or last user holds it exclusively
+        if not _is_current(fd, path):
+            os.close(fd)
+            continue  # removed or replaced while we waited for the lock: look again
+        info = _read(fd)
+        if info is None:
+            os.close(fd)
+            raise EmbeddedConflict(
+                f"{path} exists and was not written by this service: remove it, or set REDIS_URL to a Redis server"
+            )
+        if _answers(info):
+            return SharedServer(path, info["host"], info["port"], info["pid"], info["token"], False, fd)
+        os.close(fd)
+        _remove_stale(path, info)
+    raise EmbeddedConflict(f"could not start or join the embedded Redis named in {path}; set REDIS_URL")
+
+
+def leave(server: SharedServer) -> None:
+    """This process stops using the server; if no other process uses it, remove the file and stop it."""
+    os.close(server.lock_fd)
+    fd = _open_if_current(server.path, server.token)
+    if fd is None:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)  # another instance still uses it: it outlives us
+        return
+    try:
+        if _is_current(fd, server.path):  # not replaced between our look and our lock
+            os.unlink(server.path)
+        _stop(server)
+    finally:
+        os.close(fd)
+
+
+def _create(path: Path, start: StartServer) -> SharedServer | None:
+    """Start a server and publish it at `path`; None if another instance published first (ours is stopped)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # before the server starts: it must see a user from its first look
+    try:
+        port, token, pid = start(tmp, path)
+        info = {"service": SERVICE, "host": "127.0.0.1", "port": port, "pid": pid, "token": token}
+        os.write(fd, json.dumps(info).encode() + b"\n")
+        try:
+            os.link(tmp, path)  # atomic: fails if any file is at `path` now
+        except FileExistsError:
+            os.close(fd)
+            fd = -1
+            _signal(pid)  # it has no users: it would stop by itself within POLL_SECONDS; now is sooner
+            return None
+        return SharedServer(path, "127.0.0.1", port, pid, token, True, fd)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _remove_stale(path: Path, info: dict) -> None:
+    """Remove the file of a server that no longer answers, unless an instance still holds it (refuse then)."""
+    fd = _open_if_current(path, info["token"])
+    if fd is None:
+        return  # already replaced or removed by another instance
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise EmbeddedConflict(
+            f"the embedded Redis named in {path} (pid {info['pid']}, port {info['port']}) does not answer, "
+            "and another instance still uses it: stop the instances using this database, or set REDIS_URL"
+        ) from None
+    try:
+        if _is_current(fd, path):
+            os.unlink(path)
+    finally:
+        os.close(fd)
+
+
+def _open_if_current(path: Path, token: str) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    info = _read(fd)
+    if not info or info.get("token") != token:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    """The open file is still the one at `path` (not removed or replaced since it was opened)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _read(fd: int) -> dict | None:
+    """The file's fields, or None if it is not a file this service wrote (it is complete once at `path`)."""
+    raw = os.pread(fd, 4096, 0)
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return None
+    fields = {"host": str, "port": int, "pid": int, "token": str}
+    if not isinstance(info, dict) or info.get("service") != SERVICE:
+        return None
+    if not all(isinstance(info.get(name), kind) for name, kind in fields.items()):
+        return None
+    return info
+
+
+def _answers(info: dict) -> bool:
+    """The server named in the file is up and is the one that wrote it (its token, not a stranger's port)."""
+    try:
+        no_retry = Retry(NoBackoff(), 0)  # a refused connection is the answer, not something to retry
+        client = redis.Redis(info["host"], info["port"], socket_timeout=1, socket_connect_timeout=1, retry=no_retry)
+        with contextlib.closing(client):
+            return client.get(MARKER_KEY) == info["token"].encode()
+    except redis.RedisError:
+        return False
+
+
+def _stop(server: SharedServer) -> None:
+    """Stop the server (only after checking it is still the one that wrote the file) and wait for it."""
+    if not _answers({"host": server.host, "port": server.port, "token": server.token}):
+        return
+    _signal(server.pid)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _running(server.pid):
+        time.sleep(0.02)
+
+
+def _signal(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (a child of a process that has not reaped it yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"

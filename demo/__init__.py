@@ -1,0 +1,1 @@
+"""`python -m demo`: a scripted live demo of the service (see demo/__main__.py)."""
