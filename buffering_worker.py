@@ -23,8 +23,10 @@ import contextlib
 import enum
 import errno
 import selectors
+import socket
 import time
 from functools import partial
+from typing import Any
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
@@ -76,6 +78,16 @@ def arrival(received: bytes | bytearray, body_bytes: int) -> Arrival:
     return Arrival.PARTIAL
 
 
+def accept_connection(listener: socket.socket) -> tuple[socket.socket, Any] | None:
+    """listener.accept(), or None when there was none after all (another worker took it: gthread's rule)."""
+    try:
+        return listener.accept()
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+            raise
+        return None
+
+
 class BufferedConn(TConn):
     """A connection whose request bytes the poller reads; the thread's parser gets them first."""
 
@@ -104,13 +116,17 @@ class BufferingWorker(ThreadWorker):
         self.body_bytes = config.max_item_bytes  # the app answers a larger body 413 without reading it
         self.reading: dict[BufferedConn, None] = {}  # oldest deadline first (insertion order)
 
+    @classmethod
+    def check_config(cls, cfg, log) -> None:
+        super().check_config(cfg, log)
+        if cfg.is_ssl:  # the poller reads raw bytes: it would read TLS records as a request
+            raise RuntimeError("BufferingWorker serves plain HTTP: end TLS at the router, or use gthread")
+
     def accept(self, listener) -> None:
-        try:
-            sock, client = listener.accept()
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                raise
+        accepted = accept_connection(listener)
+        if accepted is None:
             return
+        sock, client = accepted
         self.nr_conns += 1
         self.read_request(BufferedConn(self.cfg, sock, client, listener.getsockname(), self.client_timeout))
 

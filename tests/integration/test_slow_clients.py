@@ -90,6 +90,21 @@ def test_stalled_heads_bodies_and_kept_alive_connections_hold_no_thread(env):
             assert latencies.failures == 0
             assert seconds_until_closed(half_lines + half_bodies + kept_alive, CLIENT_TIMEOUT + MARGIN) is not None
         assert server.get("/items/slow")[0] == 404  # the half body was never taken for a request
+        with stalled(server.port, 3):  # a stopping worker does not wait its graceful_timeout (20 s) for them
+            started = time.monotonic()
+            server.stop()
+            assert server.proc.returncode == 0 and time.monotonic() - started < CLIENT_TIMEOUT + MARGIN
+
+
+def test_closed_connections_are_counted_out_so_a_full_worker_accepts_again(env):
+    """worker_connections 20: stalled connections fill the worker; once they are closed it serves again,
+    twice over (a connection counted out twice, or never, would show by the second round)."""
+    with Gunicorn({**env, "GUNICORN_CMD_ARGS": "--worker-connections 20"}, workers=1) as server:
+        for _ in range(2):
+            with stalled(server.port, 20) as socks:
+                assert seconds_until_closed(socks, CLIENT_TIMEOUT + MARGIN) is not None
+            latencies = ordinary_requests(server.port, 20, concurrency=4, timeout=5.0)
+            assert latencies.failures == 0
 
 
 def test_bodies_pipelining_and_keep_alive_are_served(env):
