@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import json
 import selectors
 import socket
 import time
@@ -34,10 +35,13 @@ from config import load_config
 
 HEAD_BYTES = 32 * 1024  # the largest request head (nginx's default limit too)
 RECV_BYTES = 64 * 1024
+_REFUSAL = json.dumps(
+    {"error": "request_header_fields_too_large", "message": f"the request head is over {HEAD_BYTES} bytes"}
+).encode()
 HEAD_TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\nConnection: close\r\n"
-    b"Content-Length: 92\r\n\r\n"
-    b'{"error":"request_header_fields_too_large","message":"the request head is over 32768 bytes"}'
+    + f"Content-Length: {len(_REFUSAL)}\r\n\r\n".encode()
+    + _REFUSAL
 )
 
 
@@ -183,7 +187,7 @@ class BufferingWorker(ThreadWorker):
         """Pipelined bytes the parser read past the request go back to the poller with the connection
         (gthread would give them to a thread, which would block on the rest of a partial request)."""
         keep = not fs.cancelled() and fs.exception() is None and fs.result() is True
-        if keep and conn.parser.unreader.buf.getbuffer().nbytes:
+        if keep and conn.parser.unreader.buf.getvalue():
             conn.received += conn.parser.unreader.take_buffered()
             self.read_request(conn)
             return

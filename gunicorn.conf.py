@@ -35,7 +35,10 @@ workers = _config.web_concurrency
 # buffering_worker.BufferingWorker is gthread whose poller reads each request whole (head and a body up
 # to MAX_ITEM_BYTES) before a thread sees it, and closes a connection whose request has not arrived
 # within CLIENT_TIMEOUT; stalled clients then cost a socket each, at most worker_connections per worker.
-# Measured (BENCHMARKS.md "Serving"): more threads or a plain socket timeout only move the limit.
+# Measured (`python -m bench.slow_clients`, BENCHMARKS.md "Slow clients"): beside 500 stalled connections
+# gthread answered 0 of 100 ordinary requests, gthread with 64 threads 53-69 (two runs), gthread with a 5 s read timeout
+# in the thread 92 (and all three held stalled sockets past 30 s); this worker all 100, and closed them.
+# Threads, keep-alive and the access log against the alternatives: `python -m bench.serving`.
 worker_class = "buffering_worker.BufferingWorker"
 threads = _config.gunicorn_threads
 # Open connections per worker, stalled ones included; beyond it new ones wait in the listen backlog until

@@ -144,6 +144,12 @@ def test_bodies_pipelining_and_keep_alive_are_served(env):
         assert reader.response()[0] == 201
         expect.close()
 
+        huge_head = connect(server)
+        huge_head.sendall(b"GET /health/live HTTP/1.1\r\nX-Big: " + b"a" * 40_000)
+        status, _, got = _Reader(huge_head).response()
+        assert status == 431 and json.loads(got)["error"] == "request_header_fields_too_large"
+        huge_head.close()
+
         big = server.request("PUT", "/items/e", b"{" + b" " * 70_000 + b"}", {"Content-Type": "application/json"})
         assert big[0] == 413 and json.loads(big[2])["error"]
         assert [server.get(f"/items/{i}")[0] for i in "abcde"] == [200, 200, 200, 200, 404]
