@@ -132,7 +132,21 @@ class BufferingWorker(ThreadWorker):
             return
         sock, client = accepted
         self.nr_conns += 1
-        self.read_request(BufferedConn(self.cfg, sock, client, listener.getsockname(), self.client_timeout))
+        self.start_reading(BufferedConn(self.cfg, sock, client, listener.getsockname(), self.client_timeout))
+
+    def on_client_socket_readable(self, conn: BufferedConn, client) -> None:
+        """A kept-alive connection has a new request coming: the poller reads it, not a thread."""
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self.start_reading(conn)
+
+    def start_reading(self, conn: BufferedConn) -> None:
+        """Read what has arrived right away (usually the whole request: no second trip through the poller)."""
+        if self.receive(conn):
+            self.read_request(conn)
+        else:
+            self.nr_conns -= 1
+            conn.close()
 
     def read_request(self, conn: BufferedConn) -> None:
         """Wait in the poller, at most CLIENT_TIMEOUT, for the connection's next request to arrive."""
@@ -146,22 +160,27 @@ class BufferingWorker(ThreadWorker):
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_request_bytes, conn))
 
     def on_request_bytes(self, conn: BufferedConn, sock) -> None:
-        try:
-            data = sock.recv(RECV_BYTES)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""  # reset by the client
-        if not data:
+        if not self.receive(conn):
             self.stop_reading(conn)
             self.nr_conns -= 1
             conn.close()
             return
-        conn.received += data
         state = arrival(conn.received, self.body_bytes)
         if state is not Arrival.PARTIAL:
             self.stop_reading(conn)
             self.hand_over(conn, state)
+
+    @staticmethod
+    def receive(conn: BufferedConn) -> bool:
+        """Add what has arrived to the connection's buffer, without waiting; False: the client closed."""
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False  # reset by the client
+        conn.received += data
+        return bool(data)
 
     def hand_over(self, conn: BufferedConn, state: Arrival) -> None:
         """A thread serves an arrived request; a head too large is refused here."""
@@ -176,12 +195,6 @@ class BufferingWorker(ThreadWorker):
     def stop_reading(self, conn: BufferedConn) -> None:
         del self.reading[conn]
         self.poller.unregister(conn.sock)
-
-    def on_client_socket_readable(self, conn: BufferedConn, client) -> None:
-        """A kept-alive connection has a new request coming: the poller reads it, not a thread."""
-        self.poller.unregister(client)
-        self.keepalived_conns.remove(conn)
-        self.read_request(conn)
 
     def finish_request(self, conn: BufferedConn, fs) -> None:
         """Pipelined bytes the parser read past the request go back to the poller with the connection

@@ -178,13 +178,14 @@ def run(setups: list[Setup], worker_counts: list[int], seconds: float, pg_base: 
         for workers in worker_counts:
             connections = 16 if workers == 1 else 32 * workers
             for number, setup in enumerate(setups):
+                began = time.monotonic()
                 with services(setup, f"w{workers}s{number}:", workers, redis_server.url, db_url, slow_db_url) as found:
                     table[workers, setup.name] = measure_setup(found, cold, seconds, connections)
+                print(f"{workers} worker(s), {setup.name} ({time.monotonic() - began:.0f} s):", flush=True)
                 for row, result in table[workers, setup.name].items():
                     print(
-                        f"{workers} worker(s), {setup.name}, {row}: {result.rps:,.0f} req/s, "
-                        f"{result.cpu_us_per_request:.0f} us CPU/req, p50 {result.p50_ms:.1f} ms, "
-                        f"p99 {result.p99_ms:.1f} ms, failures {result.errors}",
+                        f"    {row}: {result.rps:,.0f} req/s, {result.cpu_us_per_request:.0f} us CPU/req, "
+                        f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, failures {result.errors}",
                         flush=True,
                     )
     return table
