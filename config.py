@@ -54,6 +54,7 @@ class Config:
     database_pool_size: int  # PostgreSQL connections per worker, at most
     web_concurrency: int  # gunicorn worker processes
     gunicorn_threads: int  # threads per gunicorn worker
+    client_timeout: float  # seconds a client may take to send a request before its connection is closed
     metrics_dir: str | None  # PROMETHEUS_MULTIPROC_DIR as given; None: gunicorn makes a private one
     http_max_age: int  # Cache-Control max-age of an item (s) a CDN or browser may serve it unasked; 0: revalidate
     http_stale_while_revalidate: int  # ...and how long past that it may serve it while it revalidates (s)
@@ -222,6 +223,10 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
         database_pool_size=_int(env, "DATABASE_POOL_SIZE", 8, minimum=1, maximum=1000),
         web_concurrency=_int(env, "WEB_CONCURRENCY", 2, minimum=1, maximum=256),
         gunicorn_threads=_int(env, "GUNICORN_THREADS", 4, minimum=1, maximum=256),
+        # A stalled client costs the poller a socket, not a thread, so this bounds how long it holds one
+        # of worker_connections. 10 s: a head is one packet and a whole MAX_ITEM_BYTES body arrives in
+        # 10 s at 64 kbit/s, while a Heroku-style router (30 s) sends a request at LAN speed.
+        client_timeout=_float(env, "CLIENT_TIMEOUT", 10.0, high=300),
         metrics_dir=_metrics_dir(env),
         http_max_age=_int(env, "HTTP_MAX_AGE", 0, maximum=31_536_000),
         http_stale_while_revalidate=_int(env, "HTTP_STALE_WHILE_REVALIDATE", 0, maximum=31_536_000),

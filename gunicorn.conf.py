@@ -30,8 +30,20 @@ workers = _config.web_concurrency
 # Measured costs (BENCHMARKS.md): threads contend for the GIL on CPU-bound routes (one worker served
 # /health/live at ~2,000 req/s with 1 thread, ~1,300 with 4); and a keep-alive connection stays with the
 # worker that accepted it, so a client with few long-lived connections can load workers unevenly.
-worker_class = "gthread"
+# Slow clients: gthread's threads block in recv() until a request has arrived, so clients that send
+# half a request and stop held every thread (10 stalled connections stopped 2 workers x 4 threads).
+# buffering_worker.BufferingWorker is gthread whose poller reads each request whole (head and a body up
+# to MAX_ITEM_BYTES) before a thread sees it, and closes a connection whose request has not arrived
+# within CLIENT_TIMEOUT; stalled clients then cost a socket each, at most worker_connections per worker.
+# Measured (`python -m bench.slow_clients`, BENCHMARKS.md "Slow clients"): beside 500 stalled connections
+# gthread answered 0 of 100 ordinary requests, gthread with 64 threads 53-69 (two runs), gthread with a 5 s read timeout
+# in the thread 92 (and all three held stalled sockets past 30 s); this worker all 100, and closed them.
+# Threads, keep-alive and the access log against the alternatives: `python -m bench.serving`.
+worker_class = "buffering_worker.BufferingWorker"
 threads = _config.gunicorn_threads
+# Open connections per worker, stalled ones included; beyond it new ones wait in the listen backlog until
+# a stalled one is closed (CLIENT_TIMEOUT). gunicorn's default, said here because it is now the limit.
+worker_connections = 1000
 
 # Heroku's router gives up after 30 s; give up on a stuck request before it does.
 timeout = 30
@@ -45,8 +57,15 @@ keepalive = 5
 accesslog = None
 errorlog = "-"
 # gunicorn's own lines ("Starting gunicorn", "Booting worker") in the same format, from its first line on:
-# its logging defaults with their one formatter replaced by ours.
-logconfig_dict = {"formatters": {"generic": {"()": "logs.formatter", "log_format": _config.log_format}}}
+# its logging defaults with their one formatter replaced by ours, and every line once, on stderr (its
+# defaults gave gunicorn.error a handler of its own and the root one too: each of its lines came twice).
+logconfig_dict = {
+    "formatters": {"generic": {"()": "logs.formatter", "log_format": _config.log_format}},
+    "root": {"level": "INFO", "handlers": ["error_console"]},
+    "loggers": {"gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True}},
+}
+# ... and gunicorn's own access log off: given a logconfig_dict it turns it on (two more lines per request).
+logger_class = "logs.GunicornLogger"
 
 # gunicorn's control socket sits at one fixed path per user, so a second instance on the same machine
 # (tests, benchmarks, two services) would take it over; we manage processes by signal instead.

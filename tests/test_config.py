@@ -15,6 +15,7 @@ def test_defaults():
     assert (config.cache_ttl, config.cache_long_ttl, config.l1_max_items, config.l1_ttl) == (300, 3600, 10000, 30.0)
     assert (config.negative_ttl, config.max_item_bytes, config.api_token) == (30, 65536, None)
     assert (config.web_concurrency, config.gunicorn_threads, config.database_pool_size) == (2, 4, 8)
+    assert config.client_timeout == 10.0
     assert config.metrics_dir is None and load_config({}, default_port=8000).port == 8000
 
 
@@ -47,6 +48,8 @@ def test_values_are_converted():
         ("CACHE_L1_MAX_ITEMS", "1e3"),
         ("CACHE_L1_TTL", "soon"),
         ("CACHE_L1_TTL", "0"),
+        ("CLIENT_TIMEOUT", "0"),
+        ("CLIENT_TIMEOUT", "soon"),
         ("REDIS_CLUSTER", "maybe"),
         ("DATABASE_URL", "mysql://x"),
         ("REDIS_URL", "http://x"),
