@@ -130,13 +130,19 @@ def get_all(servers: list[Gunicorn], paths: list[str], threads: int) -> list[tup
 
 
 def warm_peak_rss_kb(env: dict[str, str]) -> tuple[int, str]:
-    """Run `flask --app app warm-cache` in a child process; its peak RSS and what it printed."""
+    """Run `flask --app app warm-cache` in a child process; its peak RSS and what it printed.
+
+    The peak is VmHWM, the child's own address space's high-water mark. Not getrusage's ru_maxrss: Linux
+    carries that across exec from the process that forked, so a child of a pytest process grown to 280 MiB
+    reported 280 MiB whatever it used itself."""
     code = (
-        "import resource, sys\n"
+        "import re, sys\n"
         "from flask.cli import main\n"
         "sys.argv = ['flask', '--app', 'app', 'warm-cache']\n"
         "try:\n    main()\n"
-        "finally:\n    print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\n"
+        "finally:\n"
+        "    status = open('/proc/self/status').read()\n"
+        "    print('maxrss', re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1), flush=True)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300
