@@ -22,7 +22,7 @@ from cache.invalidation import CHANNEL, Listener, Watchdog, new_origin
 from cache.lock import FleetLock
 from cache.lru import LRUCache
 from cache.maintenance import Maintenance
-from cache.metrics import L1_ENTRIES, L1_FLUSHES
+from cache.metrics import L1_ENTRIES, L1_FLUSHES, REDIS_CATCHING_UP
 from cache.redis_tier import RedisTier, connect, connect_cluster
 from cache.stampede import FillNotifier, jittered
 from cache.trust import L1Trust
@@ -94,6 +94,7 @@ class CacheProcess:
         if self.follower is None:
             return
         self.trust.doubt_redis()
+        REDIS_CATCHING_UP.set(1)
         if self.chores is not None:
             self.chores.wake()  # the chores' thread watches the catch-up: never this request's thread
 
