@@ -3,7 +3,8 @@
 Two instances x 2 workers, writers and readers through both; a redis-server of the test's own is frozen
 (SIGSTOP) for longer than CACHE_L1_TTL, then killed and restarted empty, with writes all along. Judged:
 - a read *goes backwards* when it returned an older version of an item than a read that had finished
-  before it started, whichever client, worker or instance made either (a client's own reads included);
+  more than LAG before it started, whichever client, worker or instance made either (a client's own
+  reads included);
 - a read is *past the bound* when it started more than CACHE_L1_TTL + 1 s after a newer version was
   acknowledged (README: a worker that lost its subscription serves the newest within CACHE_L1_TTL; the
   change log brings every committed change within about a second).
@@ -26,14 +27,19 @@ from tests.support import Gunicorn, RedisServer, postgres_schema_url, wait_until
 
 L1_TTL = 2.0
 BOUND = L1_TTL + 1.0
+# The invalidation lag, in healthy time too: another worker's L1 holds the older version until the write's
+# announcement reaches it (milliseconds; p99 under 0.1 s on a busy 2-core machine). Before this change
+# Redis's old copies were served 0.05-0.37 s after a newer read, and for as long as a replay was missing.
+LAG = 0.1
 # A worker answering from L1 alone (no Redis call) learns of a freeze when its listener's pong is overdue:
 # up to 0.5 s (ping interval) + 2 s (pong deadline). Reads at the very start of a freeze are reported,
 # not judged: only the database could tell that worker, and it does not ask on an L1 hit.
 FREEZE_ONSET = 2.5
 
 
-def backwards(reads: list[Read]) -> list[tuple[Read, Read]]:
-    """(read, an earlier finished read of a newer version of the same item) for every read that went back."""
+def backwards(reads: list[Read], lag: float) -> list[tuple[Read, Read]]:
+    """(read, a read of a newer version of the same item that finished more than `lag` before it started)
+    for every read that went back."""
     found = []
     by_key: dict[str, list[Read]] = defaultdict(list)
     for read in reads:
@@ -45,7 +51,7 @@ def backwards(reads: list[Read]) -> list[tuple[Read, Read]]:
         for read in finished:
             newest.append(read if not newest or read.version > newest[-1].version else newest[-1])
         for read in key_reads:
-            before = bisect_left(ends, read.started)
+            before = bisect_left(ends, read.started - lag)
             if before and newest[before - 1].version > read.version:
                 found.append((read, newest[before - 1]))
     return found
@@ -90,12 +96,13 @@ def test_no_read_goes_backwards_across_a_redis_freeze_and_an_empty_restart(backe
             finally:
                 checker.stop()
             report = checker.report(allowance=BOUND)
-            went_back = backwards(checker.reads)
+            went_back = backwards(checker.reads, LAG)
             judged = [(r, e) for r, e in went_back if not frozen <= r.started <= frozen + FREEZE_ONSET]
             same_client = [(r, e) for r, e in judged if r.reader == e.reader]
             summary = (
                 f"{backend}: {report.line()} backwards={len(judged)} (same client: {len(same_client)}; "
-                f"at the freeze's onset, not judged: {len(went_back) - len(judged)})"
+                f"at the freeze's onset, not judged: {len(went_back) - len(judged)}; "
+                f"within {LAG}s, not judged: {len(backwards(checker.reads, 0.0)) - len(went_back)})"
             )
             print(summary)
             detail = [
