@@ -98,8 +98,10 @@ class Maintenance(Background):
             # L1 took nothing while Redis was doubted, but what it held before may be older than what the log
             # just brought to Redis (its floors' announcements may still be on their way to the listener).
             cache.flush_l1("catch_up")
+        waited = self.timer() - trust.head_at
         if trust.applied(epoch, position):
             REDIS_CATCH_UPS.labels("applied").inc()
+            logger.info("redis caught up with the change log %.3f s after it answered again: trusted again", waited)
         elif trust.give_up(epoch):
             cache.flush_l1("catch_up")
             REDIS_CATCH_UPS.labels("gave_up").inc()

@@ -22,7 +22,7 @@ from collections import defaultdict
 import pytest
 
 from tests.integration.consistency import Checker, Read
-from tests.integration.fleet import metric
+from tests.integration.fleet import log_lines, metric
 from tests.support import Gunicorn, RedisServer, postgres_schema_url, wait_until
 
 L1_TTL = 2.0
@@ -105,6 +105,17 @@ def test_no_read_goes_backwards_across_a_redis_freeze_and_an_empty_restart(backe
                 f"within {LAG}s, not judged: {len(backwards(checker.reads, 0.0)) - len(went_back)})"
             )
             print(summary)
+            waits = sorted(
+                float(line["message"].split(" change log ")[1].split(" s ")[0])
+                for server in servers
+                for line in log_lines(server)
+                if line["message"].startswith("redis caught up with the change log")
+            )
+            if waits:
+                print(
+                    f"{backend}: {len(waits)} catch-ups, seconds from Redis answering to trusted again: "
+                    f"median {waits[len(waits) // 2]:.3f}, max {waits[-1]:.3f}"
+                )
             detail = [
                 f"{r.key} v{r.version} via {r.base} {r.tier} at {r.started - frozen:+.2f}s after "
                 f"v{e.version} via {e.base} {e.tier} at {e.started - frozen:+.2f}s"
