@@ -136,3 +136,25 @@ def test_a_doubted_read_falls_back_on_redis_while_the_database_is_down_too(doubt
     finally:
         store.get = real
     assert got.status_code == 200 and got.json["v"] == 1 and got.headers["X-Cache"] == "redis"
+
+
+def test_a_failed_redis_call_puts_redis_in_doubt_in_a_process_that_follows_the_log(doubting):
+    client, s, chores, sql = doubting
+    chores.catch_up()
+    s.follower.run_once()
+    chores.catch_up()
+    assert s.trust.redis_current
+    s.breaker.failure()  # one timeout: a write of this process may have missed Redis
+    assert not s.trust.redis_current and not s.trust.usable
+
+
+def test_a_follower_whose_redis_call_failed_applies_the_recent_log_again(doubting, monkeypatch):
+    client, s, chores, sql = doubting
+    client.put("/items/d", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
+    monkeypatch.setattr(s.follower, "apply", lambda changes: False)  # Redis failed under the batch
+    assert s.follower.run_once() == 0 and s.follower.rewind_due
+    monkeypatch.undo()
+    before = s.follower.cursor
+    s.follower.run_once()  # rewinds (at most to where it was), then applies from there
+    assert not s.follower.rewind_due and s.follower.cursor.seq >= before.seq
+    assert s.redis.applied_position(s.follower.applied_key) >= before.seq
