@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 from bisect import bisect_left
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pytest
 
@@ -95,6 +95,9 @@ def test_no_read_goes_backwards_across_a_redis_freeze_and_an_empty_restart(backe
                 time.sleep(4)
             finally:
                 checker.stop()
+            # Every worker trusts Redis (and L1) again once the log has reached it: no worker is left reading
+            # every item from the database.
+            wait_until(lambda: all(metric(s, "cache_redis_catching_up") == 0 for s in servers), timeout=10)
             report = checker.report(allowance=BOUND)
             went_back = backwards(checker.reads, LAG)
             judged = [(r, e) for r, e in went_back if not frozen <= r.started <= frozen + FREEZE_ONSET]
@@ -105,12 +108,14 @@ def test_no_read_goes_backwards_across_a_redis_freeze_and_an_empty_restart(backe
                 f"within {LAG}s, not judged: {len(backwards(checker.reads, 0.0)) - len(went_back)})"
             )
             print(summary)
-            waits = sorted(
-                float(line["message"].split(" change log ")[1].split(" s ")[0])
+            caught_up = [
+                line
                 for server in servers
                 for line in log_lines(server)
                 if line["message"].startswith("redis caught up with the change log")
-            )
+            ]
+            waits = sorted(float(line["message"].split(" change log ")[1].split(" s ")[0]) for line in caught_up)
+            print(f"{backend}: catch-ups per worker: {sorted(Counter(line['pid'] for line in caught_up).values())}")
             if waits:
                 print(
                     f"{backend}: {len(waits)} catch-ups, seconds from Redis answering to trusted again: "
