@@ -23,6 +23,7 @@ class Coherence:
 
     def __init__(self, cache: CacheProcess) -> None:
         self.cache = cache
+        self.lost = False  # the connection was lost since this process started: Redis may have missed writes
 
     def before_subscribe(self) -> None:
         nodes = getattr(self.cache.redis.client, "nodes_manager", None)
@@ -31,12 +32,14 @@ class Coherence:
 
     def on_subscribed(self, reason: str) -> None:
         cache = self.cache
-        cache.doubt_redis()  # first: writes made while we were away may not have reached Redis yet
+        if self.lost:  # first: writes made while we were away may not have reached Redis yet
+            cache.doubt_redis()
         cache.flush_l1(reason)
         cache.breaker.success()  # Redis just answered our SUBSCRIBE: no need to wait out the cooldown
         cache.trust.set_subscribed(True)
 
     def on_lost(self) -> None:
+        self.lost = True
         self.cache.trust.set_subscribed(False)
         self.cache.doubt_redis()
 

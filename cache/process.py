@@ -126,15 +126,13 @@ def build(config: Config, client: redis.Redis | None = None, store: ItemStore | 
 
 def start_listening(process: CacheProcess) -> None:
     """Start the pub/sub listener and the chores' thread and, with a database, the change follower and the
-    inspector (one of each at work per fleet, by lease). L1 is bypassed until the listener is subscribed,
-    and, with a database, Redis until it is caught up with the change log."""
+    inspector (one of each at work per fleet, by lease). L1 is bypassed until the listener is subscribed."""
     process.trust.set_subscribed(False)
     process.chores = Maintenance(process)
     process.listener = Listener(process.redis.client, process.redis.channel, Coherence(process), Watchdog())
     if process.store is not None:
         process.follower = ChangeFollower(process, process.store)
         process.inspector = Inspector(process, process.store)
-    process.doubt_redis()  # another process may have served newer versions than Redis holds: wait for the log
     for worker in (process.listener, process.chores, process.follower, process.inspector):
         if worker is not None:
             worker.start()
