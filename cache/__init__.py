@@ -73,11 +73,14 @@ def cache_get_l1(key: str) -> CacheEntry | None:
 
 
 def cache_get(key: str) -> tuple[CacheEntry | _Miss, str | None]:
-    """L1, then Redis (copied into L1). Returns (entry, "lru" | "redis") or (MISS, None)."""
+    """L1, then Redis (copied into L1). Returns (entry, "lru" | "redis") or (MISS, None); MISS while Redis
+    is doubted (cache/trust.py: it may lack writes made while it was away)."""
     entry = cache_get_l1(key)
     if entry is not None:
         return entry, "lru"
     s = _process or state()
+    if not s.trust.redis_current:
+        return MISS, None
     generation = s.trust.generation
     found = s.redis.get(key, s.item_id(key))
     if not isinstance(found, CacheEntry):
@@ -91,11 +94,11 @@ def cache_get(key: str) -> tuple[CacheEntry | _Miss, str | None]:
 
 def cache_set(key: str, entry: CacheEntry, ttl: float | None = None) -> SetOutcome:
     """The seed's cacheSet, for a change the database committed: Redis (unless it holds a newer version;
-    announced to every process), then L1. A write Redis missed is replayed when it answers again."""
+    announced to every process), then L1. A write Redis missed reaches it through the change log (the
+    follower applies it when Redis answers again; cache/follower.py)."""
     s = state()
     generation, ttl_ms = s.trust.generation, s.ttl_ms(entry, ttl)
     outcome = s.redis.set_if_newer(key, entry, ttl_ms)
-    s.remember_write(key, entry, ttl_ms, outcome)
     # Our own announcement never reaches our L1 (the listener ignores it), and an untrusted L1 (Redis or the
     # listener down) takes no entry: it must still drop any older copy, or serve it once trusted again.
     s.lru.invalidate(key, entry.version)
@@ -103,7 +106,7 @@ def cache_set(key: str, entry: CacheEntry, ttl: float | None = None) -> SetOutco
 
 
 def cache_fill(key: str, entry: CacheEntry, release: Acquired | None = None) -> SetOutcome:
-    """A read's fill from the database: as cache_set, but never replayed (the next read refills), and
+    """A read's fill from the database: as cache_set (the next read refills if Redis missed it), and
     `release` frees the caller's load lock in the same step."""
     s = state()
     generation = s.trust.generation

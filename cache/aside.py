@@ -2,7 +2,8 @@
 
 Everything that decides what a request sees lives here; the views only translate to HTTP.
 
-    read:   L1 hit -> answer.  Redis hit -> (refresh early if XFetch says so) -> answer.
+    read:   Redis doubted (it may lack writes made while it was away: cache/trust.py) -> DB, fill forward.
+            L1 hit -> answer.  Redis hit -> (refresh early if XFetch says so) -> answer.
             miss -> Bloom filter says "never existed" -> 404.
             miss -> one loader per key in this process (single-flight) and in the fleet (Redis lock);
                     the others wait for its fill; the loader reads the DB and fills Redis and L1.
@@ -95,6 +96,8 @@ def _read(store: ItemStore, item_id: str, deadline: Deadline) -> Read:
     if not s.config.cache_enabled:
         return Read(_load(store, item_id), "db")
     key = s.key(item_id)
+    if not s.trust.redis_current:
+        return _read_through(s, store, item_id)
     entry, tier = cache_get(key)
     if isinstance(entry, CacheEntry) and tier is not None:
         if tier == "redis" and entry.exists and _refresh_due(s, entry):
@@ -114,6 +117,21 @@ def _read(store: ItemStore, item_id: str, deadline: Deadline) -> Read:
     if waited:
         STAMPEDE_WAITS.inc()
     return read
+
+
+def _read_through(s: CacheProcess, store: ItemStore, item_id: str) -> Read:
+    """Redis may hold copies older than what another process served: the database answers, and its fill
+    (version-guarded) only moves Redis forward. With the database down too, Redis's copy beats a 503."""
+    key = s.key(item_id)
+    try:
+        entry = _load(store, item_id)
+    except DatabaseUnavailable:
+        cached = s.redis.get(key, item_id)
+        if isinstance(cached, CacheEntry):
+            return _cached(cached, "redis")
+        raise
+    cache_fill(key, entry)
+    return Read(entry, "db")
 
 
 def _cached(entry: CacheEntry, tier: str) -> Read:
@@ -214,7 +232,7 @@ def write_through(item_id: str, write: Callable[[], WriteResult | PreconditionFa
     The Bloom filter learns the id first, so it never says "absent" for a committed item."""
     s = state()
     if s.bloom is not None and not s.bloom.add(item_id):
-        s.pending.bloom_missed = True
+        s.bloom_missed = True
     result = _counted(write)
     if isinstance(result, PreconditionFailed):
         return result

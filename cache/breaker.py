@@ -26,9 +26,12 @@ class CircuitBreaker:
         cooldown: float = 1.0,
         timer: Callable[[], float] = time.monotonic,
         on_change: Callable[[bool], None] | None = None,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
-        """`on_change(closed)` hears the circuit open (False) and close again (True), on the calling thread."""
+        """`on_change(closed)` hears the circuit open (False) and close again (True), `on_failure()` every
+        failure, both on the calling thread."""
         self.threshold, self.cooldown, self.timer, self.on_change = threshold, cooldown, timer, on_change
+        self.on_failure = on_failure
         CIRCUIT_OPEN.set(0)
         self.state = CLOSED
         self.failures = 0
@@ -63,6 +66,8 @@ class CircuitBreaker:
             opening = self.state == CLOSED and self.failures >= self.threshold
             if opening or self.state == HALF_OPEN:
                 self.state, self.opened_at = OPEN, self.timer()
+        if self.on_failure:
+            self.on_failure()
         if opening:
             logger.warning("redis circuit open after %d failures in a row: skipping Redis", self.failures)
             CIRCUIT_OPEN.set(1)

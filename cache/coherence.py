@@ -1,8 +1,9 @@
 """What the invalidation listener hears, applied to this process's L1: the one place that happens.
 
-A (re)subscribe flushes L1 (messages may have been lost while away) and trusts it again; a lost connection
-stops trusting it; a message drops the copy it makes stale (leaving a floor, so no slower reader puts the
-older version back) and wakes any reader here waiting for that key's fill.
+A (re)subscribe flushes L1 (messages may have been lost while away) and trusts it again once Redis has
+caught up with the change log (cache/trust.py); a lost connection stops trusting L1 and Redis; a message
+drops the copy it makes stale (leaving a floor, so no slower reader puts the older version back) and wakes
+any reader here waiting for that key's fill.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Coherence:
 
     def __init__(self, cache: CacheProcess) -> None:
         self.cache = cache
+        self.lost = False  # the connection was lost since this process started: Redis may have missed writes
 
     def before_subscribe(self) -> None:
         nodes = getattr(self.cache.redis.client, "nodes_manager", None)
@@ -30,14 +32,16 @@ class Coherence:
 
     def on_subscribed(self, reason: str) -> None:
         cache = self.cache
+        if self.lost:  # first: writes made while we were away may not have reached Redis yet
+            cache.doubt_redis()
         cache.flush_l1(reason)
         cache.breaker.success()  # Redis just answered our SUBSCRIBE: no need to wait out the cooldown
         cache.trust.set_subscribed(True)
-        if cache.chores is not None:
-            cache.chores.wake()  # replay our missed writes first: Redis may hold older versions of them
 
     def on_lost(self) -> None:
+        self.lost = True
         self.cache.trust.set_subscribed(False)
+        self.cache.doubt_redis()
 
     def on_message(self, message: Invalidation) -> None:
         cache = self.cache

@@ -11,6 +11,14 @@ One follower works at a time per cache (a lease: the fleet lock, renewed every p
 process runs one, ready to take over within LEASE_MS. Its position is saved in the database after each
 batch, so it survives restarts of the service and of Redis, and catches up on what happened while every
 instance was down. PostgreSQL wakes it within milliseconds (LISTEN/NOTIFY); SQLite is polled.
+
+After each pass that reached the end of the log it announces in Redis how far the log is applied there
+(`applied_key`): a process that doubted Redis waits for that to pass the log's head before trusting Redis
+again (cache/trust.py). Redis that lost writes (restarted empty, or failed over to a replica that had not
+received them) is found out by that announcement going missing or backwards, and by this follower's own
+calls failing or its lease lapsing; each time the follower rewinds REWIND_SECONDS into the log and applies
+it again, so no copy older than a recent change can come back (a fill read before the change, a write
+that landed late) once the announcement says the log is applied.
 """
 
 from __future__ import annotations
@@ -42,6 +50,15 @@ SAVE_INTERVAL = 1.0  # the position is saved at most this often (a restart repea
 RETRY_SECONDS = 1.0  # after the database or Redis failed
 PURGE_INTERVAL = 60.0  # seconds between purges of applied log rows and old tombstones
 LOG_RETENTION = 3600.0  # applied log rows are kept this long (for a second cache on the same database)
+# How far back a Redis outage puts cached versions in doubt: a read's fill and a write's cache update land
+# within a request's deadline (REQUEST_TIMEOUT, 10 s at most by default) of its database read or commit,
+# and a failover loses only the last moments of acknowledged writes.
+REWIND_SECONDS = 10.0
+
+
+def applied_key(prefix: str) -> str:
+    """The Redis key where the follower announces how far the log is applied (the lease's hash tag)."""
+    return f"{prefix}{{changelog}}:applied"
 
 
 class ChangeFollower(Background):
@@ -54,7 +71,10 @@ class ChangeFollower(Background):
         self.name = f"cache:{prefix}"  # the position's name in the database: one per cache namespace
         self.lease = Lease(cache.lock, f"{prefix}{{changelog}}:lease", LEASE_MS)
         self.origin = f"changelog:{cache.origin}"  # not this process's origin: its own listener applies them
+        self.applied_key = applied_key(prefix)
         self.cursor: ChangeCursor | None = None  # in memory while we hold the lease
+        self.announced = -1  # the least Redis must hold at applied_key; less: it lost writes
+        self.rewind_due = False  # Redis may have lost or missed writes: apply the recent log again
         self.caught_up_at = timer()
         self._next_purge = self._next_save = float("-inf")
         self._saved: ChangeCursor | None = None
@@ -84,10 +104,11 @@ class ChangeFollower(Background):
 
     def hold_lease(self) -> bool:
         """Take or renew the lease; a follower that loses it forgets its position (the next holder's wins)."""
-        held_before = self.lease.held is not None
+        held_before = self.lease.held
         if self.lease.hold():
-            if not held_before:
+            if self.lease.held is not held_before:  # taken anew (first, or after it lapsed: Redis away?)
                 logger.info("change follower: this process follows the database's change log now")
+                self.cursor, self.announced, self.rewind_due = None, -1, True
             return True
         self.cursor = None
         CHANGELOG_LAG.set(0)  # only the follower at work reports its lag
@@ -98,13 +119,18 @@ class ChangeFollower(Background):
         if self.cursor is None:
             saved = self.store.load_cursor(self.name)
             self.cursor = ChangeCursor.from_text(saved) if saved else None
+        if self.rewind_due and self.cursor is not None:
+            self._rewind(self.cursor)
         batch = self.store.changes_after(self.cursor, BATCH)
         if batch.gap:
             self._flush_for_gap()
         elif batch.changes and not self.apply(batch.changes):
+            self.rewind_due = True  # Redis failed: it may have lost what it took before
             CHANGELOG_LAG.set(self.timer() - self.caught_up_at)
-            return 0  # Redis failed: the position stays, the batch is applied again when it answers
+            return 0  # the batch (and the recent log) is applied again when it answers
         self.cursor = batch.cursor
+        if len(batch.changes) < BATCH:
+            self._announce(batch.upto)
         # At most every SAVE_INTERVAL (a write per batch would double the database's write load under a stream
         # of small batches; a restart repeats at most that much), and at once after a gap.
         if batch.gap or self.timer() >= self._next_save:
@@ -134,6 +160,29 @@ class ChangeFollower(Background):
             return False
         CHANGELOG_APPLIED.inc(len(changes))
         return True
+
+    def _announce(self, upto: int) -> None:
+        """Tell every process that the log is applied up to `upto` in Redis, unless Redis turns out to have
+        lost what was announced before (restarted empty, failed over): then rewind, announce later."""
+        held = self.cache.redis.announce_applied(self.applied_key, upto, self.announced)
+        if isinstance(held, RedisDown):
+            self.rewind_due = True
+        elif held < self.announced:
+            logger.warning(
+                "change follower: Redis lost the log's applied position (%d, expected %d): it lost writes; "
+                "applying the last %.0f s of the log again",
+                held,
+                self.announced,
+                REWIND_SECONDS,
+            )
+            self.announced, self.rewind_due = held, True
+        else:
+            self.announced = max(held, upto)
+
+    def _rewind(self, cursor: ChangeCursor) -> None:
+        """Step back REWIND_SECONDS into the log (never past a change not yet delivered: safe_seq)."""
+        self.cursor = ChangeCursor(min(self.store.log_before(REWIND_SECONDS), cursor.safe_seq))
+        self.rewind_due = False
 
     def _save_now(self) -> None:
         """Save the position in the database, if it moved since it was last saved."""

@@ -66,8 +66,8 @@ class FleetLock:
     def new_token(self) -> str:
         return f"{self.origin}:{secrets.token_hex(8)}"
 
-    def acquire(self, lock_key: str, ttl_ms: int | None = None) -> LockResult:
-        token = self.new_token()
+    def acquire(self, lock_key: str, ttl_ms: int | None = None, token: str | None = None) -> LockResult:
+        token = token or self.new_token()
         taken = self.guard("lock", lock_key, self.client.set, lock_key, token, nx=True, px=ttl_ms or self.ttl_ms)
         if isinstance(taken, RedisDown):
             return REDIS_DOWN
@@ -85,17 +85,24 @@ class FleetLock:
 
 class Lease:
     """A background job that one process of the fleet runs at a time: the fleet lock on `key`, renewed by
-    its holder on every pass; a holder that dies frees it within `ttl_ms`, and another takes over."""
+    its holder on every pass; a holder that dies frees it within `ttl_ms`, and another takes over.
+
+    The token is the same for the life of the Lease: a take or a renewal whose reply timed out (Redis
+    frozen, then back) may still have landed, and the process recognises that lease as its own at its next
+    look, instead of nobody holding the job until it expires."""
 
     def __init__(self, lock: FleetLock, key: str, ttl_ms: int) -> None:
         self.lock, self.key, self.ttl_ms = lock, key, ttl_ms
+        self.token = lock.new_token()
         self.held: Acquired | None = None
 
     def hold(self) -> bool:
-        """Renew the lease if it is ours, else try to take it: True while this process holds it."""
-        if self.held is not None and self.lock.renew(self.key, self.held.token, self.ttl_ms):
+        """Renew the lease if it is ours, else try to take it: True while this process holds it. A lease
+        found ours again after a failed call counts as taken anew (`held` is a new object)."""
+        if self.lock.renew(self.key, self.token, self.ttl_ms):
+            self.held = self.held or Acquired(self.token)
             return True
-        taken = self.lock.acquire(self.key, self.ttl_ms)
+        taken = self.lock.acquire(self.key, self.ttl_ms, self.token)
         self.held = taken if isinstance(taken, Acquired) else None
         return self.held is not None
 

@@ -1,9 +1,14 @@
 """A listening process's chores, on a thread of their own: never a request's (a request must not pay for
-another's replay), never the listener's (a database call can take DATABASE_TIMEOUT, far past its pong
+another's catch-up), never the listener's (a database call can take DATABASE_TIMEOUT, far past its pong
 deadline). While the listener is subscribed, each pass:
-- replays the writes Redis missed (cache/replay.py), at once when woken (Redis answers again);
-and, while Redis answers too:
+- after a doubt about Redis (cache/trust.py), reads the change log's head from the database once Redis
+  answers, and trusts Redis again when the change follower announces the log applied up to it;
+- disables a Bloom filter that missed an add;
+and, while Redis is trusted too:
 - has a Bloom filter built when it finds none (first start, flushed, disabled), every 30 s at most.
+
+Writes Redis missed are not replayed from here: they are in the database's change log, which the follower
+applies for every process's writes, its own included, and whoever made them (cache/follower.py).
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from typing import TYPE_CHECKING
 
 from cache import warm
 from cache.background import Background
-from cache.entry import CacheEntry
-from cache.redis_tier import SetOutcome
+from cache.follower import applied_key
+from cache.guard import RedisDown
+from cache.metrics import REDIS_CATCH_UPS, REDIS_CATCHING_UP
+from db import DatabaseUnavailable
 
 if TYPE_CHECKING:
     from cache.process import CacheProcess
@@ -25,8 +32,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PASS_INTERVAL = 0.25  # seconds between passes when nothing wakes the thread
+CATCH_UP_INTERVAL = 0.02  # seconds between looks at the follower's announcement while Redis is doubted
 BLOOM_CHECK_INTERVAL = 30.0  # seconds between checks that the Bloom filter exists
-TOPOLOGY_INTERVAL = 1.0  # seconds between cluster topology refreshes while writes wait for a failover
+TOPOLOGY_INTERVAL = 1.0  # seconds between cluster topology refreshes while Redis is doubted (a failover?)
 
 
 class Maintenance(Background):
@@ -47,7 +55,7 @@ class Maintenance(Background):
 
     def _run(self) -> None:
         while not self.stopped.is_set():
-            self._wake.wait(PASS_INTERVAL)
+            self._wake.wait(PASS_INTERVAL if self.cache.trust.redis_current else CATCH_UP_INTERVAL)
             self._wake.clear()
             try:
                 self.run_once()
@@ -57,7 +65,8 @@ class Maintenance(Background):
     def run_once(self) -> None:
         if not self.cache.trust.subscribed or self.stopped.is_set():
             return
-        self.replay()  # while the breaker is open this is also its probe: the first call after the cooldown
+        self.catch_up()  # while the breaker is open this is also its probe: the first call after the cooldown
+        self._disable_bloom_if_missed()
         if not self.cache.trust.usable:
             return
         now = self.timer()
@@ -65,33 +74,55 @@ class Maintenance(Background):
             self._next_bloom_check = now + BLOOM_CHECK_INTERVAL
             self._keep_bloom()
 
-    def replay(self) -> None:
-        """Write to Redis what it missed (oldest first, stopping at a failure); disable a Bloom filter that
-        missed an id."""
+    def catch_up(self) -> None:
+        """While Redis is doubted: once it answers, take the log's head from the database; trust Redis again
+        when the follower announces the log applied up to it (or after CATCH_UP_LIMIT without)."""
+        cache, trust = self.cache, self.cache.trust
+        REDIS_CATCHING_UP.set(0 if trust.redis_current else 1)
+        if trust.redis_current or cache.store is None:
+            return
+        epoch, key = trust.epoch, applied_key(cache.config.key_prefix)
+        position = cache.redis.applied_position(key)
+        if isinstance(position, RedisDown):
+            self._refresh_topology()
+            return
+        if trust.head is None:  # Redis answers: the head is taken after that, so it covers the outage
+            try:
+                trust.set_head(epoch, cache.store.log_head())
+            except DatabaseUnavailable:
+                return  # reads go to the database, and fall back on Redis while it is down (cache/aside.py)
+            position = cache.redis.applied_position(key)
+            if isinstance(position, RedisDown):
+                return
+        if trust.head is not None and position >= trust.head:
+            # L1 took nothing while Redis was doubted, but what it held before may be older than what the log
+            # just brought to Redis (its floors' announcements may still be on their way to the listener).
+            cache.flush_l1("catch_up")
+        waited = self.timer() - trust.head_at
+        if trust.applied(epoch, position):
+            REDIS_CATCH_UPS.labels("applied").inc()
+            logger.info("redis caught up with the change log %.3f s after it answered again: trusted again", waited)
+        elif trust.give_up(epoch):
+            cache.flush_l1("catch_up")
+            REDIS_CATCH_UPS.labels("gave_up").inc()
+            logger.warning("no change follower announced the log applied within the limit: trusting Redis anyway")
+        REDIS_CATCHING_UP.set(0 if trust.redis_current else 1)
+
+    def _refresh_topology(self) -> None:
+        nodes = getattr(self.cache.redis.client, "nodes_manager", None)
+        if nodes is not None and self.timer() >= self._next_topology:
+            # A cluster client learns of a failover slowly; our catch-up waits on it: ask the cluster now.
+            self._next_topology = self.timer() + TOPOLOGY_INTERVAL
+            self.cache.redis.guard("topology", "-", nodes.initialize)
+
+    def _disable_bloom_if_missed(self) -> None:
+        """A Bloom filter add failed (Redis down): the filter may lack an id, and would answer 404 for it
+        until the follower adds it; stop trusting it until it is rebuilt."""
         cache = self.cache
-        if cache.pending.bloom_missed and cache.bloom is not None and cache.bloom.disable():
-            cache.pending.bloom_missed = False  # it may lack an id now: stop trusting it until it is rebuilt
+        if cache.bloom_missed and cache.bloom is not None and cache.bloom.disable():
+            cache.bloom_missed = False
             self._next_bloom_check = float("-inf")
             logger.warning("a Bloom filter add failed while Redis was down: filter disabled until rebuilt")
-        if not len(cache.pending):
-            return
-        written = cache.pending.replay(self._replay_one)
-        if written:
-            logger.info("replayed %d cache write(s) Redis had missed; %d still pending", written, len(cache.pending))
-        nodes = getattr(cache.redis.client, "nodes_manager", None)
-        if len(cache.pending) and nodes is not None and self.timer() >= self._next_topology:
-            # A cluster client learns of a failover slowly; our writes wait on it: ask the cluster now.
-            self._next_topology = self.timer() + TOPOLOGY_INTERVAL
-            cache.redis.guard("topology", "-", nodes.initialize)
-
-    def _replay_one(self, key: str, entry: CacheEntry, ttl_ms: int) -> SetOutcome:
-        """Write one missed entry. Its announcement is this process's own, which its listener ignores, so
-        this L1 is floored here: it may have taken an older copy from Redis meanwhile (another process's
-        replay into an emptied Redis), and nothing else would tell it."""
-        outcome = self.cache.redis.set_if_newer(key, entry, ttl_ms)
-        if outcome is not SetOutcome.FAILED:
-            self.cache.lru.invalidate(key, entry.version)
-        return outcome
 
     def _keep_bloom(self) -> None:
         bloom, store = self.cache.bloom, self.cache.store

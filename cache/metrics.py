@@ -27,8 +27,15 @@ LISTENER_SUBSCRIBED = Gauge(
     "cache_listener_subscribed", "1 while every worker's listener is subscribed", multiprocess_mode="livemin"
 )
 CIRCUIT_OPEN = Gauge("cache_circuit_open", "1 while the Redis circuit breaker is open", multiprocess_mode="max")
-PENDING_WRITES = Gauge(
-    "cache_pending_writes", "Cache writes Redis missed, waiting to be replayed", multiprocess_mode="livesum"
+REDIS_CATCHING_UP = Gauge(
+    "cache_redis_catching_up",
+    "1 while a worker reads through to the database until Redis has the change log applied (after a doubt)",
+    multiprocess_mode="livemax",
+)
+REDIS_CATCH_UPS = Counter(
+    "cache_redis_catch_ups",
+    "Doubts about Redis ended: applied (the log reached Redis), gave_up (no follower announced it)",
+    ["outcome"],
 )
 CHANGELOG_APPLIED = Counter("cache_changelog_applied", "Database changes (any writer's) applied to the cache")
 CHANGELOG_GAPS = Counter("cache_changelog_gaps", "Times the change log was purged past the follower: cache flushed")

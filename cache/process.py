@@ -1,6 +1,6 @@
 """This process's cache, built once per process (in each gunicorn worker, after the fork) by `init_cache`.
 The public API over it is in cache/__init__.py; what its listener hears is applied in cache/coherence.py,
-its background chores run in cache/maintenance.py.
+its background chores run in cache/maintenance.py; when it trusts L1 and Redis is in cache/trust.py.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from cache.invalidation import CHANNEL, Listener, Watchdog, new_origin
 from cache.lock import FleetLock
 from cache.lru import LRUCache
 from cache.maintenance import Maintenance
-from cache.metrics import L1_ENTRIES, L1_FLUSHES
-from cache.redis_tier import RedisTier, SetOutcome, connect, connect_cluster
-from cache.replay import PendingWrites
+from cache.metrics import L1_ENTRIES, L1_FLUSHES, REDIS_CATCHING_UP
+from cache.redis_tier import RedisTier, connect, connect_cluster
 from cache.stampede import FillNotifier, jittered
 from cache.trust import L1Trust
 from config import Config
@@ -49,7 +48,7 @@ class CacheProcess:
     store: ItemStore | None  # the database: its change log is followed, the Bloom filter rebuilt from it
     bulk: Redis  # the same Redis for batches (warming, the change log): a longer timeout, see BULK_TIMEOUT
     trust: L1Trust = field(default_factory=L1Trust)
-    pending: PendingWrites = field(default_factory=PendingWrites)
+    bloom_missed: bool = False  # a Bloom filter add failed: the filter may lack an id until rebuilt
     fills: FillNotifier = field(default_factory=FillNotifier)
     listener: Listener | None = None
     chores: Maintenance | None = None
@@ -88,20 +87,21 @@ class CacheProcess:
         L1_ENTRIES.set(0)
         L1_FLUSHES.labels(reason).inc()
 
-    def remember_write(self, key: str, entry: CacheEntry, ttl_ms: int, outcome: SetOutcome) -> None:
-        """A listening process replays its own writes Redis missed (the change follower repairs every
-        process's; this puts the full entry back, not just a floor)."""
-        if self.listener is None:
+    def doubt_redis(self) -> None:
+        """Redis may have missed writes (or lost them): read through to the database until the change
+        follower has applied the log up to where it stands once Redis answers (cache/trust.py). Only a
+        process that follows the log (listening, with a database) can tell when that is."""
+        if self.follower is None:
             return
-        if outcome is SetOutcome.FAILED:
-            self.pending.remember(key, entry, ttl_ms)
-        else:
-            self.pending.written(key, entry, ttl_ms)
+        self.trust.doubt_redis()
+        REDIS_CATCHING_UP.set(1)
+        if self.chores is not None:
+            self.chores.wake()  # the chores' thread watches the catch-up: never this request's thread
 
     def on_breaker_change(self, closed: bool) -> None:
         self.trust.set_redis_answers(closed)
-        if closed and self.chores is not None:
-            self.chores.wake()  # the chores' thread replays what Redis missed: never this request's thread
+        if closed:
+            self.doubt_redis()
 
 
 def build(config: Config, client: redis.Redis | None = None, store: ItemStore | None = None) -> CacheProcess:
@@ -120,7 +120,7 @@ def build(config: Config, client: redis.Redis | None = None, store: ItemStore | 
         store=store,
         bulk=bulk,
     )
-    breaker.on_change = process.on_breaker_change
+    breaker.on_change, breaker.on_failure = process.on_breaker_change, process.doubt_redis
     return process
 
 

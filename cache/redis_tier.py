@@ -90,6 +90,18 @@ return 1
 DELETE = "local n = redis.call('DEL', KEYS[1]) redis.call('PUBLISH', ARGV[1], ARGV[2]) return n"
 
 
+# KEYS[1]: where the change follower announces how far the log is applied
+# ARGV[1]: the follower's position now   ARGV[2]: the least the follower expects there (-1: anything)
+# returns what was there (-1: nothing); if that is below ARGV[2], Redis lost writes: nothing is set.
+# Only ever raised: a lagging follower (another holder's, not yet told) cannot lower it.
+ANNOUNCE_APPLIED = """
+local held = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if held < tonumber(ARGV[2]) then return held end
+if tonumber(ARGV[1]) > held then redis.call('SET', KEYS[1], ARGV[1]) end
+return held
+"""
+
+
 class SetOutcome(enum.Enum):
     WRITTEN = "written"  # stored and announced
     SAME = "same"  # this version was already there
@@ -148,6 +160,7 @@ class RedisTier:
         self._read_or_lock = client.register_script(READ_OR_LOCK)
         self._floor = client.register_script(FLOOR)
         self._delete = client.register_script(DELETE)
+        self._announce_applied = client.register_script(ANNOUNCE_APPLIED)
 
     def get(self, key: str, item_id: str) -> CacheEntry | _Miss:
         """The cached entry for `key`, or MISS (also when Redis failed)."""
@@ -203,6 +216,16 @@ class RedisTier:
         message = encode_message(key, UNVERSIONED, self.origin)
         result = self.guard("delete", key, self._delete, keys=[key], args=[self.channel, message])
         return result if isinstance(result, RedisDown) else result == 1
+
+    def announce_applied(self, key: str, position: int, expected: int) -> int | RedisDown:
+        """Raise the announced position at `key` to `position`, unless it is below `expected`; what was there."""
+        held = self.guard("announce", key, self._announce_applied, keys=[key], args=[position, expected])
+        return held if isinstance(held, RedisDown) else int(held)  # type: ignore[call-overload]
+
+    def applied_position(self, key: str) -> int | RedisDown:
+        """The position the change follower announced at `key` (-1: none)."""
+        held = self.guard("applied", key, self.client.get, key)
+        return held if isinstance(held, RedisDown) else int(held or -1)  # type: ignore[arg-type]
 
     def ping(self) -> bool:
         return self.guard("ping", "-", self.client.ping) is True

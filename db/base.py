@@ -124,6 +124,14 @@ class ItemStore(Protocol):
         cursor starts at the current end of the log (a cache that starts empty has nothing to catch up on)."""
         ...
 
+    def log_head(self) -> int:
+        """The change log's head now: every change committed before this call has a seq at or below it."""
+        ...
+
+    def log_before(self, seconds: float) -> int:
+        """Where the log stood about `seconds` ago: the highest seq logged before then (at least the purged mark)."""
+        ...
+
     def load_cursor(self, name: str) -> str | None:
         """The cursor text saved under `name`, or None."""
         ...

@@ -56,11 +56,14 @@ class ChangeCursor:
 class ChangeBatch:
     """The changes after a cursor, in seq order, and the cursor to ask from next. `gap`: log rows after the
     given cursor may have been purged, so the caller cannot know what it missed (it should flush what it
-    cannot trust); `changes` is then empty and `cursor` is the end of the log as of this call."""
+    cannot trust); `changes` is then empty and `cursor` is the end of the log as of this call.
+    `upto`: once this batch is applied, every change with a seq at or below it has been (a batch that
+    reached the end of the log covers seqs no change holds any more: rolled back, or beyond the last)."""
 
     changes: list[Change] = field(default_factory=list)
     cursor: ChangeCursor = ChangeCursor(0)
     gap: bool = False
+    upto: int = 0
 
 
 class ChangeWaiter(Protocol):

@@ -75,14 +75,15 @@ def changes_after(conn: psycopg.Connection[Any], cursor: ChangeCursor | None, li
             # At the end: transactions open now may hold any seq up to it (floor: what was ever purged).
             end = end_cursor((min(last_seq, horizon), purged))
             fresh = ChangeCursor(end.seq, tuple((xid, int(purged)) for xid in in_progress))
-            return ChangeBatch([], fresh, gap=cursor is not None)
+            return ChangeBatch([], fresh, gap=cursor is not None, upto=fresh.safe_seq)
         floors = dict(cursor.pending)
         finished = {xid: floor for xid, floor in floors.items() if xid not in in_progress}
         late = _late_changes(conn, finished, cursor.seq, limit)
         if len(late) == limit:  # maybe more late ones: stay at this seq, raise the finished ones' floors
             pending = {**floors, **{xid: max(floor, late[-1].seq) for xid, floor in finished.items()}}
             pending.update({xid: cursor.seq for xid in in_progress if xid not in pending})
-            return ChangeBatch(late, ChangeCursor(cursor.seq, tuple(sorted(pending.items()))))
+            truncated = ChangeCursor(cursor.seq, tuple(sorted(pending.items())))
+            return ChangeBatch(late, truncated, upto=truncated.safe_seq)
         params = {"seq": cursor.seq, "horizon": horizon, "limit": limit - len(late)}
         rows = conn.execute(NEW_CHANGES, params).fetchall()
     new = [_change(row) for row in rows]
@@ -90,7 +91,10 @@ def changes_after(conn: psycopg.Connection[Any], cursor: ChangeCursor | None, li
     # Open now: a transaction already pending keeps its floor; a newly listed one was not open at the
     # cursor's read or took its xid after that read's horizon, so its seqs are above cursor.seq.
     pending = {xid: floors.get(xid, cursor.seq) for xid in in_progress}
-    return ChangeBatch(late + new, ChangeCursor(seq, tuple(sorted(pending.items()))))
+    after = ChangeCursor(seq, tuple(sorted(pending.items())))
+    # Read to the horizon: every seq up to it is delivered but those of the transactions still open.
+    upto = after.safe_seq if len(rows) == params["limit"] else min([horizon, *pending.values()])
+    return ChangeBatch(late + new, after, upto=upto)
 
 
 def _late_changes(conn: psycopg.Connection[Any], finished: dict[int, int], seq: int, limit: int) -> list[Change]:

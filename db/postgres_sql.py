@@ -46,6 +46,14 @@ STATEMENTS = Statements(
     count="SELECT count(*) FROM items WHERE NOT deleted",
     versions="SELECT id, version, deleted FROM items WHERE id = ANY(%(ids)s)",
     log_end="SELECT coalesce((SELECT max(seq) FROM item_changes), 0), (SELECT upto FROM item_changes_purged)",
+    # The counter, not max(seq): a seq taken by a transaction still open counts (its commit may come first).
+    log_head="""
+SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('item_changes', 'seq')::regclass), 0)
+""",
+    log_before=f"""
+SELECT greatest(coalesce((SELECT max(seq) FROM item_changes WHERE logged_at <= {CUTOFF}), 0),
+                (SELECT upto FROM item_changes_purged))
+""",
     changes_after="""
 SELECT seq, id, version, deleted FROM item_changes WHERE seq > %(seq)s ORDER BY seq LIMIT %(limit)s
 """,

@@ -48,6 +48,8 @@ class Statements:
     count: str
     versions: str  # ids -> id, version, deleted
     log_end: str  # -> last seq (0 when none), purged upto
+    log_head: str  # -> the highest seq taken so far (committed or not; 0 when none)
+    log_before: str  # age -> the highest seq logged over `age` seconds ago, or the purged mark if higher
     changes_after: str  # seq, limit -> seq, id, version, deleted
     mark_purged: str  # upto, age
     purge_changes: str  # upto, age
@@ -195,6 +197,12 @@ class SQLStore(KeyStore):
 
     def save_cursor(self, name: str, cursor_text: str) -> None:
         self._execute(self.sql.save_cursor, {"name": name, "cursor": cursor_text})
+
+    def log_head(self) -> int:
+        return int(self._fetch(self.sql.log_head)[0][0])
+
+    def log_before(self, seconds: float) -> int:
+        return int(self._fetch(self.sql.log_before, {"age": float(seconds)})[0][0])
 
     def purge_changes(self, upto_seq: int, older_than_s: float) -> int:
         params = {"upto": upto_seq, "age": float(older_than_s)}

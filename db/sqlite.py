@@ -113,12 +113,13 @@ class SQLiteStore(SQLStore):
             log_end = conn.execute(self.sql.log_end).fetchone()
             end, purged = end_cursor(log_end), int(log_end[1])
             if cursor is None:
-                return ChangeBatch([], end, gap=False)
+                return ChangeBatch([], end, gap=False, upto=end.seq)
             if purged > cursor.safe_seq or cursor.seq > end.seq:  # purged, or ahead: a recreated database
-                return ChangeBatch([], end, gap=True)
+                return ChangeBatch([], end, gap=True, upto=end.seq)
             rows = conn.execute(self.sql.changes_after, {"seq": cursor.seq, "limit": limit}).fetchall()
         changes = [Change(int(r[0]), r[1], int(r[2]), bool(r[3])) for r in rows]
-        return ChangeBatch(changes, ChangeCursor(changes[-1].seq if changes else cursor.seq), gap=False)
+        seq = changes[-1].seq if changes else cursor.seq
+        return ChangeBatch(changes, ChangeCursor(seq), gap=False, upto=seq if len(changes) == limit else end.seq)
 
     def wait_for_changes(self, timeout: float) -> bool:
         return self._waiter.wait(timeout)

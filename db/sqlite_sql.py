@@ -46,6 +46,11 @@ STATEMENTS = Statements(
     count="SELECT count(*) FROM items INDEXED BY items_live_id WHERE NOT deleted",
     versions="SELECT id, version, deleted FROM items WHERE id IN (SELECT value FROM json_each(:ids))",
     log_end="SELECT coalesce((SELECT max(seq) FROM item_changes), 0), (SELECT upto FROM item_changes_purged)",
+    log_head="SELECT coalesce(max(seq), 0) FROM item_changes",  # one writer at a time: the last committed
+    log_before=f"""
+SELECT max(coalesce((SELECT max(seq) FROM item_changes WHERE logged_at <= {CUTOFF}), 0),
+           (SELECT upto FROM item_changes_purged))
+""",
     changes_after="SELECT seq, id, version, deleted FROM item_changes WHERE seq > :seq ORDER BY seq LIMIT :limit",
     mark_purged=f"""
 UPDATE item_changes_purged SET upto = max(upto, coalesce(

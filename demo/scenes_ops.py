@@ -97,7 +97,7 @@ def redis_down(stack: Stack, a: Gunicorn, b: Gunicorn) -> Outcome:
     return Outcome(
         ok,
         f"{errors} failed requests while Redis was down {OUTAGE_SECONDS:g} s; listeners resubscribed "
-        f"and no write left to replay {recovery:.1f} s after the restart; the last write is read on both",
+        f"and Redis caught up with the change log {recovery:.1f} s after the restart; the last write is read on both",
     )
 
 

@@ -1,4 +1,4 @@
-"""Coherence in one process: the listener, the L1 bypass, the replay of writes Redis missed.
+"""Coherence in one process: the listener and the L1 bypass (writes Redis missed: tests/test_trust.py).
 
 "Another process" is played by writing through a second RedisTier with another origin id, which is
 exactly what another worker's cache_set sends. Several real processes: tests/integration/.
@@ -15,9 +15,9 @@ from cache.breaker import CircuitBreaker
 from cache.guard import Guard
 from cache.invalidation import ConnectionSilent, Listener, Watchdog, decode_message, encode_message
 from cache.metrics import INVALIDATION_LAG, INVALIDATIONS, L1_FLUSHES
-from cache.redis_tier import RedisTier, connect
+from cache.redis_tier import RedisTier
 from config import load_config
-from tests.support import FakeClock, RedisServer, wait_until
+from tests.support import FakeClock, wait_until
 
 
 def counter(metric, *labels) -> float:
@@ -90,24 +90,6 @@ def test_killed_subscriber_connection_resubscribes_and_flushes(redis_url, listen
     assert cache_get(key)[1] == "redis"  # the flush emptied L1: possibly missed messages cannot linger
     other_process_writes(client, key, 2, b'{"v":"two"}')
     wait_until(lambda: cache_get(key)[0].version == 2, timeout=5)
-
-
-def test_write_missed_by_a_stopped_redis_is_replayed_when_it_answers(listening):
-    with RedisServer() as server:
-        client = connect(server.url, socket_timeout=0.25)
-        s = listening(client)
-        key = cache_key("a")
-        cache_set(key, CacheEntry.build("a", 1, b'{"v":"one"}'))
-        server.pause()  # SIGSTOP: the data stays, the server does not answer
-        try:
-            outcome = cache_set(key, CacheEntry.build("a", 2, b'{"v":"two"}'))  # the DB write succeeded
-            assert outcome is SetOutcome.FAILED  # absorbed: remembered for the replay
-            assert len(s.pending) == 1
-            wait_until(lambda: not s.trust.usable, timeout=10)  # the watchdog notices; L1 bypassed
-        finally:
-            server.resume()
-        wait_until(lambda: len(s.pending) == 0 and s.trust.usable, timeout=15)
-        assert client.hget(key, "v") == b"2" and client.hget(key, "b") == b'{"v":"two"}'
 
 
 class SilentPubSub:

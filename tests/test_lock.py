@@ -6,7 +6,7 @@ import pytest
 
 from cache.breaker import CircuitBreaker
 from cache.guard import REDIS_DOWN, Guard
-from cache.lock import HELD_BY_OTHER, Acquired, FleetLock
+from cache.lock import HELD_BY_OTHER, Acquired, FleetLock, Lease
 from cache.redis_tier import connect
 from tests.support import free_port, wait_until
 
@@ -51,3 +51,14 @@ def test_redis_down_is_said_so_never_read_as_acquired():
     lock = FleetLock(dead, Guard(CircuitBreaker()), ttl_ms=5000, origin="me")
     assert lock.acquire("k") is REDIS_DOWN
     assert lock.release("k", "t") is False and lock.renew("k", "t") is False
+
+
+def test_a_lease_whose_taking_call_timed_out_is_recognised_as_its_own(lock, redis_client, key_prefix):
+    """Redis frozen: the SET that takes the lease times out in the client, and lands when Redis resumes."""
+    key = f"{key_prefix}{{job}}:lease"
+    lease, other = Lease(lock, key, 3000), Lease(lock, key, 3000)
+    redis_client.set(key, lease.token, px=3000)  # what the timed-out call did; the process knows nothing
+    assert lease.held is None
+    assert not other.hold()  # another process cannot take it
+    assert lease.hold() and lease.held is not None  # at its next look, the process holds it: no 3 s gap
+    assert lease.hold() and redis_client.pttl(key) > 2000  # and renews it

@@ -63,7 +63,7 @@
       breaker: total(samples, "cache_circuit_open"),
       listener: total(samples, "cache_listener_subscribed"),
       redisErrors: total(samples, "cache_redis_errors_total") ?? 0,
-      pending: total(samples, "cache_pending_writes"),
+      catchingUp: total(samples, "cache_redis_catching_up"),
       changelogLag: total(samples, "cache_changelog_lag_seconds"),
     };
   }
@@ -197,6 +197,9 @@
     else if (newest.listener > 0) show("listener", "subscribed", 1, "ok");
     else show("listener", "not subscribed: L1 bypassed", 0, "warn");
     show("redis-errors", number.format(newest.redisErrors), newest.redisErrors, newest.redisErrors ? "warn" : "");
+    if (newest.catchingUp === null) show("catching-up", "\u2014", null);
+    else if (newest.catchingUp > 0) show("catching-up", "yes: reads go to the DB", 1, "warn");
+    else show("catching-up", "no", 0, "ok");
     const redis = status?.redis;
     if (!redis) show("redis-memory", "unknown", null);
     else if (redis.error) show("redis-memory", `unavailable (${redis.error})`, null, "bad");
@@ -218,7 +221,6 @@
       capacity,
     );
     byId("l1-fill").style.width = capacity && entries ? `${Math.min(100, (100 * entries) / capacity)}%` : "0";
-    show("pending-writes", newest.pending === null ? "\u2014" : number.format(newest.pending), newest.pending);
   }
 
   // Per refresh interval: reads per second by tier, and the hit ratio of that interval's reads.

@@ -33,6 +33,7 @@ class Read:
     elapsed: float = 0.0
     base: str = ""  # the instance that answered
     request_id: str = ""  # sent as X-Request-ID
+    reader: str = ""  # the reading client (its thread's name)
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,8 @@ class Checker:
             if status == 200:
                 tier, elapsed = headers.get("X-Cache", "?"), time.monotonic() - started
                 version = json.loads(body)["version"]
-                self.reads.append(Read(key, version, started, tier, elapsed, base, request_id))
+                reader = threading.current_thread().name
+                self.reads.append(Read(key, version, started, tier, elapsed, base, request_id, reader))
             else:
                 self.read_errors += 1
 

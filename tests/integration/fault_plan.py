@@ -87,7 +87,7 @@ def worker_pids(server: Gunicorn) -> list[int]:
 
 def run_faults(run: FaultRun, servers: list[Gunicorn], faults: list[Fault], grace: float = 2.0) -> None:
     """Each fault in a window of its own: inject, wait, restore, wait for every worker to have recovered
-    (listeners subscribed, nothing left to replay), then `grace` seconds more."""
+    (listeners subscribed, Redis caught up with the change log), then `grace` seconds more."""
     for fault in faults:
         window = run.window(fault.name, fault.bound, fault.lag)
         fault.inject()

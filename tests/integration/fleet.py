@@ -33,9 +33,9 @@ def total(servers: list[Gunicorn], sample: str) -> float:
 
 
 def recovered(servers: list[Gunicorn]) -> bool:
-    """Every worker's listener subscribed and no cache write left to replay."""
+    """Every worker's listener subscribed and Redis caught up with the change log (trusted again)."""
     return all(
-        metric(s, "cache_listener_subscribed") == 1.0 and metric(s, "cache_pending_writes") == 0 for s in servers
+        metric(s, "cache_listener_subscribed") == 1.0 and metric(s, "cache_redis_catching_up") == 0 for s in servers
     )
 
 

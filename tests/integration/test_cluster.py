@@ -86,7 +86,7 @@ def test_primary_killed_under_load_fails_over_and_nothing_stale_remains(request,
 
         wait_until(promoted, timeout=30)
         promoted_at = time.monotonic()
-        # Recovered: every listener subscribed, and every write Redis missed meanwhile replayed.
+        # Recovered: every listener subscribed, and Redis caught up with the change log in every worker.
         wait_until(lambda: recovered(servers), timeout=30)
         recovered_at = time.monotonic()
         time.sleep(4)
@@ -100,7 +100,7 @@ def test_primary_killed_under_load_fails_over_and_nothing_stale_remains(request,
         with capsys.disabled():
             print(
                 f"\n[cluster failover] replica promoted after {promoted_at - killed:.2f}s; recovered (every listener "
-                f"subscribed, no write left to replay) after {recovered_at - killed:.2f}s"
+                f"subscribed, Redis caught up with the change log) after {recovered_at - killed:.2f}s"
                 f"\n[cluster failover] whole run: {overall.line()}"
                 f"\n[cluster failover] after recovery: {after.line()}"
             )

@@ -158,8 +158,8 @@ def _redis_server_required():
 
 
 def test_a_write_that_never_reached_redis_is_repaired_even_if_its_writer_dies(request, tmp_path, capsys):
-    """The writer commits, cannot reach Redis, and is killed before it could replay: the other instance
-    finds the write in the database's outbox and drops Redis' older copy."""
+    """The writer commits, cannot reach Redis, and is killed at once: the other instance finds the write in
+    the database's change log and drops Redis' older copy."""
     import json
     import os
     import signal
@@ -182,7 +182,7 @@ def test_a_write_that_never_reached_redis_is_repaired_even_if_its_writer_dies(re
             status, _, written = writer.request("PUT", "/items/cut", b'{"n": 2}', body)
             acked = time.monotonic()
             assert status == 200 and json.loads(written)["version"] == 2
-            for pid in process_tree(writer.proc.pid):  # and it dies before it could replay
+            for pid in process_tree(writer.proc.pid):  # and it dies at once
                 os.kill(pid, signal.SIGKILL)
             wait_until(lambda: json.loads(reader.get("/items/cut")[2])["version"] == 2, timeout=15)
             window = time.monotonic() - acked

@@ -33,11 +33,7 @@ def redis_plan(redis_server, servers, proxy, run):
     "plan",
     [
         pytest.param(database_plan, id="database"),
-        pytest.param(
-            redis_faults,
-            id="redis",
-            marks=pytest.mark.xfail(strict=True, reason="needs monotonic reads across Redis outages (h16b)"),
-        ),
+        pytest.param(redis_plan, id="redis"),
     ],
 )
 def test_faults_lose_nothing_and_never_go_backwards(request, capsys, plan):

@@ -1,0 +1,160 @@
+"""When Redis is trusted again after a doubt (cache/trust.py), and what a doubted process serves meanwhile:
+the rule alone with a fake clock, then a process over a real store and its change follower, driven a pass
+at a time (no threads). Several processes and real outages: tests/integration/test_monotonic_reads.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import cache
+from cache import CacheEntry, SetOutcome
+from cache.follower import ChangeFollower
+from cache.maintenance import Maintenance
+from cache.metrics import REDIS_CATCH_UPS
+from cache.trust import CATCH_UP_LIMIT, L1Trust
+from tests.support import FakeClock, sql_connection
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def test_a_doubt_ends_only_when_the_log_is_applied_up_to_a_head_taken_after_it():
+    trust = L1Trust(FakeClock())
+    generation = trust.generation
+    trust.doubt_redis()
+    assert not trust.redis_current and not trust.usable and trust.generation > generation
+    epoch = trust.epoch
+    assert not trust.applied(epoch, 10**9)  # no head yet: nothing can end the doubt
+    assert trust.set_head(epoch, 42)
+    assert not trust.applied(epoch, 41)
+    assert trust.applied(epoch, 42) and trust.redis_current and trust.usable and trust.head is None
+
+
+def test_a_new_doubt_voids_the_head_and_the_announcement_of_the_one_before():
+    trust = L1Trust(FakeClock())
+    trust.doubt_redis()
+    stale = trust.epoch
+    assert trust.set_head(stale, 5)
+    trust.doubt_redis()  # Redis failed again after the head was taken
+    assert trust.head is None
+    assert not trust.applied(stale, 100) and not trust.redis_current
+    assert not trust.set_head(stale, 5)  # a head read before this doubt cannot cover it
+    assert trust.set_head(trust.epoch, 7) and trust.applied(trust.epoch, 7)
+
+
+def test_l1_needs_the_listener_redis_and_the_catch_up():
+    trust = L1Trust(FakeClock())
+    trust.doubt_redis()
+    trust.set_head(trust.epoch, 1)
+    trust.set_subscribed(False)
+    trust.applied(trust.epoch, 1)
+    assert trust.redis_current and not trust.usable  # Redis caught up, but this process cannot hear writes
+    trust.set_subscribed(True)
+    assert trust.usable
+
+
+def test_without_an_announcement_redis_is_trusted_again_after_the_limit_counted_from_the_head():
+    clock = FakeClock()
+    trust = L1Trust(clock)
+    trust.doubt_redis()
+    clock.tick(CATCH_UP_LIMIT * 2)  # Redis away all this time: no head, no giving up
+    assert not trust.give_up(trust.epoch)
+    trust.set_head(trust.epoch, 3)
+    clock.tick(CATCH_UP_LIMIT - 0.5)
+    assert not trust.give_up(trust.epoch)
+    clock.tick(0.5)
+    assert not trust.give_up(trust.epoch - 1)  # an older doubt's catch-up
+    assert trust.give_up(trust.epoch) and trust.redis_current
+
+
+@pytest.fixture
+def doubting(make_app, stack):
+    """An app whose process follows the log (a follower, not started: the test runs its passes), its
+    chores (not started either), and an outside writer's connection to its database."""
+    app = make_app()
+    s = cache.state()
+    s.follower = ChangeFollower(s, app.extensions["item_store"])
+    assert s.follower.hold_lease()
+    s.follower.run_once()
+    with sql_connection(stack["DATABASE_URL"]) as sql:
+        yield app.test_client(), s, Maintenance(s), sql
+
+
+def test_a_doubted_process_reads_the_database_until_the_follower_announces_the_head(doubting):
+    client, s, chores, sql = doubting
+    client.put("/items/a", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
+    s.follower.run_once()
+    chores.catch_up()
+    assert s.trust.redis_current
+    # Redis misses version 2 (down at the write, or restarted since): Redis still holds version 1.
+    sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'a'""")
+    s.doubt_redis()
+    for _ in range(2):
+        got = client.get("/items/a")
+        assert (got.json["v"], got.headers["X-Cache"]) == (2, "db")  # never version 1 from Redis
+        chores.catch_up()  # the head is taken: the log up to version 2's change
+        assert not s.trust.redis_current
+    applied = REDIS_CATCH_UPS.labels("applied")._value.get()
+    s.follower.run_once()  # applies the change, announces it
+    chores.catch_up()
+    assert s.trust.redis_current and REDIS_CATCH_UPS.labels("applied")._value.get() == applied + 1
+    got = client.get("/items/a")
+    assert got.json["v"] == 2 and got.headers["X-Cache"] in ("redis", "lru")  # the read-through filled it
+
+
+def test_a_follower_that_finds_redis_emptied_applies_the_recent_log_again(doubting):
+    client, s, chores, sql = doubting
+    client.put("/items/b", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
+    client.put("/items/b", data=json.dumps({"v": 2}), headers=JSON_HEADERS)
+    s.follower.run_once()
+    key = cache.cache_key("b")
+    for name in (key, s.follower.applied_key):  # Redis restarted empty (this prefix's keys: a shared server)
+        s.redis.client.delete(name)
+    old = CacheEntry.build("b", 1, b'{"id":"b","v":1}')  # a slow reader's load from before version 2
+    s.follower.run_once()  # finds its announcement gone: Redis lost writes
+    assert s.follower.rewind_due
+    s.follower.run_once()  # applies the last seconds of the log again: version 2's floor is back
+    assert s.redis.set_if_newer(key, old, 60_000) is SetOutcome.NEWER
+    assert s.redis.applied_position(s.follower.applied_key) >= 0
+
+
+def test_a_doubted_read_falls_back_on_redis_while_the_database_is_down_too(doubting):
+    client, s, chores, sql = doubting
+    client.put("/items/c", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
+    s.doubt_redis()
+    store = s.store
+
+    def down(item_id):
+        from db import DatabaseUnavailable
+
+        raise DatabaseUnavailable("test: the database is down")
+
+    store.get, real = down, store.get
+    try:
+        got = client.get("/items/c")
+    finally:
+        store.get = real
+    assert got.status_code == 200 and got.json["v"] == 1 and got.headers["X-Cache"] == "redis"
+
+
+def test_a_failed_redis_call_puts_redis_in_doubt_in_a_process_that_follows_the_log(doubting):
+    client, s, chores, sql = doubting
+    chores.catch_up()
+    s.follower.run_once()
+    chores.catch_up()
+    assert s.trust.redis_current
+    s.breaker.failure()  # one timeout: a write of this process may have missed Redis
+    assert not s.trust.redis_current and not s.trust.usable
+
+
+def test_a_follower_whose_redis_call_failed_applies_the_recent_log_again(doubting, monkeypatch):
+    client, s, chores, sql = doubting
+    client.put("/items/d", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
+    monkeypatch.setattr(s.follower, "apply", lambda changes: False)  # Redis failed under the batch
+    assert s.follower.run_once() == 0 and s.follower.rewind_due
+    monkeypatch.undo()
+    before = s.follower.cursor
+    s.follower.run_once()  # rewinds (at most to where it was), then applies from there
+    assert not s.follower.rewind_due and s.follower.cursor.seq >= before.seq
+    assert s.redis.applied_position(s.follower.applied_key) >= before.seq
