@@ -37,6 +37,8 @@ class Coherence:
         cache.flush_l1(reason)
         cache.breaker.success()  # Redis just answered our SUBSCRIBE: no need to wait out the cooldown
         cache.trust.set_subscribed(True)
+        if cache.chores is not None:
+            cache.chores.wake()  # its first pass now: the catch-up, or the Bloom filter's upkeep at start
 
     def on_lost(self) -> None:
         self.lost = True

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.browser import Chromium, Page, chromium_binary
 from tests.support import Gunicorn, RedisServer, wait_until
@@ -52,6 +53,10 @@ def traffic(server: Gunicorn, rounds: int, tag: str) -> None:
 def test_dashboard_loads_clean_and_its_figures_follow_the_traffic(tmp_path):
     env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'items.sqlite3'}", "REQUEST_METRICS": "false", "API_TOKEN": TOKEN}
     with RedisServer() as redis_server, Gunicorn({**env, "REDIS_URL": redis_server.url}, workers=2) as server:
+        client = redis.Redis.from_url(redis_server.url)
+        # The workers build the Bloom filter in the background at start; until it exists the ids that never
+        # existed below are database loads, not Bloom answers.
+        wait_until(lambda: client.exists("{bloom}:meta") and not client.exists("{bloom}:build-lock"), timeout=30)
         with Chromium() as browser:
             page = browser.open(f"{server.base}/dashboard")
             wait_until(lambda: page.evaluate("document.getElementById('status').dataset.state") == "ok", timeout=15)
