@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "SKIP" if outcomes[name].skipped else "PASS" if outcomes[name].ok else "FAIL"
             print(f"{verdict} {name}: {outcomes[name].summary} ({time.monotonic() - began:.1f} s)", flush=True)
     except KeyboardInterrupt:
+        # A second Ctrl-C must not cut the clean-up short (every stop in it has its own deadline).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("\ninterrupted: stopping everything the demo started", file=sys.stderr)
         return 130
     finally:
