@@ -97,7 +97,13 @@ def _read(store: ItemStore, item_id: str, deadline: Deadline) -> Read:
         return Read(_load(store, item_id), "db")
     key = s.key(item_id)
     if not s.trust.redis_current:
-        return _read_through(s, store, item_id)
+        # One load per key in this process here too: a doubt about Redis must not turn a hot key into a
+        # database stampede (the fleet lock lives in the Redis in doubt, so only this process's callers share).
+        timeout = deadline.cap(s.config.lock_wait + s.config.lock_ttl)
+        read, waited = _flights.run(key, functools.partial(_read_through, s, store, item_id), timeout)
+        if waited:
+            STAMPEDE_WAITS.inc()
+        return read
     entry, tier = cache_get(key)
     if isinstance(entry, CacheEntry) and tier is not None:
         if tier == "redis" and entry.exists and _refresh_due(s, entry):
@@ -123,15 +129,21 @@ def _read_through(s: CacheProcess, store: ItemStore, item_id: str) -> Read:
     """Redis may hold copies older than what another process served: the database answers, and its fill
     (version-guarded) only moves Redis forward. With the database down too, Redis's copy beats a 503."""
     key = s.key(item_id)
+    if store.known_down() and (copy := _redis_copy(s, key, item_id)):  # no wait for a connection that won't come
+        return copy
     try:
         entry = _load(store, item_id)
     except DatabaseUnavailable:
-        cached = s.redis.get(key, item_id)
-        if isinstance(cached, CacheEntry):
-            return _cached(cached, "redis")
+        if copy := _redis_copy(s, key, item_id):
+            return copy
         raise
     cache_fill(key, entry)
     return Read(entry, "db")
+
+
+def _redis_copy(s: CacheProcess, key: str, item_id: str) -> Read | None:
+    cached = s.redis.get(key, item_id)
+    return _cached(cached, "redis") if isinstance(cached, CacheEntry) else None
 
 
 def _cached(entry: CacheEntry, tier: str) -> Read:

@@ -154,4 +154,9 @@ class ItemStore(Protocol):
         """Raise DatabaseUnavailable unless the database answers a trivial query."""
         ...
 
+    def known_down(self) -> bool:
+        """True while the store already knows the database is not answering (its last attempt to connect
+        failed): a caller with something else to serve need not wait for a connection to learn it."""
+        ...
+
     def close(self) -> None: ...

@@ -186,6 +186,10 @@ class PostgresStore(SQLStore):
             waiter = self._waiter
         return waiter.wait(timeout)
 
+    def known_down(self) -> bool:
+        pool = self._pool
+        return pool is not None and pool.down
+
     def ping(self) -> None:
         self._fetch("SELECT 1", timeout=min(1.0, self.pool_timeout))
 

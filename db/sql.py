@@ -222,6 +222,9 @@ class SQLStore(KeyStore):
     def ping(self) -> None:
         self._fetch("SELECT 1")
 
+    def known_down(self) -> bool:
+        return False  # SQLite: a local file, nothing to reconnect to
+
 
 def end_cursor(log_end: Sequence[Any]) -> ChangeCursor:
     """The cursor at the end of the log from a `log_end` row (last seq, purged upto)."""

@@ -5,16 +5,18 @@ at a time (no threads). Several processes and real outages: tests/integration/te
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 import cache
-from cache import CacheEntry, SetOutcome
+from cache import CacheEntry, SetOutcome, aside
 from cache.follower import ChangeFollower
 from cache.maintenance import Maintenance
 from cache.metrics import REDIS_CATCH_UPS
 from cache.trust import CATCH_UP_LIMIT, L1Trust
-from tests.support import FakeClock, sql_connection
+from tests.support import FakeClock, sql_connection, wait_until
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -158,3 +160,48 @@ def test_a_follower_whose_redis_call_failed_applies_the_recent_log_again(doubtin
     s.follower.run_once()  # rewinds (at most to where it was), then applies from there
     assert not s.follower.rewind_due and s.follower.cursor.seq >= before.seq
     assert s.redis.applied_position(s.follower.applied_key) >= before.seq
+
+
+def test_a_doubted_read_serves_redis_at_once_while_the_store_knows_the_database_is_down(doubting):
+    client, s, chores, sql = doubting
+    client.put("/items/d", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
+    s.doubt_redis()
+    store, asked = s.store, []
+    store.known_down, store.get = (lambda: True), (lambda item_id: asked.append(item_id))
+    try:
+        got = client.get("/items/d")
+    finally:
+        del store.known_down, store.get  # the instance attributes: the class's methods again
+    assert got.status_code == 200 and got.json["v"] == 1 and got.headers["X-Cache"] == "redis"
+    assert asked == []  # no wait for a connection the pool knows will not come
+
+
+def test_a_doubted_process_loads_a_hot_key_once_for_its_concurrent_readers(doubting):
+    client, s, chores, sql = doubting
+    client.put("/items/hot", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
+    s.doubt_redis()
+    store, loads, release = s.store, [], threading.Event()
+    real = store.get
+
+    def slow_get(item_id):
+        loads.append(item_id)
+        release.wait(5)
+        return real(item_id)
+
+    store.get = slow_get
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = [pool.submit(read, client, "/items/hot") for _ in range(8)]
+            wait_until(lambda: aside._flights.waiting(cache.cache_key("hot")) == 7, timeout=10)  # all arrived
+            release.set()
+            results = [a.result(timeout=10) for a in answers]
+    finally:
+        release.set()
+        del store.get
+    assert all(status == 200 and v == 1 for status, v in results)
+    assert loads == ["hot"]  # one database load for eight readers, Redis in doubt or not
+
+
+def read(client, path):
+    got = client.application.test_client().get(path)  # a client per thread
+    return got.status_code, got.json["v"]
