@@ -75,6 +75,7 @@ class ChangeFollower(Background):
         self.cursor: ChangeCursor | None = None  # in memory while we hold the lease
         self.announced = -1  # the least Redis must hold at applied_key; less: it lost writes
         self.rewind_due = False  # Redis may have lost or missed writes: apply the recent log again
+        self.rewind_to = -1  # ... from at most here too: the position a Redis restored from a snapshot held
         self.caught_up_at = timer()
         self._next_purge = self._next_save = float("-inf")
         self._saved: ChangeCursor | None = None
@@ -170,19 +171,25 @@ class ChangeFollower(Background):
         elif held < self.announced:
             logger.warning(
                 "change follower: Redis lost the log's applied position (%d, expected %d): it lost writes; "
-                "applying the last %.0f s of the log again",
+                "applying the log again from there, or from %.0f s back if that is earlier",
                 held,
                 self.announced,
                 REWIND_SECONDS,
             )
-            self.announced, self.rewind_due = held, True
+            # A Redis restored from a snapshot holds the position of its snapshot: everything after it may
+            # be missing, not only the last seconds.
+            self.announced, self.rewind_due, self.rewind_to = held, True, held
         else:
             self.announced = max(held, upto)
 
     def _rewind(self, cursor: ChangeCursor) -> None:
-        """Step back REWIND_SECONDS into the log (never past a change not yet delivered: safe_seq)."""
-        self.cursor = ChangeCursor(min(self.store.log_before(REWIND_SECONDS), cursor.safe_seq))
-        self.rewind_due = False
+        """Step back REWIND_SECONDS into the log, or to the position a restored Redis held if that is earlier
+        (never past a change not yet delivered: safe_seq); before what the log still has is a gap (flush)."""
+        target = min(self.store.log_before(REWIND_SECONDS), cursor.safe_seq)
+        if self.rewind_to >= 0:
+            target = min(target, self.rewind_to)
+        self.cursor = ChangeCursor(target)
+        self.rewind_due, self.rewind_to = False, -1
 
     def _save_now(self) -> None:
         """Save the position in the database, if it moved since it was last saved."""

@@ -205,3 +205,23 @@ def test_a_doubted_process_loads_a_hot_key_once_for_its_concurrent_readers(doubt
 def read(client, path):
     got = client.application.test_client().get(path)  # a client per thread
     return got.status_code, got.json["v"]
+
+
+def test_a_follower_that_finds_redis_restored_from_an_old_snapshot_applies_the_log_again_from_it(doubting, monkeypatch):
+    client, s, chores, sql = doubting
+    monkeypatch.setattr("cache.follower.REWIND_SECONDS", 0)  # the snapshot is older than the usual rewind
+    client.put("/items/e", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
+    s.follower.run_once()
+    snapshot_position = s.redis.applied_position(s.follower.applied_key)
+    client.put("/items/e", data=json.dumps({"v": 2}), headers=JSON_HEADERS)
+    s.follower.run_once()
+    assert s.redis.applied_position(s.follower.applied_key) > snapshot_position
+    # Redis restarts from its snapshot: the position and the item as they were before version 2.
+    key, old = cache.cache_key("e"), CacheEntry.build("e", 1, b'{"id":"e","v":1}')
+    s.redis.client.delete(key)
+    assert s.redis.set_if_newer(key, old, 60_000) is SetOutcome.WRITTEN
+    s.redis.client.set(s.follower.applied_key, snapshot_position)
+    s.follower.run_once()  # finds the position gone back: Redis lost what came after it
+    assert s.follower.rewind_due
+    s.follower.run_once()  # applies the log again from the snapshot's position: version 2's floor is back
+    assert s.redis.set_if_newer(key, old, 60_000) is SetOutcome.NEWER
