@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -97,7 +98,9 @@ def join_or_start(path: Path, start: StartServer, timeout: float = 15.0) -> Shar
             if server is not None:
                 return server
             continue  # another instance published its server first: use that one
-        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a stopping server or last user holds it exclusively
+        if not _lock_shared(fd, deadline):  # held exclusively only while a stopping server or last user leaves
+            os.close(fd)
+            continue
         if not _is_current(fd, path):
             os.close(fd)
             continue  # removed or replaced while we waited for the lock: look again
@@ -112,6 +115,18 @@ def join_or_start(path: Path, start: StartServer, timeout: float = 15.0) -> Shar
         os.close(fd)
         _remove_stale(path, info)
     raise EmbeddedConflict(f"could not start or join the embedded Redis named in {path}; set REDIS_URL")
+
+
+def _lock_shared(fd: int, deadline: float) -> bool:
+    """A shared lock on `fd` before `deadline` (False if not): a stuck last user must not hang our start."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 def leave(server: SharedServer) -> None:
@@ -135,7 +150,8 @@ def leave(server: SharedServer) -> None:
 
 def _create(path: Path, start: StartServer) -> SharedServer | None:
     """Start a server and publish it at `path`; None if another instance published first (ours is stopped)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    # Random, not the pid: a container's pid repeats on every start, and a start killed here leaves its file.
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     fcntl.flock(fd, fcntl.LOCK_SH)  # before the server starts: it must see a user from its first look
     try:

@@ -78,3 +78,17 @@ def test_a_file_this_service_did_not_write_is_never_touched(tmp_path, content):
     with pytest.raises(EmbeddedConflict, match="not written by this service.*REDIS_URL"):
         join_or_start(path, start_server)
     assert path.read_text() == content and sorted(os.listdir(tmp_path)) == ["items.sqlite3.redis"]
+
+
+def test_a_file_held_exclusively_too_long_is_refused_by_the_deadline_not_waited_on_forever(tmp_path):
+    path = tmp_path / "items.sqlite3.redis"
+    stuck = {"service": SERVICE, "host": "127.0.0.1", "port": free_port(), "pid": 1, "token": "stuck"}
+    path.write_text(json.dumps(stuck))
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a last user that hangs while it stops its server
+    try:
+        with pytest.raises(EmbeddedConflict):
+            join_or_start(path, start_server, timeout=0.5)
+    finally:
+        os.close(fd)
+    assert json.loads(path.read_text())["token"] == "stuck"  # left to its holder
