@@ -9,8 +9,9 @@ head and a Content-Length body of at most MAX_ITEM_BYTES without blocking, into 
 connection, and gives a thread only a request that has arrived whole. A connection that has not sent
 its request within CLIENT_TIMEOUT seconds of its first chance to is closed; a stalled one costs a file
 descriptor and its buffer, never a thread. What the buffer does not hold (a chunked body, one over
-MAX_ITEM_BYTES, one behind `Expect: 100-continue`) is read by the thread on a socket with CLIENT_TIMEOUT
-as its timeout, so no thread waits on a client without a deadline; a head over HEAD_BYTES is refused.
+MAX_ITEM_BYTES, one behind `Expect: 100-continue`) is read by the thread within CLIENT_TIMEOUT of its
+taking the request, in all (not per read: a body trickling in a byte at a time must not hold a thread
+either), so no thread waits on a client without a deadline; a head over HEAD_BYTES is refused.
 
 gunicorn's accounting is kept: every connection counts in `nr_conns` until closed, so at most
 `worker_connections` per worker (stalled ones included); keep-alive, pipelining and graceful shutdown
@@ -92,6 +93,21 @@ def accept_connection(listener: socket.socket) -> tuple[socket.socket, Any] | No
         return None
 
 
+class ReadDeadline:
+    """The socket as the thread's parser reads it: every recv waits at most until one deadline, so the
+    whole of what the thread reads (a chunked body, say) takes at most the client timeout."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock, self.deadline = sock, deadline
+
+    def recv(self, size: int) -> bytes:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the client did not send its request within CLIENT_TIMEOUT")
+        self.sock.settimeout(left)
+        return self.sock.recv(size)
+
+
 class BufferedConn(TConn):
     """A connection whose request bytes the poller reads; the thread's parser gets them first."""
 
@@ -106,6 +122,7 @@ class BufferedConn(TConn):
         """In the thread, before each request: blocking with a timeout, the buffered bytes unread first."""
         super().init()  # the parser is made once; the socket is made blocking (no timeout) every time
         self.sock.settimeout(self.socket_timeout)
+        self.parser.unreader.sock = ReadDeadline(self.sock, time.monotonic() + self.socket_timeout)
         self.parser.unreader.unread(bytes(self.received))
         self.received.clear()
 

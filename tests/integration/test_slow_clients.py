@@ -96,6 +96,29 @@ def test_stalled_heads_bodies_and_kept_alive_connections_hold_no_thread(env):
             assert server.proc.returncode == 0 and time.monotonic() - started < CLIENT_TIMEOUT + MARGIN
 
 
+def test_a_chunked_body_trickling_in_holds_a_thread_no_longer_than_the_client_timeout(env):
+    """The thread reads what the poller does not buffer (a chunked body) within CLIENT_TIMEOUT in all, not
+    per read: a byte every half second would otherwise keep the only thread for as long as it lasts."""
+    with Gunicorn({**env, "GUNICORN_THREADS": "1"}, workers=1) as server:
+        sock = connect(server)
+        sock.sendall(
+            b"PUT /items/trickle HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        started, closed = time.monotonic(), False
+        while time.monotonic() - started < CLIENT_TIMEOUT + MARGIN:
+            try:
+                sock.sendall(b"1\r\n \r\n")  # one byte of body, then the next half a second later
+            except OSError:
+                closed = True  # the server gave up on it
+                break
+            time.sleep(0.5)
+        sock.close()
+        assert closed, "a trickling chunked body held the thread past CLIENT_TIMEOUT"
+        assert server.get("/health/live")[0] == 200  # and the thread serves others again
+        assert server.get("/items/trickle")[0] == 404  # nothing half-read was stored
+
+
 def test_closed_connections_are_counted_out_so_a_full_worker_accepts_again(env):
     """worker_connections 20: stalled connections fill the worker; once they are closed it serves again,
     twice over (a connection counted out twice, or never, would show by the second round)."""
