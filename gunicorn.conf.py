@@ -9,6 +9,8 @@ import sys
 # The hooks import the project's modules (config, cache) from beside this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from gunicorn import glogging  # noqa: E402
+
 import logs  # noqa: E402  (needs the path above)
 import metrics_dir  # noqa: E402
 from config import load_config_or_exit  # noqa: E402
@@ -64,8 +66,17 @@ logconfig_dict = {
     "root": {"level": "INFO", "handlers": ["error_console"]},
     "loggers": {"gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True}},
 }
-# ... and gunicorn's own access log off: given a logconfig_dict it turns it on (two more lines per request).
-logger_class = "logs.GunicornLogger"
+
+
+class GunicornLogger(glogging.Logger):
+    """... and gunicorn's own access log off: given a logconfig_dict it turns it on (two more lines per
+    request); the app writes that line itself (ACCESS_LOG). Here, not in logs.py: only gunicorn needs it."""
+
+    def access(self, resp, req, environ, request_time) -> None:  # type: ignore[no-untyped-def]
+        return
+
+
+logger_class = GunicornLogger
 
 # gunicorn's control socket sits at one fixed path per user, so a second instance on the same machine
 # (tests, benchmarks, two services) would take it over; we manage processes by signal instead.

@@ -15,8 +15,6 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from gunicorn import glogging
-
 TEXT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 REQUEST_FIELDS = ("method", "path", "status", "duration_ms", "bytes", "tier", "request_id")
 
@@ -52,11 +50,3 @@ def configure(level: str, log_format: str) -> None:
         handler.setFormatter(formatter(log_format))
         root.addHandler(handler)
     root.setLevel(level)
-
-
-class GunicornLogger(glogging.Logger):
-    """gunicorn's logger without its access log: the app writes that line itself (ACCESS_LOG). gunicorn
-    turns its own on whenever a logconfig_dict is given, and it then reached stderr twice per request."""
-
-    def access(self, resp, req, environ, request_time) -> None:  # type: ignore[no-untyped-def]
-        return

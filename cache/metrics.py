@@ -50,7 +50,8 @@ INSPECTOR_STALE = Counter(
 )
 WRITE_OUTCOMES = Counter(
     "cache_write_outcomes",
-    "Item writes by outcome: written, precondition_failed (412), deadline_exceeded (503, rolled back), replayed",
+    "Item writes by outcome: written, precondition_failed (412), deadline_exceeded (503, rolled back), "
+    "outcome_unknown (503, the connection failed after COMMIT was sent), replayed",
     ["outcome"],
 )
 L1_ENTRIES = Gauge("cache_l1_entries", "Entries in the in-process LRU", multiprocess_mode="livesum")
