@@ -44,6 +44,17 @@ SELECT array(SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x),
        (SELECT upto FROM item_changes_purged)
 """
 
+# The transactions that have written to the log and are still open: each holds a lock on it (its trigger's
+# INSERT) until it ends, and its own xid's lock beside. pg_locks, unlike pg_stat_activity, shows every role's.
+# Read after the horizon: a transaction that logs a change after this read takes a seq above the horizon.
+LOG_WRITERS = """
+SELECT t.transactionid::text
+FROM pg_locks AS r JOIN pg_locks AS t ON t.virtualtransaction = r.virtualtransaction
+WHERE r.locktype = 'relation' AND r.relation = 'item_changes'::regclass AND r.mode = 'RowExclusiveLock'
+  AND t.locktype = 'transactionid'
+"""
+XID32 = 0xFFFFFFFF  # pg_locks shows 32-bit xids; open transactions are never 2**31 apart, so they compare
+
 # Changes of once-open transactions that have finished since, at or below the cursor's seq.
 LATE_CHANGES = """
 SELECT c.seq, c.id, c.version, c.deleted
@@ -65,6 +76,7 @@ LIMIT %(limit)s
 def changes_after(conn: psycopg.Connection[Any], cursor: ChangeCursor | None, limit: int) -> ChangeBatch:
     """The next batch after `cursor`, read in one REPEATABLE READ snapshot on `conn` (in autocommit)."""
     horizon = int(conn.execute(HORIZON).fetchone()[0])  # type: ignore[index]
+    writers = {int(xid) for (xid,) in conn.execute(LOG_WRITERS).fetchall()}
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         xip_text, last_seq, purged = conn.execute(SNAPSHOT).fetchone()  # type: ignore[misc]
@@ -92,8 +104,11 @@ def changes_after(conn: psycopg.Connection[Any], cursor: ChangeCursor | None, li
     # cursor's read or took its xid after that read's horizon, so its seqs are above cursor.seq.
     pending = {xid: floors.get(xid, cursor.seq) for xid in in_progress}
     after = ChangeCursor(seq, tuple(sorted(pending.items())))
-    # Read to the horizon: every seq up to it is delivered but those of the transactions still open.
-    upto = after.safe_seq if len(rows) == params["limit"] else min([horizon, *pending.values()])
+    # Read to the horizon: every seq up to it is delivered but those of the transactions still open that
+    # have written to the log (one that has not, an operator's long transaction elsewhere say, can only
+    # take a seq above the horizon: it must not hold back what the caller is told is applied).
+    held_back = [floor for xid, floor in pending.items() if xid & XID32 in writers]
+    upto = after.safe_seq if len(rows) == params["limit"] else min([horizon, *held_back])
     return ChangeBatch(late + new, after, upto=upto)
 
 

@@ -154,6 +154,26 @@ def test_a_long_open_transaction_does_not_hold_back_newer_changes(pg):
     assert pg_store.changes_after(cursor, 10).changes == []
 
 
+def test_an_open_transaction_that_never_wrote_an_item_does_not_hold_back_what_is_applied(pg):
+    pg_store, database_url = pg
+    cursor = pg_store.changes_after(None, 10).cursor
+    with sql_connection(database_url) as elsewhere, sql_connection(database_url) as writer:
+        elsewhere.execute("BEGIN")
+        elsewhere.execute("SELECT pg_current_xact_id()")  # an operator's transaction on anything else: an xid
+        pg_store.upsert("after", {})
+        batch = pg_store.changes_after(cursor, 10)
+        assert [c.id for c in batch.changes] == ["after"]
+        assert batch.upto >= batch.changes[0].seq  # applied up to it: nothing open can still come below
+        writer.execute("BEGIN")
+        writer.execute("""INSERT INTO items (id, fields) VALUES ('open', '{}')""")  # holds a seq, not committed
+        pg_store.upsert("later", {})
+        held = pg_store.changes_after(batch.cursor, 10)
+        assert [c.id for c in held.changes] == ["later"]
+        assert held.upto < held.changes[0].seq  # the open writer's lower seq may still come: not past it
+        writer.execute("COMMIT")
+        elsewhere.execute("ROLLBACK")
+
+
 def test_many_late_changes_are_paged_without_loss(pg):
     pg_store, database_url = pg
     cursor = pg_store.changes_after(None, 5).cursor
