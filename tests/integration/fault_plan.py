@@ -22,6 +22,8 @@ class Fault:
     seconds: float  # between inject and restore
     bound: float  # the staleness behind an acknowledged write the service promises until recovered
     lag: float = 0.1  # how long a version older than one already served may still be served
+    early: float = 0.0  # ... except in the fault's first `early` seconds, when it is `early_lag`
+    early_lag: float = 0.1
 
 
 def database_cut(proxy: PgProxy, seconds: float) -> Fault:
@@ -57,8 +59,20 @@ def redis_killed(redis_server: RedisServer, seconds: float, l1_ttl: float) -> Fa
 
 
 def redis_frozen(redis_server: RedisServer, seconds: float, l1_ttl: float) -> Fault:
-    """SIGSTOP (connections stay open, nothing answers), then SIGCONT."""
-    return Fault(f"redis SIGSTOP {seconds:g}s", redis_server.pause, redis_server.resume, seconds, l1_ttl + 1.0)
+    """SIGSTOP (connections stay open, nothing answers), then SIGCONT. Until a worker's watchdog notices
+    the silence (a PING every 0.5 s, its pong overdue after 2 s: cache/invalidation.py), no invalidation
+    reaches it and its L1 may keep serving a version older than one just written: the one exception to
+    monotonic reads (docs/DESIGN.md), so in those first seconds a read may be that much behind."""
+    watchdog = min(2.5, l1_ttl)
+    return Fault(
+        f"redis SIGSTOP {seconds:g}s",
+        redis_server.pause,
+        redis_server.resume,
+        seconds,
+        l1_ttl + 1.0,
+        early=watchdog,
+        early_lag=watchdog,
+    )
 
 
 def database_faults(
@@ -89,7 +103,7 @@ def run_faults(run: FaultRun, servers: list[Gunicorn], faults: list[Fault], grac
     """Each fault in a window of its own: inject, wait, restore, wait for every worker to have recovered
     (listeners subscribed, Redis caught up with the change log), then `grace` seconds more."""
     for fault in faults:
-        window = run.window(fault.name, fault.bound, fault.lag)
+        window = run.window(fault.name, fault.bound, fault.lag, fault.early, fault.early_lag)
         fault.inject()
         time.sleep(fault.seconds)
         fault.restore()
