@@ -26,12 +26,12 @@ from bench.load import Result, measure, median_cells, process_tree, run_round
 from bench.report import machine, update_section
 from tests.support import ROOT, Gunicorn, RedisServer, postgres_schema_url, seed_items
 
-# Why one gthread worker (the production worker, 4 threads): with two, wrk's keep-alive connections stay
+# Why one worker (the production worker class, BufferingWorker, 4 threads): with two, wrk's keep-alive connections stay
 # with the worker that accepted them, and in about one run in three here all of them landed on one worker
 # (4,900 req/s became 1,470 on /health/live). sync workers and keep-alive 0 close every connection: wrk
 # then spends its ephemeral ports (sync swung 4,600 -> 1,400) or every figure pays a TCP connect. One
 # worker cannot be pinned unevenly; it leaves wrk a core of its own, and it measures what a worker costs.
-WORKER_ARGS = "--worker-class gthread --workers 1 --threads 4"
+WORKER_ARGS = "--worker-class buffering_worker.BufferingWorker --workers 1 --threads 4"
 
 
 @dataclass

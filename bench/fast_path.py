@@ -2,8 +2,8 @@
 
     python -m bench.fast_path [--seconds 5] [--rounds 3] [--connections 64] [--threads 2] [--no-write]
 
-Each service is the production start (`gunicorn app:app`: the project's gunicorn.conf.py, 2 workers,
-gthread), with FAST_PATH on or off; the baseline is a bare WSGI callable (bench/bare_app.py) on the same
+Each service is the production start (`gunicorn app:app`: the project's gunicorn.conf.py, 2 workers
+of BufferingWorker, 4 threads), with FAST_PATH on or off; the baseline is a bare WSGI callable (bench/bare_app.py) on the same
 gunicorn settings. wrk drives each scenario with 2 threads and 64 keep-alive connections, so neither
 worker idles (bench/__main__.py explains why few connections can leave one worker with all of them).
 Scenarios alternate round by round; every figure is the median over rounds, the ratio to the bare app the
@@ -138,7 +138,8 @@ def main() -> None:
             "## Fast path: L1 hits answered before Flask's routing",
             "",
             f"`{command}` ({machine()}; {time.monotonic() - started:.0f} s).",
-            "Every service is `gunicorn app:app` with the production gunicorn.conf.py (2 workers, gthread), "
+            "Every service is `gunicorn app:app` with the production gunicorn.conf.py (2 workers of BufferingWorker, "
+            "4 threads), "
             "FAST_PATH on or off; the baseline is a bare WSGI callable (bench/bare_app.py) on the same settings. "
             f"wrk -t{args.threads} -c{args.connections}, one redis-server, SQLite, all on loopback; medians over "
             f"{args.rounds} alternating rounds; ratios are per-round ratios measured in the same round.",
