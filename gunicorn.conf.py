@@ -40,7 +40,10 @@ workers = _config.web_concurrency
 # Measured (`python -m bench.slow_clients`, BENCHMARKS.md "Slow clients"): beside 500 stalled connections
 # gthread answered 0 of 100 ordinary requests, gthread with 64 threads 53-69 (two runs), gthread with a 5 s read timeout
 # in the thread 92 (and all three held stalled sockets past 30 s); this worker all 100, and closed them.
-# Threads, keep-alive and the access log against the alternatives: `python -m bench.serving`.
+# Against the alternatives (`python -m bench.serving`, BENCHMARKS.md "Serving", one run): this worker
+# served the stalled-clients row (1,666 req/s, gthread 0) and was 0.91-1.17x gthread elsewhere. 4 threads:
+# 1 or 2 served a 200 ms database at 0.29x and 0.63x; 8 won that row (1.42x) but lost the stalled-clients
+# row (0.81x), so GUNICORN_THREADS=8 is the setting for a slow database, not the default.
 worker_class = "buffering_worker.BufferingWorker"
 threads = _config.gunicorn_threads
 # Open connections per worker, stalled ones included; beyond it new ones wait in the listen backlog until
@@ -50,12 +53,14 @@ worker_connections = 1000
 # Heroku's router gives up after 30 s; give up on a stuck request before it does.
 timeout = 30
 graceful_timeout = 20
-# Idle keep-alive connections are cheap for a router in front of us and save a handshake per request.
+# Idle keep-alive connections are cheap for a router in front of us and save a handshake per request
+# (measured: keep-alive 0 served database reads and /health/live at 0.85-0.99x).
 keepalive = 5
 
 # Logs to stderr, 12-factor: the platform collects them. The app writes the access log itself (logger
 # "access", ACCESS_LOG), so that a request's line has the format of every other line (LOG_FORMAT) and says
-# which tier answered and how long it took; gunicorn's own access log would be a second format.
+# which tier answered and how long it took; gunicorn's own access log would be a second format. It costs
+# 2-14% of throughput (BENCHMARKS.md "Serving"); ACCESS_LOG=false where the router logs requests already.
 accesslog = None
 errorlog = "-"
 # gunicorn's own lines ("Starting gunicorn", "Booting worker") in the same format, from its first line on:
