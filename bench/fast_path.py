@@ -3,12 +3,13 @@
     python -m bench.fast_path [--seconds 5] [--rounds 3] [--connections 64] [--threads 2] [--no-write]
 
 Each service is the production start (`gunicorn app:app`: the project's gunicorn.conf.py, 2 workers
-of BufferingWorker, 4 threads), with FAST_PATH on or off; the baseline is a bare WSGI callable (bench/bare_app.py) on the same
-gunicorn settings. wrk drives each scenario with 2 threads and 64 keep-alive connections, so neither
-worker idles (bench/__main__.py explains why few connections can leave one worker with all of them).
-Scenarios alternate round by round; every figure is the median over rounds, the ratio to the bare app the
-median of per-round ratios, and on/off the median ratio of each route with the fast path on to the same
-route with it off, measured in the same round. Writes the "fast_path" section of BENCHMARKS.md.
+of BufferingWorker, 4 threads), with FAST_PATH on or off; the baseline is a bare WSGI callable
+(bench/bare_app.py) on the same gunicorn settings. wrk drives each scenario with 2 threads and 64
+keep-alive connections, so neither worker idles (bench/__main__.py explains why few connections can
+leave one worker with all of them). Scenarios alternate round by round; every figure is the median over
+rounds, the ratio to the bare app the median of per-round ratios, and on/off the median ratio of each
+route with the fast path on to the same route with it off, measured in the same round.
+Writes the "fast_path" section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
