@@ -66,6 +66,7 @@ class Written:
 
 T = TypeVar("T")
 _flights: SingleFlight[Read] = SingleFlight()
+_db_reads: SingleFlight[CacheEntry] = SingleFlight()  # reads through to the database while Redis is doubted
 _sleep = time.sleep  # replaced by tests: the demo's slow database (DEMO_DB_LOAD_DELAY) without the wait
 
 
@@ -97,13 +98,7 @@ def _read(store: ItemStore, item_id: str, deadline: Deadline) -> Read:
         return Read(_load(store, item_id), "db")
     key = s.key(item_id)
     if not s.trust.redis_current:
-        # One load per key in this process here too: a doubt about Redis must not turn a hot key into a
-        # database stampede (the fleet lock lives in the Redis in doubt, so only this process's callers share).
-        timeout = deadline.cap(s.config.lock_wait + s.config.lock_ttl)
-        read, waited = _flights.run(key, functools.partial(_read_through, s, store, item_id), timeout)
-        if waited:
-            STAMPEDE_WAITS.inc()
-        return read
+        return _read_through(s, store, item_id, deadline)
     entry, tier = cache_get(key)
     if isinstance(entry, CacheEntry) and tier is not None:
         if tier == "redis" and entry.exists and _refresh_due(s, entry):
@@ -125,19 +120,28 @@ def _read(store: ItemStore, item_id: str, deadline: Deadline) -> Read:
     return read
 
 
-def _read_through(s: CacheProcess, store: ItemStore, item_id: str) -> Read:
+def _read_through(s: CacheProcess, store: ItemStore, item_id: str, deadline: Deadline) -> Read:
     """Redis may hold copies older than what another process served: the database answers, and its fill
-    (version-guarded) only moves Redis forward. With the database down too, Redis's copy beats a 503."""
+    (version-guarded) only moves Redis forward. With the database down too, Redis's copy beats a 503.
+
+    Concurrent readers of a key share one database read (a doubt about Redis must not turn a hot key into a
+    database stampede; the fleet lock lives in the Redis in doubt, so only this process's callers share),
+    but not the fill: a fill waits on the Redis in doubt (its timeout, if frozen), and a reader that joined
+    then would get a version read before a write it had already seen acknowledged."""
     key = s.key(item_id)
     if store.known_down() and (copy := _redis_copy(s, key, item_id)):  # no wait for a connection that won't come
         return copy
     try:
-        entry = _load(store, item_id)
+        timeout = deadline.cap(s.config.lock_wait + s.config.lock_ttl)
+        entry, waited = _db_reads.run(key, functools.partial(_load, store, item_id), timeout)
     except DatabaseUnavailable:
         if copy := _redis_copy(s, key, item_id):
             return copy
         raise
-    cache_fill(key, entry)
+    if waited:
+        STAMPEDE_WAITS.inc()
+    else:
+        cache_fill(key, entry)  # the reader that read fills
     return Read(entry, "db")
 
 

@@ -192,7 +192,7 @@ def test_a_doubted_process_loads_a_hot_key_once_for_its_concurrent_readers(doubt
     try:
         with ThreadPoolExecutor(8) as pool:
             answers = [pool.submit(read, client, "/items/hot") for _ in range(8)]
-            wait_until(lambda: aside._flights.waiting(cache.cache_key("hot")) == 7, timeout=10)  # all arrived
+            wait_until(lambda: aside._db_reads.waiting(cache.cache_key("hot")) == 7, timeout=10)  # all arrived
             release.set()
             results = [a.result(timeout=10) for a in answers]
     finally:

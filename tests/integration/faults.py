@@ -41,6 +41,7 @@ class Call:
     status: int  # 0: no answer (connection refused or reset)
     version: int | None  # what a 2xx answer carried
     error: str = ""
+    tier: str = ""  # X-Cache of the answer
 
     @property
     def ok(self) -> bool:
@@ -132,14 +133,15 @@ class FaultRun:
     def _call(self, client: str, key: str, base: str, method: str, body: bytes | None) -> None:
         started = time.monotonic()
         try:
-            status, _, payload = request(base, method, f"/items/{key}", body, self.token if body else None)
+            status, headers, payload = request(base, method, f"/items/{key}", body, self.token if body else None)
             answer = json.loads(payload) if payload else {}
         except (OSError, ValueError, http.client.HTTPException) as exc:  # a killed worker cuts an answer short
-            status, answer = 0, {"error": f"no_answer ({type(exc).__name__})"}
+            status, headers, answer = 0, {}, {"error": f"no_answer ({type(exc).__name__})"}
         version = answer.get("version") if 200 <= status < 300 else None
         error = "" if version is not None else str(answer.get("error", "no_answer" if status == 0 else status))
         with self._lock:
-            self.calls.append(Call(client, key, base, started, time.monotonic(), status, version, error))
+            tier = str(headers.get("X-Cache", ""))
+            self.calls.append(Call(client, key, base, started, time.monotonic(), status, version, error, tier))
 
     def _write_loop(self, client: str, keys: list[str]) -> None:
         rng = random.Random(client)
@@ -195,7 +197,7 @@ class FaultRun:
         for read in reads:
             if read.ok:
                 _judge_read(read, acks[read.key], window_at(read.started).bound, where(read.started))
-        _judge_backwards(served, lambda moment: window_at(moment).lag_at(moment), where)
+        _judge_backwards(served, lambda moment: window_at(moment).lag_at(moment), where, self.began)
         return [*verdicts.values(), healthy]
 
 
@@ -235,7 +237,7 @@ def _judge_read(read: Call, acks: list[Call], bound: float, verdict: Verdict) ->
             )
 
 
-def _judge_backwards(served: list[Call], lag_at, where) -> None:
+def _judge_backwards(served: list[Call], lag_at, where, began: float) -> None:
     """Reads older than a version served `lag` before they started: by the same client, or by anyone."""
     by_key: dict[str, list[Call]] = defaultdict(list)
     for call in served:
@@ -257,6 +259,7 @@ def _judge_backwards(served: list[Call], lag_at, where) -> None:
             if len(verdict.examples) < 5:
                 top = max(newer, key=lambda c: c.version)
                 verdict.examples.append(
-                    f"backwards {call.key}: {call.client} got v{call.version} via {call.base} after "
-                    f"{top.client} got v{top.version} via {top.base} {call.started - top.finished:.2f}s before"
+                    f"backwards {call.key} at {call.started - began:.2f}s: {call.client} got v{call.version} "
+                    f"(X-Cache {call.tier or '?'}) via {call.base} after {top.client} got v{top.version} via "
+                    f"{top.base} {call.started - top.finished:.2f}s before"
                 )
