@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cache.invalidation import Watchdog
 from tests.integration.faults import FaultRun
 from tests.integration.fleet import recovered
 from tests.pg_proxy import PgProxy
@@ -63,7 +64,8 @@ def redis_frozen(redis_server: RedisServer, seconds: float, l1_ttl: float) -> Fa
     the silence (a PING every 0.5 s, its pong overdue after 2 s: cache/invalidation.py), no invalidation
     reaches it and its L1 may keep serving a version older than one just written: the one exception to
     monotonic reads (docs/DESIGN.md), so in those first seconds a read may be that much behind."""
-    watchdog = min(2.5, l1_ttl)
+    listener = Watchdog()  # the production listener's (cache/process.py)
+    watchdog = min(listener.ping_interval + listener.pong_timeout, l1_ttl)
     return Fault(
         f"redis SIGSTOP {seconds:g}s",
         redis_server.pause,
