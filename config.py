@@ -63,6 +63,11 @@ class Config:
     fast_path: bool  # answer a plain GET /items/<id> that L1 holds before Flask's routing (routes/fast_path.py)
     demo_db_load_delay: float  # seconds added to every item load from the database: demo and tests only (0: off)
 
+    @property
+    def fakeredis(self) -> bool:
+        """Redis is the embedded in-memory one (gunicorn's shared server, or in-process): no INFO."""
+        return self.redis_embedded or not self.redis_url
+
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int = 2**31) -> int:
     raw = env.get(name, "").strip()

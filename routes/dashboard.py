@@ -94,8 +94,9 @@ def status() -> ResponseReturnValue:
     """What the page needs beside /metrics. Redis down or embedded: said in "redis", still a 200."""
     config: Config = current_app.config["SERVICE_CONFIG"]
     state = cache.state()
-    embedded = config.redis_embedded or not config.redis_url
-    redis = current_app.extensions["dashboard_redis_info"].get(lambda: info_summary(state.redis, embedded=embedded))
+    redis = current_app.extensions["dashboard_redis_info"].get(
+        lambda: info_summary(state.redis, embedded=config.fakeredis)
+    )
     return {
         "redis": redis,
         "l1": {"capacity_per_worker": config.l1_max_items, "ttl_seconds": config.l1_ttl},

@@ -102,6 +102,6 @@ def summary() -> ResponseReturnValue:
             "checked": {tier: int(n) for tier, n in totals["cache_inspector_checked"].items()},
             "stale": {tier: int(n) for tier, n in totals["cache_inspector_stale"].items()},
         },
-        "redis": info_summary(state.redis, embedded=state.config.redis_embedded or not state.config.redis_url),
+        "redis": info_summary(state.redis, embedded=state.config.fakeredis),
         "worker_pid": os.getpid(),
     }
