@@ -162,8 +162,7 @@ class BufferingWorker(ThreadWorker):
         if self.receive(conn):
             self.read_request(conn)
         else:
-            self.nr_conns -= 1
-            conn.close()
+            self.drop(conn)
 
     def read_request(self, conn: BufferedConn) -> None:
         """Wait in the poller, at most CLIENT_TIMEOUT, for the connection's next request to arrive."""
@@ -179,8 +178,7 @@ class BufferingWorker(ThreadWorker):
     def on_request_bytes(self, conn: BufferedConn, sock) -> None:
         if not self.receive(conn):
             self.stop_reading(conn)
-            self.nr_conns -= 1
-            conn.close()
+            self.drop(conn)
             return
         state = arrival(conn.received, self.body_bytes)
         if state is not Arrival.PARTIAL:
@@ -206,6 +204,10 @@ class BufferingWorker(ThreadWorker):
             return
         with contextlib.suppress(OSError):
             conn.sock.send(HEAD_TOO_LARGE)
+        self.drop(conn)
+
+    def drop(self, conn: BufferedConn) -> None:
+        """Close a connection no thread has: it stops counting towards worker_connections."""
         self.nr_conns -= 1
         conn.close()
 
@@ -232,5 +234,4 @@ class BufferingWorker(ThreadWorker):
             if conn.deadline > now:
                 break
             self.stop_reading(conn)
-            self.nr_conns -= 1
-            conn.close()
+            self.drop(conn)
