@@ -3,19 +3,17 @@ tier answered in RFC 9211's `Cache-Status` (beside `X-Cache`), and CORS when COR
 
 from __future__ import annotations
 
-import logging
+import random
 import re
 import time
-import uuid
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from flask_cors import CORS
 from flask_cors.core import get_cors_headers, get_cors_options
 
+import logs
 from config import Config
-
-access = logging.getLogger("access")
 
 # Heroku's router sends a UUID; a caller's own id is kept if it is short and plain (it reaches the logs).
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:+=/-]{1,128}$")
@@ -80,7 +78,11 @@ def _take_request_id() -> str:
 
 def new_request_id(incoming: str) -> str:
     """The id a request with this X-Request-ID (or "") is answered and logged under."""
-    return incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    if incoming and REQUEST_ID.match(incoming):
+        return incoming
+    # 128 random bits as 32 hex digits, like a UUID's hex; not uuid4(): its os.urandom is a system call that
+    # lets go of the GIL, on every request (random is reseeded in each forked worker).
+    return f"{random.getrandbits(128):032x}"
 
 
 def cache_status(tier: str, config: Config) -> str:
@@ -124,7 +126,7 @@ def log_request(
         "tier": tier,
         "request_id": request_id,
     }
-    access.info("%s %s %s %.1fms", method, path, status, duration_ms, extra=fields)
+    logs.access(f"{method} {path} {status} {duration_ms:.1f}ms", fields)
 
 
 def _cache_control(response: Response, config: Config) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -51,3 +54,66 @@ def test_the_access_log_can_be_turned_off(make_app, caplog):
     with caplog.at_level(logging.INFO, logger="access"):
         client.get("/health/live")
     assert [r for r in caplog.records if r.name == "access"] == []
+
+
+@contextlib.contextmanager
+def production_logging(level: int = logging.INFO) -> Iterator[io.StringIO]:
+    """Root logging as gunicorn.conf.py leaves it in a worker: one StreamHandler, JSON, nothing else (pytest
+    adds its own handlers for a test's call, so this is entered inside the test)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    saved = logging.root.handlers, logging.root.level, logs.ACCESS.handlers
+    logging.root.handlers, logs.ACCESS.handlers = [handler], []
+    logging.root.setLevel(level)
+    try:
+        yield stream
+    finally:
+        logging.root.handlers, logs.ACCESS.handlers = saved[0], saved[2]
+        logging.root.setLevel(saved[1])
+
+
+FIELDS = {"method": "GET", "path": "/items/a\u00e9", "status": 200, "duration_ms": 0.25, "bytes": 12, "tier": "lru"}
+
+
+def test_the_access_line_written_directly_is_the_line_logging_writes():
+    fields = {**FIELDS, "request_id": "r-1"}
+    made, factory = [], logging.getLogRecordFactory()
+    logging.setLogRecordFactory(lambda *args, **kwargs: made.append(args) or factory(*args, **kwargs))
+    try:
+        with production_logging() as stream:
+            logs.access("GET /items/a 200 0.2ms", fields)
+    finally:
+        logging.setLogRecordFactory(factory)
+    assert made == []  # written without a record
+    with production_logging() as long_way:
+        logs.ACCESS.info("GET /items/a 200 0.2ms", extra=fields)
+    direct, through_logging = json.loads(stream.getvalue()), json.loads(long_way.getvalue())
+    assert list(direct) == list(through_logging)  # the same fields in the same order
+    assert direct.pop("time")[:16] == through_logging.pop("time")[:16]
+    assert direct == through_logging and direct["path"] == "/items/a\u00e9" and direct["logger"] == "access"
+
+
+def test_a_handler_of_anyone_else_sees_the_access_line_as_a_record():
+    records: list[logging.LogRecord] = []
+    with production_logging() as stream:
+        logging.root.addHandler(Remember(records))
+        logs.access("GET /items/a 200 0.2ms", {**FIELDS, "request_id": "r-2"})
+    (entry,) = records
+    assert entry.getMessage() == "GET /items/a 200 0.2ms" and entry.request_id == "r-2" and entry.tier == "lru"
+    assert json.loads(stream.getvalue())["request_id"] == "r-2"  # and the stream has it too
+
+
+def test_no_access_line_below_the_level():
+    with production_logging(logging.WARNING) as stream:
+        logs.access("GET /items/a 200 0.2ms", {**FIELDS, "request_id": "r-3"})
+    assert stream.getvalue() == ""
+
+
+class Remember(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
