@@ -3,8 +3,10 @@
     python -m bench.fast_path [--seconds 5] [--rounds 3] [--connections 64] [--threads 2] [--no-write]
 
 Each service is the production start (`gunicorn app:app`: the project's gunicorn.conf.py, 2 workers
-of BufferingWorker, 4 threads), with FAST_PATH on or off; the baseline is a bare WSGI callable
-(bench/bare_app.py) on the same gunicorn settings. wrk drives each scenario with 2 threads and 64
+of BufferingWorker, 4 threads, the default LOG_LEVEL, so that every request writes its access line), with
+FAST_PATH on or off; the baseline is a bare WSGI callable (bench/bare_app.py) on the same gunicorn
+settings, and a second bare callable answers an L1 hit's exact headers and body without doing anything:
+what gunicorn alone spends on that answer. wrk drives each scenario with 2 threads and 64
 keep-alive connections, so neither worker idles (bench/__main__.py explains why few connections can
 leave one worker with all of them). Scenarios alternate round by round; every figure is the median over
 rounds, the ratio to the bare app the median of per-round ratios, and on/off the median ratio of each
@@ -48,8 +50,12 @@ SERVICES: dict[str, dict[str, str]] = {
 ONLY_ON = {"no-access-log": {"ACCESS_LOG": "false"}}  # services needed with the fast path on only
 
 
+BARE_ITEM = "bare WSGI callable answering an L1 hit's headers and body"
+L1_HIT = "L1 hit: GET /items/<id>, fast path on"
+
+
 def scenarios() -> list[Scenario]:
-    found = [Scenario("bare WSGI callable (baseline)", "bare", "/")]
+    found = [Scenario("bare WSGI callable (baseline)", "bare", "/"), Scenario(BARE_ITEM, "bare-item", "/")]
     for route, service, path, script in (
         ("L1 hit: GET /items/<id>", "app", "/items/item-0", None),
         ("L2 hit (CACHE_L1_MAX_ITEMS=0)", "l1-off", "/items/item-0", None),
@@ -66,11 +72,12 @@ def scenarios() -> list[Scenario]:
 
 
 def start_services(redis_url: str, sqlite_url: str) -> dict[str, Gunicorn]:
-    base = {"REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, "LOG_LEVEL": "WARNING", "CACHE_BLOOM": "false"}
+    base = {"REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, "CACHE_BLOOM": "false"}
     services = {}
-    bare = Gunicorn(base, workers=2)
-    bare.app = "bench.bare_app:app"
-    services["bare"] = bare.start()
+    for name, wsgi in (("bare", "bench.bare_app:app"), ("bare-item", "bench.bare_app:item_app")):
+        bare = Gunicorn(base, workers=2)
+        bare.app = wsgi
+        services[name] = bare.start()
     for name, env in {**SERVICES, **ONLY_ON}.items():
         for setting in ("on",) if name in ONLY_ON else ("on", "off"):
             prefix = f"{name}-{setting}:"
@@ -120,6 +127,12 @@ def table(plan: list[Scenario]) -> list[str]:
     return rows
 
 
+def against_bare_item(plan: list[Scenario]) -> str:
+    by_name = {s.name: s for s in plan}
+    hit, bare_item = by_name[L1_HIT].results, by_name[BARE_ITEM].results
+    return f"{statistics.median(h.rps / b.rps for h, b in zip(hit, bare_item, strict=True)):.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5)
@@ -148,6 +161,9 @@ def main() -> None:
             "with the fast path on within 5% of it off (on / off >= 0.95).",
             "",
             *table(plan),
+            "",
+            f"The L1 hit with the fast path on against the bare callable answering its headers and body: "
+            f"{against_bare_item(plan)} (median of per-round ratios).",
         ]
     )
     if not args.no_write:
