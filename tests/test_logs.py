@@ -6,7 +6,11 @@ import contextlib
 import io
 import json
 import logging
+import math
+import random
+import re
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -117,3 +121,31 @@ class Remember(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+
+
+def test_the_time_is_utc_with_milliseconds_and_never_later_than_the_event():
+    rng = random.Random(17)
+    moments = [0.0, 1.9995, 5.99999999999999, 1_790_000_000.0004, *(rng.uniform(0, 4e9) for _ in range(2000))]
+    for moment in moments:
+        text = logs.iso_time(moment)
+        parsed = datetime.fromisoformat(text)
+        assert parsed.utcoffset() == timedelta(0) and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", text)
+        assert 0 <= moment - parsed.timestamp() < 0.001 + 1e-6, (moment, text)  # truncated, as a clock reads
+
+
+def test_the_access_template_writes_what_the_json_encoder_writes():
+    rng = random.Random(7)
+    alphabet = 'az/%"\\\t\n\x00\x7f\u00e9\u2028\U0001f600'
+    for _ in range(2000):
+        fields = {
+            "method": rng.choice(["GET", "HEAD", "PUT", "DELETE"]),
+            "path": "/items/" + "".join(rng.choice(alphabet) for _ in range(rng.randrange(12))),
+            "status": rng.choice([200, 304, 404, 503]),
+            "duration_ms": rng.choice([0.0, -0.0, 0.01, 12.5, rng.uniform(0, 1e4), 1e-7, 1e300, math.inf, math.nan]),
+            "bytes": rng.choice([None, 0, 81, 2**40]),
+            "tier": rng.choice([None, "lru", "redis", "db"]),
+            "request_id": "".join(rng.choice(alphabet) for _ in range(rng.randrange(40))),
+        }
+        created, message = rng.uniform(0, 4e9), f"{fields['method']} {fields['path']} 200"
+        expected = logs.dumps(logs.json_object(created, "INFO", "access", message, 4242, fields))
+        assert logs.access_line(created, message, 4242, fields) == expected
