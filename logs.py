@@ -56,7 +56,8 @@ def dumps(line: dict[str, Any]) -> str:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = json_object(record.created, record.levelname, record.name, record.getMessage(), record.process, vars(record))
+        message = record.getMessage()
+        line = json_object(record.created, record.levelname, record.name, message, record.process, vars(record))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return dumps(line)

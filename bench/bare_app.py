@@ -17,7 +17,8 @@ from config import load_config
 from routes.item_read import STATUS_LINE, found_headers
 
 # An item as tests.support.seed_items writes it, as L1 holds it; a made-up request id of the usual length.
-ITEM = CacheEntry.build("item-0", 1, b'{"id":"item-0","seeded":true,"version":1,"updated_at":"2026-01-01T00:00:00.000Z"}')
+BODY = b'{"id":"item-0","seeded":true,"version":1,"updated_at":"2026-01-01T00:00:00.000Z"}'
+ITEM = CacheEntry.build("item-0", 1, BODY)
 ITEM_HEADERS = found_headers(ITEM, "lru", load_config({}), "0" * 32, [])
 
 

@@ -71,8 +71,10 @@ def scenarios() -> list[Scenario]:
     return found
 
 
-def start_services(redis_url: str, sqlite_url: str) -> dict[str, Gunicorn]:
-    base = {"REDIS_URL": redis_url, "DATABASE_URL": sqlite_url, "CACHE_BLOOM": "false"}
+def start_services(redis_url: str, tmp: str) -> dict[str, Gunicorn]:
+    """Each app service on a database of its own: on a shared one, each instance's change follower would
+    apply the other's writes, and a route measured after the other service's write round would pay for it."""
+    base = {"REDIS_URL": redis_url, "CACHE_BLOOM": "false", "DATABASE_URL": f"sqlite:///{tmp}/unused.sqlite3"}
     services = {}
     for name, wsgi in (("bare", "bench.bare_app:app"), ("bare-item", "bench.bare_app:item_app")):
         bare = Gunicorn(base, workers=2)
@@ -81,8 +83,11 @@ def start_services(redis_url: str, sqlite_url: str) -> dict[str, Gunicorn]:
     for name, env in {**SERVICES, **ONLY_ON}.items():
         for setting in ("on",) if name in ONLY_ON else ("on", "off"):
             prefix = f"{name}-{setting}:"
+            sqlite_url = f"sqlite:///{tmp}/{name}-{setting}.sqlite3"
+            seed_items(sqlite_url, 1)
             services[f"{name}+{setting}"] = Gunicorn(
-                {**base, **env, "FAST_PATH": setting, "CACHE_KEY_PREFIX": prefix}, workers=2
+                {**base, **env, "DATABASE_URL": sqlite_url, "FAST_PATH": setting, "CACHE_KEY_PREFIX": prefix},
+                workers=2,
             ).start()
     return services
 
@@ -91,9 +96,7 @@ def run(seconds: float, rounds: int, connections: int, threads: int) -> list[Sce
     with contextlib.ExitStack() as stack:
         redis_server = stack.enter_context(RedisServer())
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
-        sqlite_url = f"sqlite:///{tmp}/items.sqlite3"
-        seed_items(sqlite_url, 1)
-        services = start_services(redis_server.url, sqlite_url)
+        services = start_services(redis_server.url, tmp)
         for server in services.values():
             stack.callback(server.close)
         plan = scenarios()
@@ -153,9 +156,11 @@ def main() -> None:
             "",
             f"`{command}` ({machine()}; {time.monotonic() - started:.0f} s).",
             "Every service is `gunicorn app:app` with the production gunicorn.conf.py (2 workers of BufferingWorker, "
-            "4 threads), "
-            "FAST_PATH on or off; the baseline is a bare WSGI callable (bench/bare_app.py) on the same settings. "
-            f"wrk -t{args.threads} -c{args.connections}, one redis-server, SQLite, all on loopback; medians over "
+            "4 threads; the default LOG_LEVEL, so every request writes its access line), "
+            "FAST_PATH on or off; the baseline is a bare WSGI callable (bench/bare_app.py) on the same settings, "
+            "and a second one answers an L1 hit's status, headers and body doing nothing else. "
+            f"wrk -t{args.threads} -c{args.connections}, one redis-server, a SQLite file per service, all on "
+            "loopback; medians over "
             f"{args.rounds} alternating rounds; ratios are per-round ratios measured in the same round.",
             "Targets (issue 17): the L1 hit with the fast path on at >= 0.90 of the bare app; every other route "
             "with the fast path on within 5% of it off (on / off >= 0.95).",
