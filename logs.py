@@ -34,11 +34,11 @@ _second: tuple[int, str] = (-1, "")  # the last whole second iso_time formatted,
 def iso_time(created: float) -> str:
     """A time.time() in UTC with milliseconds, as every JSON line carries it: 2026-11-27T18:20:11.713+00:00."""
     global _second
-    second = int(created)
-    if _second[0] != second:  # once a second; a thread that races here writes the same pair
-        _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    second, cached = int(created), _second  # one read: another thread may replace it meanwhile
+    if cached[0] != second:  # once a second
+        cached = _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
     millis = min(int(created * 1000) - second * 1000, 999)  # created * 1000 may round up to the next second
-    return f"{_second[1]}.{millis:03d}+00:00"
+    return f"{cached[1]}.{millis:03d}+00:00"
 
 
 def json_object(
@@ -96,7 +96,7 @@ def access(message: str, fields: dict[str, Any]) -> None:
     if not ACCESS.isEnabledFor(logging.INFO):
         return
     handler = _sole_json_handler()
-    if handler is None:
+    if handler is None or not logging.logProcesses or logging.getLevelName(logging.INFO) != "INFO":
         ACCESS.info(message, extra=fields)  # no arguments: a % in the path is not a placeholder
         return
     line = access_line(time.time(), message, os.getpid(), fields) + handler.terminator
@@ -104,6 +104,8 @@ def access(message: str, fields: dict[str, Any]) -> None:
         try:
             handler.stream.write(line)
             handler.flush()
+        except RecursionError:  # as StreamHandler.emit does
+            raise
         except Exception:  # as logging does: a log that cannot be written does not fail the request
             handler.handleError(ACCESS.makeRecord(ACCESS.name, logging.INFO, "", 0, message, (), None))
 

@@ -81,7 +81,8 @@ def new_request_id(incoming: str) -> str:
     if incoming and REQUEST_ID.match(incoming):
         return incoming
     # 128 random bits as 32 hex digits, like a UUID's hex; not uuid4(): its os.urandom is a system call that
-    # lets go of the GIL, on every request (random is reseeded in each forked worker).
+    # lets go of the GIL, on every request. random is reseeded in each forked worker; its output can be
+    # predicted from enough of it, which is fine for an id that is echoed to the caller and never a secret.
     return f"{random.getrandbits(128):032x}"
 
 

@@ -7,8 +7,10 @@ import io
 import json
 import logging
 import math
+import os
 import random
 import re
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -80,7 +82,10 @@ def production_logging(level: int = logging.INFO) -> Iterator[io.StringIO]:
 FIELDS = {"method": "GET", "path": "/items/a\u00e9", "status": 200, "duration_ms": 0.25, "bytes": 12, "tier": "lru"}
 
 
-def test_the_access_line_written_directly_is_the_line_logging_writes():
+def test_the_access_line_written_directly_is_the_line_logging_writes(monkeypatch):
+    moment = 1_790_000_000.123456  # one clock for both paths (LogRecord reads time_ns on Python 3.13)
+    monkeypatch.setattr(time, "time", lambda: moment)
+    monkeypatch.setattr(time, "time_ns", lambda: int(moment * 1e9))
     fields = {**FIELDS, "request_id": "r-1"}
     made, factory = [], logging.getLogRecordFactory()
     logging.setLogRecordFactory(lambda *args, **kwargs: made.append(args) or factory(*args, **kwargs))
@@ -92,10 +97,21 @@ def test_the_access_line_written_directly_is_the_line_logging_writes():
     assert made == []  # written without a record
     with production_logging() as long_way:
         logs.ACCESS.info("GET /items/a 200 0.2ms", extra=fields)
-    direct, through_logging = json.loads(stream.getvalue()), json.loads(long_way.getvalue())
-    assert list(direct) == list(through_logging)  # the same fields in the same order
-    assert direct.pop("time")[:16] == through_logging.pop("time")[:16]
-    assert direct == through_logging and direct["path"] == "/items/a\u00e9" and direct["logger"] == "access"
+    assert stream.getvalue() == long_way.getvalue()  # byte for byte, the newline included
+    line = json.loads(stream.getvalue())
+    assert line["path"] == "/items/a\u00e9" and line["logger"] == "access" and line["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("setting", ["no process ids", "renamed level"])
+def test_logging_settings_the_template_does_not_know_send_the_line_through_logging(setting, monkeypatch):
+    if setting == "no process ids":
+        monkeypatch.setattr(logging, "logProcesses", False)
+    else:
+        monkeypatch.setattr(logging, "_levelToName", {**logging._levelToName, logging.INFO: "info"})
+    with production_logging() as stream:
+        logs.access("GET /items/a 200 0.2ms", {**FIELDS, "request_id": "r-4"})
+    line = json.loads(stream.getvalue())
+    assert (line["pid"], line["level"]) == ((None, "INFO") if setting == "no process ids" else (os.getpid(), "info"))
 
 
 def test_a_handler_of_anyone_else_sees_the_access_line_as_a_record():
