@@ -32,6 +32,7 @@ from tests.support import ROOT, Gunicorn, RedisServer, postgres_schema_url, seed
 # then spends its ephemeral ports (sync swung 4,600 -> 1,400) or every figure pays a TCP connect. One
 # worker cannot be pinned unevenly; it leaves wrk a core of its own, and it measures what a worker costs.
 WORKER_ARGS = "--worker-class buffering_worker.BufferingWorker --workers 1 --threads 4"
+ITEMS = 100_000  # seeded in each PostgreSQL service's schema; zipf.lua draws ids from them
 
 
 @dataclass
@@ -50,14 +51,11 @@ def tier_counts(server: Gunicorn) -> dict[str, float]:
     return {tier: float(n) for tier, n in re.findall(r'^cache_requests_total\{tier="(\w+)"\} (\S+)$', text, re.M)}
 
 
-def start_services(redis_url: str, sqlite_url: str, pg_url: str | None) -> dict[str, Gunicorn]:
-    base = {
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": sqlite_url,
-        "GUNICORN_CMD_ARGS": WORKER_ARGS,
-        "LOG_LEVEL": "WARNING",
-        "CACHE_BLOOM": "false",
-    }
+def start_services(redis_url: str, tmp: str, pg_base: str | None, stack: contextlib.ExitStack) -> dict[str, Gunicorn]:
+    """Every service on a database of its own (a SQLite file, a PostgreSQL schema): on a shared one each
+    instance's change follower would apply the others' writes while they are measured. The default
+    LOG_LEVEL: every request writes its access line, as in production."""
+    base = {"REDIS_URL": redis_url, "GUNICORN_CMD_ARGS": WORKER_ARGS, "CACHE_BLOOM": "false"}
     specs: dict[str, dict[str, str]] = {
         "app": {"CACHE_KEY_PREFIX": "app:"},
         "no-metrics": {"CACHE_KEY_PREFIX": "nm:", "REQUEST_METRICS": "false"},
@@ -65,12 +63,18 @@ def start_services(redis_url: str, sqlite_url: str, pg_url: str | None) -> dict[
         "no-cache": {"CACHE_KEY_PREFIX": "nc:", "CACHE_ENABLED": "false"},
         "peer": {},
     }
-    if pg_url:
+    for name, env in specs.items():
+        env["DATABASE_URL"] = f"sqlite:///{tmp}/{name}.sqlite3"
+        seed_items(env["DATABASE_URL"], 1)
+    if pg_base:
         specs |= {
-            "no-cache-pg": {"CACHE_KEY_PREFIX": "ncpg:", "CACHE_ENABLED": "false", "DATABASE_URL": pg_url},
-            "app-pg": {"CACHE_KEY_PREFIX": "apg:", "DATABASE_URL": pg_url},
-            "l1-off-pg": {"CACHE_KEY_PREFIX": "l1pg:", "CACHE_L1_MAX_ITEMS": "0", "DATABASE_URL": pg_url},
+            "no-cache-pg": {"CACHE_KEY_PREFIX": "ncpg:", "CACHE_ENABLED": "false"},
+            "app-pg": {"CACHE_KEY_PREFIX": "apg:"},
+            "l1-off-pg": {"CACHE_KEY_PREFIX": "l1pg:", "CACHE_L1_MAX_ITEMS": "0"},
         }
+        for name in ("no-cache-pg", "app-pg", "l1-off-pg"):
+            specs[name]["DATABASE_URL"] = stack.enter_context(postgres_schema_url(pg_base))
+            seed_items(specs[name]["DATABASE_URL"], ITEMS)
     services = {}
     for name, env in specs.items():
         server = Gunicorn({**base, **env})
@@ -103,14 +107,8 @@ def run(seconds: float, rounds: int, pg_base: str | None, connections: int) -> l
     with contextlib.ExitStack() as stack:
         redis_server = stack.enter_context(RedisServer())
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
-        sqlite_url = f"sqlite:///{tmp}/items.sqlite3"
-        seed_items(sqlite_url, 1)
-        pg_url = None
-        if pg_base:
-            pg_url = stack.enter_context(postgres_schema_url(pg_base))
-            seed_items(pg_url, 100_000)
-        os.environ["ITEMS"], os.environ["WRITE_PCT"] = "100000", "5"  # for zipf.lua
-        services = start_services(redis_server.url, sqlite_url, pg_url)
+        os.environ["ITEMS"], os.environ["WRITE_PCT"] = str(ITEMS), "5"  # for zipf.lua
+        services = start_services(redis_server.url, tmp, pg_base, stack)
         for server in services.values():
             stack.callback(server.close)
         for name in ("app-pg", "l1-off-pg"):  # a production cache is warm: fill Redis as a deploy would
@@ -124,7 +122,7 @@ def run(seconds: float, rounds: int, pg_base: str | None, connections: int) -> l
                     capture_output=True,
                     timeout=300,
                 )
-        plan = scenarios(bool(pg_url))
+        plan = scenarios(bool(pg_base))
         for scenario in plan:  # warm every tier, unmeasured
             measure(services[scenario.service].base + scenario.path, 1.0, connections, scenario.script)
 
