@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, current_app, json
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from cache.warm import CacheUnavailable, WarmInProgress
 from db import CommitOutcomeUnknown, DatabaseUnavailable, DeadlineExceeded, MalformedItem
@@ -33,6 +33,12 @@ def error_response(code: int, error: str, message: str, headers: dict[str, str] 
 def _http_error(exc: HTTPException) -> Response:
     if isinstance(exc, ApiError):
         return error_response(exc.code, exc.error, exc.description or "", exc.extra_headers)
+    if isinstance(exc, ClientDisconnected) and isinstance(exc.__context__, TimeoutError):
+        # werkzeug calls every failed body read a disconnect (400); this one is a body that stopped arriving
+        # (buffering_worker.ReadDeadline: CLIENT_TIMEOUT in all), which HTTP calls 408. Nothing was stored.
+        timeout = current_app.config["SERVICE_CONFIG"].client_timeout
+        message = f"the request body did not arrive within CLIENT_TIMEOUT ({timeout:g} s); send it again, faster"
+        return error_response(408, "request_timeout", message)
     name = (exc.name or "error").lower().replace(" ", "_")
     headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
     message = exc.description or name

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+from typing import Any
 
 import pytest
 
@@ -219,3 +221,25 @@ def test_server_error_is_json_without_traceback(client, app, monkeypatch):
     response = client.get("/items/any")
     assert response.status_code == 500 and response.json["error"] == "internal_error"
     assert b"secret" not in response.data and b"Traceback" not in response.data
+
+
+class StalledBody(io.RawIOBase):
+    """A request body whose client stopped sending: the worker's read deadline (buffering_worker.ReadDeadline)
+    ended the wait."""
+
+    def readable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:  # werkzeug's test client notes where it starts
+        return 0
+
+    def readinto(self, buffer: Any) -> int:
+        raise TimeoutError("the client did not send its request within CLIENT_TIMEOUT")
+
+
+def test_a_body_that_stops_arriving_is_408_not_a_disconnect_and_nothing_is_stored(client):
+    chunked = {"wsgi.input_terminated": True}  # as gunicorn hands over a chunked body: read it to its end
+    response = client.put("/items/slow", input_stream=StalledBody(), headers=JSON_HEADERS, environ_overrides=chunked)
+    assert response.status_code == 408 and response.json["error"] == "request_timeout"
+    assert "CLIENT_TIMEOUT (10 s)" in response.json["message"]
+    assert client.get("/items/slow").status_code == 404

@@ -119,6 +119,24 @@ def test_a_chunked_body_trickling_in_holds_a_thread_no_longer_than_the_client_ti
         assert server.get("/items/trickle")[0] == 404  # nothing half-read was stored
 
 
+def test_a_body_that_stops_arriving_is_answered_408_and_nothing_is_stored(env):
+    """A chunked body (read by the thread, not the poller) that stops half-way: once CLIENT_TIMEOUT has
+    passed the client gets a JSON 408 naming the setting, not werkzeug's 400 "disconnected"."""
+    with Gunicorn(env, workers=1) as server:
+        sock = connect(server)
+        sock.sendall(
+            b"PUT /items/stalled HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"nam\r\n'
+        )
+        started = time.monotonic()
+        status, _, got = _Reader(sock).response()  # then nothing more is sent
+        assert status == 408 and json.loads(got)["error"] == "request_timeout", got
+        assert "CLIENT_TIMEOUT" in json.loads(got)["message"]
+        assert CLIENT_TIMEOUT - 0.5 <= time.monotonic() - started < CLIENT_TIMEOUT + MARGIN
+        sock.close()
+        assert server.get("/items/stalled")[0] == 404
+
+
 def test_closed_connections_are_counted_out_so_a_full_worker_accepts_again(env):
     """worker_connections 20: stalled connections fill the worker; once they are closed it serves again,
     twice over (a connection counted out twice, or never, would show by the second round)."""
