@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from bench.load import Result, measure, median_cells, process_tree, run_round
-from bench.report import machine, update_section
+from bench.report import machine, publish
 from tests.support import ROOT, Gunicorn, RedisServer, postgres_schema_url, seed_items
 
 # Why one worker (the production worker class, BufferingWorker, 4 threads): with two, wrk's keep-alive connections stay
@@ -180,8 +180,7 @@ def main() -> None:
             *table(plan),
         ]
     )
-    update_section("throughput", section)
-    print(section)
+    publish("throughput", section)
     print(json.dumps({s.name: statistics.median(s.ratios) for s in plan}))
 
 

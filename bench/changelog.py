@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from bench.report import machine, update_section
+from bench.report import machine, publish
 from tests.integration.consistency import request
 from tests.support import Gunicorn, RedisServer, postgres_schema_url, seed_items, sql_connection, wait_until
 
@@ -281,8 +281,7 @@ def main() -> None:
         f"SQL): {found['cache_inspector_checked_total']:,.0f} entries checked, "
         f"**{found['cache_inspector_stale_total']:.0f} stale** a full bound (1 s) after first seen.",
     ]
-    update_section("changelog", "\n".join(lines))
-    print("\n".join(lines))
+    publish("changelog", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 
-from bench.report import machine, update_section
+from bench.report import machine, publish
 from db import open_store
 from db.base import ItemStore
 from tests.support import postgres_schema_url, sql_connection
@@ -116,8 +116,7 @@ def main() -> None:
         "|---|---|---|---|",
         *[f"| {name} | {r['with']:,.0f} | {r['without']:,.0f} | {r['ratio']:.2f} |" for name, r in results.items()],
     ]
-    print("\n".join(lines))
-    update_section("changelog_cost", "\n".join(lines))
+    publish("changelog_cost", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from bench.load import Result, Write, measure, median_cells, process_tree, run_round
-from bench.report import machine, update_section
+from bench.report import machine, publish
 from tests.support import Gunicorn, RedisServer, seed_items
 
 WRITE = Write("PUT", b'{"name":"bench write","price":9.5}')
@@ -171,9 +171,7 @@ def main() -> None:
             f"{against_bare_item(plan)} (median of per-round ratios).",
         ]
     )
-    if not args.no_write:
-        update_section("fast_path", section)
-    print(section)
+    publish("fast_path", section, write=not args.no_write)
 
 
 if __name__ == "__main__":

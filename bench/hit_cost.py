@@ -25,7 +25,7 @@ import tempfile
 import timeit
 from typing import Any
 
-from bench.report import machine, update_section
+from bench.report import machine, publish
 
 N = 20_000
 VARIANTS = {
@@ -110,9 +110,7 @@ def main() -> None:
             *rows,
         ]
     )
-    if not args.no_write:
-        update_section("hit_cost", section)
-    print(section)
+    publish("hit_cost", section, write=not args.no_write)
 
 
 if __name__ == "__main__":

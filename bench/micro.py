@@ -15,7 +15,7 @@ import cachetools
 import fakeredis
 
 import cache
-from bench.report import machine, update_section
+from bench.report import machine, publish
 from cache import CacheEntry, cache_get, cache_key, cache_set
 from config import load_config
 
@@ -57,8 +57,7 @@ def main() -> None:
         "|---|---|---|",
         *[f"| {name} | {ns:.0f} | {ns / reference:.2f} |" for name, ns in rows],
     ]
-    update_section("micro", "\n".join(lines))
-    print("\n".join(lines))
+    publish("micro", "\n".join(lines))
 
 
 if __name__ == "__main__":

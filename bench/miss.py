@@ -15,7 +15,7 @@ import time
 
 import redis
 
-from bench.report import machine, update_section
+from bench.report import machine, publish
 from tests.integration.fleet import TOKEN, fleet, get_all, total, warm_peak_rss_kb
 from tests.support import RedisServer, postgres_schema_url, seed_items, wait_until
 
@@ -85,8 +85,7 @@ def main() -> None:
             *warm_rows,
         ]
     )
-    update_section("miss", section)
-    print(section)
+    publish("miss", section)
     print(json.dumps({"stampede": [on, off], "bloom": [bloom_on, bloom_off]}))
 
 

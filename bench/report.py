@@ -49,3 +49,10 @@ def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float:
             return lower_bound + (bound - lower_bound) * (rank - lower_count) / max(count - lower_count, 1e-9)
         lower_bound, lower_count = bound, count
     return lower_bound
+
+
+def publish(name: str, section: str, write: bool = True) -> None:
+    """Print a bench's section and, with `write`, put it in BENCHMARKS.md."""
+    if write:
+        update_section(name, section)
+    print(section)

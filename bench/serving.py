@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from bench.load import Result, cpu_seconds, measure, process_tree
-from bench.report import machine, update_section
+from bench.report import machine, publish
 from tests.integration.slow_clients import Latencies, stalled
 from tests.support import Gunicorn, RedisServer, TcpProxy, postgres_schema_url, seed_items, wait_until, with_port
 
@@ -242,9 +242,7 @@ def main() -> None:
             *markdown(table, setups, worker_counts),
         ]
     )
-    if not args.quick:
-        update_section("serving", section)
-    print(section)
+    publish("serving", section, write=not args.quick)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import time
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from bench.report import machine, update_section
+from bench.report import machine, publish
 from buffering_worker import accept_connection
 from tests.integration.slow_clients import ordinary_requests, seconds_until_closed, stalled
 from tests.support import Gunicorn
@@ -86,8 +86,7 @@ def main() -> None:
             *rows,
         ]
     )
-    update_section("slow-clients", section)
-    print(section)
+    publish("slow-clients", section)
 
 
 if __name__ == "__main__":
