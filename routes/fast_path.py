@@ -99,7 +99,7 @@ class FastPath:
             return None
         if environ.get("CONTENT_LENGTH", "") not in ("", "0"):
             return None
-        if DECLINE_IF_PRESENT[0] in environ or DECLINE_IF_PRESENT[1] in environ:  # any(...): a generator a request
+        if DECLINE_IF_PRESENT[0] in environ or DECLINE_IF_PRESENT[1] in environ:  # not any(): no generator per request
             return None
         return ITEM_PATH.fullmatch(environ.get("PATH_INFO", ""))
 
