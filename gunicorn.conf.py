@@ -60,8 +60,8 @@ keepalive = 5
 # Logs to stderr, 12-factor: the platform collects them. The app writes the access log itself (logger
 # "access", ACCESS_LOG), so that a request's line has the format of every other line (LOG_FORMAT) and says
 # which tier answered and how long it took; gunicorn's own access log would be a second format. It costs
-# 2-14% of throughput on most routes and 20% of an L1 hit's (BENCHMARKS.md "Serving", "Fast path");
-# ACCESS_LOG=false where the router logs requests already.
+# 20% of an L1 hit's throughput, the cheapest request's (BENCHMARKS.md "Fast path"); ACCESS_LOG=false
+# where the router logs requests already.
 accesslog = None
 errorlog = "-"
 # gunicorn's own lines ("Starting gunicorn", "Booting worker") in the same format, from its first line on:

@@ -80,7 +80,7 @@ def start_services(redis_url: str, tmp: str, pg_base: str | None, stack: context
         server = Gunicorn({**base, **env})
         if name == "peer":
             server.app = "bench.peer_app:app"
-        services[name] = server.start()
+        services[name] = stack.enter_context(server)  # closed even if a later one fails to start
     return services
 
 
@@ -109,8 +109,6 @@ def run(seconds: float, rounds: int, pg_base: str | None, connections: int) -> l
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
         os.environ["ITEMS"], os.environ["WRITE_PCT"] = str(ITEMS), "5"  # for zipf.lua
         services = start_services(redis_server.url, tmp, pg_base, stack)
-        for server in services.values():
-            stack.callback(server.close)
         for name in ("app-pg", "l1-off-pg"):  # a production cache is warm: fill Redis as a deploy would
             if name in services:
                 env = {**services[name].env, "LOG_LEVEL": "WARNING"}

@@ -71,7 +71,7 @@ def scenarios() -> list[Scenario]:
     return found
 
 
-def start_services(redis_url: str, tmp: str) -> dict[str, Gunicorn]:
+def start_services(redis_url: str, tmp: str, stack: contextlib.ExitStack) -> dict[str, Gunicorn]:
     """Each app service on a database of its own: on a shared one, each instance's change follower would
     apply the other's writes, and a route measured after the other service's write round would pay for it."""
     base = {"REDIS_URL": redis_url, "CACHE_BLOOM": "false", "DATABASE_URL": f"sqlite:///{tmp}/unused.sqlite3"}
@@ -79,16 +79,17 @@ def start_services(redis_url: str, tmp: str) -> dict[str, Gunicorn]:
     for name, wsgi in (("bare", "bench.bare_app:app"), ("bare-item", "bench.bare_app:item_app")):
         bare = Gunicorn(base, workers=2)
         bare.app = wsgi
-        services[name] = bare.start()
+        services[name] = stack.enter_context(bare)  # closed even if a later one fails to start
     for name, env in {**SERVICES, **ONLY_ON}.items():
         for setting in ("on",) if name in ONLY_ON else ("on", "off"):
             prefix = f"{name}-{setting}:"
             sqlite_url = f"sqlite:///{tmp}/{name}-{setting}.sqlite3"
             seed_items(sqlite_url, 1)
-            services[f"{name}+{setting}"] = Gunicorn(
+            server = Gunicorn(
                 {**base, **env, "DATABASE_URL": sqlite_url, "FAST_PATH": setting, "CACHE_KEY_PREFIX": prefix},
                 workers=2,
-            ).start()
+            )
+            services[f"{name}+{setting}"] = stack.enter_context(server)
     return services
 
 
@@ -96,9 +97,7 @@ def run(seconds: float, rounds: int, connections: int, threads: int) -> list[Sce
     with contextlib.ExitStack() as stack:
         redis_server = stack.enter_context(RedisServer())
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
-        services = start_services(redis_server.url, tmp)
-        for server in services.values():
-            stack.callback(server.close)
+        services = start_services(redis_server.url, tmp, stack)
         plan = scenarios()
         by_name = {s.name: s for s in plan}
 

@@ -329,8 +329,15 @@ class Gunicorn:
         return self.proc
 
     def start(self, timeout: float = 30) -> Gunicorn:
+        """Launch it and wait until it answers; one that does not is stopped (its log kept, its tail raised)
+        rather than left running for no caller to close."""
         self.launch()
-        wait_until(lambda: self.get("/health/live")[0] == 200, timeout=timeout)
+        try:
+            wait_until(lambda: self.get("/health/live")[0] == 200, timeout=timeout)
+        except AssertionError:
+            self.stop()
+            tail = self.output()[-2000:]
+            raise AssertionError(f"gunicorn did not come up within {timeout}s; its log ends:\n{tail}") from None
         return self
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
