@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from tests.integration.consistency import request
-from tests.support import ROOT, Gunicorn, RedisServer, TcpProxy, postgres_schema_url, seed_items, with_port
+from tests.support import ROOT, Gunicorn, RedisServer, TcpProxy, postgres_schema_url, seed_items, wait_until, with_port
 
 TOKEN = "admin-token"
 LOCK_TTL = 2.0
@@ -37,6 +37,36 @@ def recovered(servers: list[Gunicorn]) -> bool:
     return all(
         metric(s, "cache_listener_subscribed") == 1.0 and metric(s, "cache_redis_catching_up") == 0 for s in servers
     )
+
+
+RECOVERY_SAMPLES = re.compile(
+    r"^(cache_listener_subscribed|cache_redis_catching_up|cache_circuit_open|cache_redis_catch_ups_total"
+    r"|cache_changelog_lag_seconds)\b.*$",
+    re.M,
+)
+
+
+def wait_recovered(servers: list[Gunicorn], timeout: float) -> None:
+    """Wait until `recovered(servers)`; if it does not come, fail saying, per instance, its recovery gauges and
+    the last warnings of its log: the logs are deleted with the instances, so this is all a failed run keeps."""
+    try:
+        wait_until(lambda: recovered(servers), timeout=timeout)
+    except AssertionError:
+        raise AssertionError(f"not recovered within {timeout}s\n" + "\n".join(map(diagnosis, servers))) from None
+
+
+def diagnosis(server: Gunicorn) -> str:
+    try:
+        text = server.get("/metrics")[2].decode()
+        gauges = "; ".join(match.group(0) for match in RECOVERY_SAMPLES.finditer(text))
+    except OSError as exc:
+        gauges = f"/metrics unanswered: {exc}"
+    warnings = [
+        f"  {line['time']} [{line.get('pid')}] {line.get('logger')}: {line['message']}"
+        for line in log_lines(server)
+        if line.get("level") in ("WARNING", "ERROR", "CRITICAL")
+    ]
+    return "\n".join([f"{server.base}: {gauges}", *warnings[-15:]])
 
 
 def worker_of(server: Gunicorn, request_id: str) -> str:

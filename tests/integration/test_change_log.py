@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 from db import open_store
-from tests.integration.fleet import fleet, log_lines, recovered
+from tests.integration.fleet import fleet, log_lines, wait_recovered
 from tests.support import Gunicorn, seed_items, sql_connection, wait_until
 
 READS_PER_INSTANCE = 6  # enough that both workers of an instance answer (they share its socket)
@@ -46,7 +46,7 @@ def follower_pid(servers: list[Gunicorn]) -> int:
 
 def test_outside_inserts_updates_and_deletes_reach_every_worker_within_a_second(request, capsys):
     with fleet(request.getfixturevalue("postgres_url")) as (_, servers, _, db_url):
-        wait_until(lambda: recovered(servers), timeout=20)
+        wait_recovered(servers, timeout=20)
         with sql_connection(db_url) as sql:
             assert served_versions(servers, "by-sql") == {0}  # cached as absent on every instance
             timings = {}
@@ -71,7 +71,7 @@ def test_outside_inserts_updates_and_deletes_reach_every_worker_within_a_second(
 def test_the_follower_killed_mid_batch_skips_nothing(request, capsys):
     rows = 20_000
     with fleet(request.getfixturevalue("postgres_url"), seed=rows) as (_, servers, _, db_url):
-        wait_until(lambda: recovered(servers), timeout=20)
+        wait_recovered(servers, timeout=20)
         sample = [f"item-{n}" for n in range(0, rows, rows // 40)]
         assert all(served_versions(servers[:1], i) == {1} for i in sample)  # cached at version 1
         wait_until(lambda: "follows the database's change log" in servers[0].output() + servers[1].output(), 10)
@@ -95,7 +95,7 @@ def test_the_follower_killed_mid_batch_skips_nothing(request, capsys):
 
 def test_outside_writes_while_redis_is_frozen_are_applied_when_it_answers(request):
     with fleet(request.getfixturevalue("postgres_url"), seed=10) as (redis_server, servers, _, db_url):
-        wait_until(lambda: recovered(servers), timeout=20)
+        wait_recovered(servers, timeout=20)
         assert served_versions(servers, "item-3") == {1}  # Redis and L1 hold version 1
         redis_server.pause()
         try:
@@ -109,7 +109,7 @@ def test_outside_writes_while_redis_is_frozen_are_applied_when_it_answers(reques
 
 def test_changes_made_while_every_instance_was_down_are_applied_at_start(request):
     with fleet(request.getfixturevalue("postgres_url"), seed=10) as (_, servers, _, db_url):
-        wait_until(lambda: recovered(servers), timeout=20)
+        wait_recovered(servers, timeout=20)
         assert served_versions(servers, "item-5") == {1}
         with every_instance_down(servers), sql_connection(db_url) as sql:
             sql.execute("""UPDATE items SET fields = '{"while": "down"}' WHERE id = 'item-5'""")
@@ -118,7 +118,7 @@ def test_changes_made_while_every_instance_was_down_are_applied_at_start(request
 
 def test_a_log_purged_past_a_stopped_fleets_position_flushes_and_serves_the_truth(request):
     with fleet(request.getfixturevalue("postgres_url"), seed=10) as (_, servers, _, db_url):
-        wait_until(lambda: recovered(servers), timeout=20)
+        wait_recovered(servers, timeout=20)
         assert served_versions(servers, "item-7") == {1}
         with every_instance_down(servers), sql_connection(db_url) as sql:
             sql.execute("""UPDATE items SET fields = '{"missed": true}' WHERE id = 'item-7'""")
@@ -133,6 +133,6 @@ def test_a_log_purged_past_a_stopped_fleets_position_flushes_and_serves_the_trut
 
 def test_seeded_rows_are_known_without_a_warm(request):
     with fleet(request.getfixturevalue("postgres_url")) as (_, servers, _, db_url):
-        wait_until(lambda: recovered(servers), timeout=20)
+        wait_recovered(servers, timeout=20)
         seed_items(db_url, 50, prefix="late")  # COPY behind the service's back, after it started
         wait_until(lambda: all(served_versions(servers[:1], f"late-{n}") == {1} for n in range(0, 50, 7)), 10)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 from tests.integration.consistency import Checker, StaleRead, read_everywhere
-from tests.integration.fleet import database_url, recovered, worker_of
+from tests.integration.fleet import database_url, wait_recovered, worker_of
 from tests.support import Gunicorn, RedisClusterServers, wait_until
 
 
@@ -22,7 +22,7 @@ def cluster_fleet(request, tmp_path) -> Iterator[tuple[RedisClusterServers, list
         db_url = stack.enter_context(database_url(request, tmp_path))
         env = {"REDIS_URL": cluster.url, "REDIS_CLUSTER": "true", "DATABASE_URL": db_url, "CACHE_L1_TTL": "10"}
         servers = [stack.enter_context(Gunicorn(env, workers=2)) for _ in range(2)]
-        wait_until(lambda: recovered(servers), timeout=20)
+        wait_recovered(servers, timeout=20)
         yield cluster, servers
 
 
@@ -87,7 +87,7 @@ def test_primary_killed_under_load_fails_over_and_nothing_stale_remains(request,
         wait_until(promoted, timeout=30)
         promoted_at = time.monotonic()
         # Recovered: every listener subscribed, and Redis caught up with the change log in every worker.
-        wait_until(lambda: recovered(servers), timeout=30)
+        wait_recovered(servers, timeout=30)
         recovered_at = time.monotonic()
         time.sleep(4)
         checker.stop()

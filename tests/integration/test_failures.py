@@ -7,7 +7,7 @@ import json
 import time
 
 from tests.integration.consistency import Checker, read_everywhere
-from tests.integration.fleet import TOKEN, first_log_time, fleet, recovered
+from tests.integration.fleet import TOKEN, first_log_time, fleet, wait_recovered
 from tests.support import wait_until
 
 AUTH_JSON = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -16,7 +16,7 @@ AUTH_JSON = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/js
 def outage(request, capsys, title: str, stop, start, seconds: float = 10.0) -> tuple:
     """Run the checker, take Redis away with `stop` for `seconds`, bring it back with `start`; judge."""
     with fleet(request.getfixturevalue("postgres_url")) as (redis_server, servers, _, _):
-        wait_until(lambda: recovered(servers), timeout=15)
+        wait_recovered(servers, timeout=15)
         checker = Checker([s.base for s in servers], token=TOKEN).start()
         time.sleep(3)
         down_wall, down = time.time(), time.monotonic()
@@ -24,7 +24,7 @@ def outage(request, capsys, title: str, stop, start, seconds: float = 10.0) -> t
         time.sleep(seconds)
         up = time.monotonic()
         start(redis_server)
-        wait_until(lambda: recovered(servers), timeout=20)
+        wait_recovered(servers, timeout=20)
         time.sleep(3)
         checker.stop()
         report = checker.report()
