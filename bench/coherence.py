@@ -85,7 +85,8 @@ def run(seconds: float, database_url: str | None) -> str:
             "## Coherence: invalidation lag across processes",
             "",
             f"`python -m bench.coherence --seconds {seconds:g}` ({db}; {machine()}).",
-            "2 gunicorn instances x 2 gthread workers, one redis-server, all on loopback. Lag is publish (inside the",
+            "2 gunicorn instances x 2 workers (the production gunicorn.conf.py), one redis-server, all on loopback. "
+            "Lag is publish (inside the",
             "writer's Lua script) to applied (in every other worker), from the workers' own histograms, quantiles",
             "interpolated within buckets as Prometheus does. Staleness is measured by the client-side checker.",
             "",
