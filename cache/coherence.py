@@ -26,9 +26,7 @@ class Coherence:
         self.lost = False  # the connection was lost since this process started: Redis may have missed writes
 
     def before_subscribe(self) -> None:
-        nodes = getattr(self.cache.redis.client, "nodes_manager", None)
-        if nodes is not None:  # a cluster client may still point at the node that just failed: ask anew
-            nodes.initialize()
+        self.cache.refresh_topology()  # a cluster client may still point at the node that just failed: ask anew
 
     def on_subscribed(self, reason: str) -> None:
         cache = self.cache

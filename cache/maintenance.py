@@ -109,11 +109,9 @@ class Maintenance(Background):
         REDIS_CATCHING_UP.set(0 if trust.redis_current else 1)
 
     def _refresh_topology(self) -> None:
-        nodes = getattr(self.cache.redis.client, "nodes_manager", None)
-        if nodes is not None and self.timer() >= self._next_topology:
-            # A cluster client learns of a failover slowly; our catch-up waits on it: ask the cluster now.
+        if self.timer() >= self._next_topology:  # our catch-up waits on a client that may not know of a failover
             self._next_topology = self.timer() + TOPOLOGY_INTERVAL
-            self.cache.redis.guard("topology", "-", nodes.initialize)
+            self.cache.redis.guard("topology", "-", self.cache.refresh_topology)
 
     def _disable_bloom_if_missed(self) -> None:
         """A Bloom filter add failed (Redis down): the filter may lack an id, and would answer 404 for it

@@ -80,6 +80,15 @@ class CacheProcess:
         if self.trust.usable and self.trust.generation == generation and self.lru.set(key, entry):
             L1_ENTRIES.set(len(self.lru))
 
+    def refresh_topology(self) -> None:
+        """A cluster client learns of a failover slowly: ask the cluster for its slots now, for both clients
+        (the one for requests and the one for batches, which the change follower's pipeline uses). Raises
+        what the client raises when no node answers; nothing to do outside a cluster."""
+        for client in (self.redis.client, self.bulk):
+            nodes = getattr(client, "nodes_manager", None)
+            if nodes is not None:
+                nodes.initialize()
+
     def flush_l1(self, reason: str) -> None:
         """Empty L1 (counted in cache_l1_flushes_total{reason})."""
         self.trust.new_generation()
