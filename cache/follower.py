@@ -48,7 +48,6 @@ WAIT_SECONDS = 0.2  # the longest wait between looks at the log (SQLite's poll; 
 GATHER_SECONDS = 0.01  # after a wake-up, let a burst of commits gather into one batch (one pass, not many)
 SAVE_INTERVAL = 1.0  # the position is saved at most this often (a restart repeats at most this much work)
 RETRY_SECONDS = 1.0  # after the database or Redis failed
-TOPOLOGY_INTERVAL = 1.0  # seconds between asking a cluster for its slots while the pipeline fails
 PURGE_INTERVAL = 60.0  # seconds between purges of applied log rows and old tombstones
 LOG_RETENTION = 3600.0  # applied log rows are kept this long (for a second cache on the same database)
 # How far back a Redis outage puts cached versions in doubt: a read's fill and a write's cache update land
@@ -78,7 +77,7 @@ class ChangeFollower(Background):
         self.rewind_due = False  # Redis may have lost or missed writes: apply the recent log again
         self.rewind_to = -1  # ... from at most here too: the position a Redis restored from a snapshot held
         self.caught_up_at = timer()
-        self._next_purge = self._next_save = self._next_topology = float("-inf")
+        self._next_purge = self._next_save = float("-inf")
         self._saved: ChangeCursor | None = None
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -128,7 +127,7 @@ class ChangeFollower(Background):
             self._flush_for_gap()
         elif batch.changes and not self.apply(batch.changes):
             self.rewind_due = True  # Redis failed: it may have lost what it took before
-            self._refresh_topology()  # a failover? The batch client alone may still point at the dead node
+            self.cache.refresh_topology_soon(self.timer())  # a failover? The batch client may not know of it
             CHANGELOG_LAG.set(self.timer() - self.caught_up_at)
             return 0  # the batch (and the recent log) is applied again when it answers
         self.cursor = batch.cursor
@@ -163,13 +162,6 @@ class ChangeFollower(Background):
             return False
         CHANGELOG_APPLIED.inc(len(changes))
         return True
-
-    def _refresh_topology(self) -> None:
-        """At most every TOPOLOGY_INTERVAL: seen in CI, a failed-over primary's address kept failing the
-        follower's pipeline for over 30 s while every other call had moved on."""
-        if self.timer() >= self._next_topology:
-            self._next_topology = self.timer() + TOPOLOGY_INTERVAL
-            self.cache.redis.guard("topology", "-", self.cache.refresh_topology)
 
     def _announce(self, upto: int) -> None:
         """Tell every process that the log is applied up to `upto` in Redis, unless Redis turns out to have

@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 PASS_INTERVAL = 0.25  # seconds between passes when nothing wakes the thread
 CATCH_UP_INTERVAL = 0.02  # seconds between looks at the follower's announcement while Redis is doubted
 BLOOM_CHECK_INTERVAL = 30.0  # seconds between checks that the Bloom filter exists
-TOPOLOGY_INTERVAL = 1.0  # seconds between cluster topology refreshes while Redis is doubted (a failover?)
 
 
 class Maintenance(Background):
@@ -44,7 +43,7 @@ class Maintenance(Background):
         super().__init__()
         self.cache, self.timer = cache, timer
         self._wake = threading.Event()
-        self._next_bloom_check = self._next_topology = float("-inf")
+        self._next_bloom_check = float("-inf")
 
     def stop(self, timeout: float = 5.0) -> None:
         self._wake.set()
@@ -84,7 +83,7 @@ class Maintenance(Background):
         epoch, key = trust.epoch, applied_key(cache.config.key_prefix)
         position = cache.redis.applied_position(key)
         if isinstance(position, RedisDown):
-            self._refresh_topology()
+            cache.refresh_topology_soon(self.timer())  # our catch-up waits on a client that may not know of a failover
             return
         if trust.head is None:  # Redis answers: the head is taken after that, so it covers the outage
             try:
@@ -107,11 +106,6 @@ class Maintenance(Background):
             REDIS_CATCH_UPS.labels("gave_up").inc()
             logger.warning("no change follower announced the log applied within the limit: trusting Redis anyway")
         REDIS_CATCHING_UP.set(0 if trust.redis_current else 1)
-
-    def _refresh_topology(self) -> None:
-        if self.timer() >= self._next_topology:  # our catch-up waits on a client that may not know of a failover
-            self._next_topology = self.timer() + TOPOLOGY_INTERVAL
-            self.cache.redis.guard("topology", "-", self.cache.refresh_topology)
 
     def _disable_bloom_if_missed(self) -> None:
         """A Bloom filter add failed (Redis down): the filter may lack an id, and would answer 404 for it

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import redis
 
 import cache
 from cache import follower as follower_module
@@ -174,3 +175,48 @@ def test_only_one_follower_works_at_a_time(served):
     first.stop()
     assert second.hold_lease()
     assert follower_module.LEASE_MS >= 1000
+
+
+class Topology:
+    """A cluster client's view of its slots, as far as a test needs it: how often it was asked anew."""
+
+    def __init__(self) -> None:
+        self.refreshed = 0
+
+    def initialize(self) -> None:
+        self.refreshed += 1
+
+
+class FailingPipeline:
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None  # queueing works...
+
+    def execute(self):
+        raise redis.ConnectionError("Connection refused")  # ...sending fails, as on a killed primary
+
+
+def test_a_failing_pipeline_has_both_cluster_clients_ask_for_the_slots_at_most_once_a_second(served, monkeypatch):
+    app, client, sql = served
+    state, clock = cache.state(), FakeClock()
+    follower = ChangeFollower(state, app.extensions["item_store"], timer=clock)
+    assert follower.hold_lease()
+    follower.run_once()
+    requests_view, batches_view = Topology(), Topology()
+    monkeypatch.setattr(state.redis.client, "nodes_manager", requests_view, raising=False)
+    monkeypatch.setattr(state.bulk, "nodes_manager", batches_view, raising=False)
+    monkeypatch.setattr(state.bulk, "pipeline", FailingPipeline)
+    sql.execute("""INSERT INTO items (id, fields) VALUES ('x', '{}')""")
+
+    assert follower.run_once() == 0  # the pipeline failed: the batch client may point at a dead primary
+    assert (requests_view.refreshed, batches_view.refreshed) == (1, 1)
+    clock.tick(0.5)
+    assert follower.run_once() == 0
+    assert (requests_view.refreshed, batches_view.refreshed) == (1, 1)  # not on every failed batch
+    clock.tick(0.5)
+    assert follower.run_once() == 0
+    assert (requests_view.refreshed, batches_view.refreshed) == (2, 2)
+    monkeypatch.undo()
+    assert follower.run_once() == 1  # answered again: the change is applied
