@@ -32,7 +32,8 @@ from routes.validation import ID_PATTERN
 logger = logging.getLogger(__name__)
 
 ENDPOINT = "items.get_item"  # the view's endpoint: the label its request metrics are grouped under
-ITEM_PATH = re.compile(f"/items/({ID_PATTERN.pattern})")
+ITEM_PREFIX = "/items/"
+ITEM_PATH = re.compile(f"{ITEM_PREFIX}({ID_PATTERN.pattern})")
 # Any of these in the request and the view might answer differently (a 304, a body): decline.
 DECLINE_IF_PRESENT = ("HTTP_IF_NONE_MATCH", "HTTP_TRANSFER_ENCODING")
 # prometheus-flask-exporter's default metrics (group_by="endpoint"): recorded here under the same labels.
@@ -78,6 +79,8 @@ class FastPath:
         self.cors_options = cors_options  # flask-cors's, as http_headers resolved them; None: CORS off
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if not environ.get("PATH_INFO", "").startswith(ITEM_PREFIX):  # every other route: one check, then Flask
+            return self.app(environ, start_response)
         started = time.perf_counter()
         match = self._plain_item_get(environ)
         if match is None:
