@@ -17,6 +17,25 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 LUA = Path(__file__).resolve().parent / "lua"
+# After split_cpus: where wrk runs (every CPU but the servers' one).
+_load_cpus: set[int] | None = None
+
+
+def split_cpus() -> str | None:
+    """Give this process, and every server it starts from now on, one CPU, and wrk the others: wrk then
+    takes no CPU from the servers, and whichever worker holds most of wrk's connections has the servers'
+    whole CPU. Shared, a round's rate moved by up to 3x with where wrk ran and with a worker that wrk's
+    connections happened to favour saturating one CPU while the other idled. Every server shares that CPU
+    with the idle ones (their timers and background threads, about 1% of it each): the same share in every
+    measurement, so ratios measured in one run do not move with it. A description for the report, or None
+    on a one-CPU machine or without wrk (the Python load generator runs in this process)."""
+    global _load_cpus
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or not shutil.which("wrk"):
+        return None
+    os.sched_setaffinity(0, {cpus[0]})
+    _load_cpus = set(cpus[1:])
+    return f"the servers (and Redis) on CPU {cpus[0]}, wrk on CPU {','.join(map(str, cpus[1:]))}"
 
 
 @dataclass
@@ -78,7 +97,15 @@ def wrk(
     args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url]
     if script:
         args += ["-s", str(LUA / script)]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30, env={**os.environ, **(env or {})})
+    cpus = _load_cpus
+    out = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        env={**os.environ, **(env or {})},
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,  # noqa: PLW1509  (one system call)
+    )
     text = out.stdout
     if "Latency Distribution" not in text:
         raise RuntimeError(f"wrk failed: {out.stdout[-500:]} {out.stderr[-500:]}")
@@ -162,6 +189,22 @@ def measure(
     used = cpu_seconds(pids) - before
     result.cpu_us_per_request = used / max(result.requests, 1) * 1e6
     return result
+
+
+def idle_rate(pids: list[int], seconds: float = 1.0) -> float:
+    """The CPUs these processes use between requests (timers, background threads), over `seconds`."""
+    before = cpu_seconds(pids)
+    time.sleep(seconds)
+    return (cpu_seconds(pids) - before) / seconds
+
+
+def settle(pids: list[int], idle: float, timeout: float = 15.0) -> None:
+    """Wait until these processes use no more CPU than `idle` (their idle_rate) and 3% of one, for at most
+    `timeout` seconds: a write round leaves work behind (the change follower applying thousands of changes),
+    and on a shared CPU the next measurement would pay for it."""
+    deadline = time.monotonic() + timeout
+    while idle_rate(pids, 0.25) > idle + 0.03 and time.monotonic() < deadline:
+        pass
 
 
 def cpu_seconds(pids: list[int]) -> float:

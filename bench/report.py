@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import subprocess
@@ -21,7 +22,7 @@ def machine() -> str:
     )
     version_line = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
     redis_version = version_line.split()[2].removeprefix("v=")
-    return f"{cpu}, {subprocess.getoutput('nproc')} cores, Python {platform.python_version()}, Redis {redis_version}"
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, Redis {redis_version}"
 
 
 HEADER = "# Benchmarks\n"
