@@ -83,6 +83,10 @@ class CacheProcess:
         if self.trust.usable and self.trust.generation == generation and self.lru.set(key, entry):
             L1_ENTRIES.set(len(self.lru))
 
+    @property
+    def clustered(self) -> bool:
+        return any(getattr(client, "nodes_manager", None) is not None for client in (self.redis.client, self.bulk))
+
     def refresh_topology(self) -> None:
         """A cluster client learns of a failover slowly: ask the cluster for its slots now, for both clients
         (the one for requests and the one for batches, which the change follower's pipeline uses). Raises
@@ -97,8 +101,8 @@ class CacheProcess:
         and counted: for the background chores whose Redis calls keep failing. Seen in CI: a failed-over
         primary's address kept failing the change follower's pipeline on the batch client for over 30 s
         while every request's call had moved on."""
-        if now < self._next_topology:
-            return
+        if now < self._next_topology or not self.clustered:  # outside a cluster it would only count as a
+            return  # success, and each success resets the breaker's run of failures
         self._next_topology = now + TOPOLOGY_INTERVAL
         self.redis.guard("topology", "-", self.refresh_topology)
 

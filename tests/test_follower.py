@@ -220,3 +220,19 @@ def test_a_failing_pipeline_has_both_cluster_clients_ask_for_the_slots_at_most_o
     assert (requests_view.refreshed, batches_view.refreshed) == (2, 2)
     monkeypatch.undo()
     assert follower.run_once() == 1  # answered again: the change is applied
+
+
+@pytest.mark.parametrize("stack", ["embedded", "real"], indirect=True)  # a single Redis
+def test_a_failing_pipeline_outside_a_cluster_opens_the_breaker_like_any_failure(served, monkeypatch):
+    """No topology to refresh: nothing may count as a success between the pipeline's failures."""
+    app, client, sql = served
+    state, clock = cache.state(), FakeClock()
+    follower = ChangeFollower(state, app.extensions["item_store"], timer=clock)
+    assert follower.hold_lease()
+    follower.run_once()
+    monkeypatch.setattr(state.bulk, "pipeline", FailingPipeline)
+    sql.execute("""INSERT INTO items (id, fields) VALUES ('x', '{}')""")
+    for _ in range(state.breaker.threshold):
+        assert follower.run_once() == 0
+        clock.tick(1.0)  # past the topology interval each time
+    assert not state.breaker.allow()  # open: Redis is skipped for its cooldown
