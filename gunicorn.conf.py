@@ -59,10 +59,9 @@ keepalive = 5
 
 # Logs to stderr, 12-factor: the platform collects them. The app writes the access log itself (logger
 # "access", ACCESS_LOG), so that a request's line has the format of every other line (LOG_FORMAT) and says
-# which tier answered and how long it took; gunicorn's own access log would be a second format. It costs
-# about 15% of the cheapest request's throughput (a bare app doing an L1 hit's metrics and line: 0.89x of
-# a 2-byte app without it, 0.76x with it; BENCHMARKS.md "Fast path"); ACCESS_LOG=false where the router
-# logs requests already.
+# which tier answered and how long it took; gunicorn's own access log would be a second format. It is
+# the largest part of the cheapest request's own cost (about 12 of an L1 hit's 25 us in one process,
+# BENCHMARKS.md "One L1 hit inside the process"); ACCESS_LOG=false where the router logs requests already.
 accesslog = None
 errorlog = "-"
 # gunicorn's own lines ("Starting gunicorn", "Booting worker") in the same format, from its first line on:

@@ -1,6 +1,6 @@
 """What the fast path (routes/fast_path.py) buys, and that it costs every other route nothing.
 
-    python -m bench.fast_path [--seconds 5] [--rounds 3] [--connections 64] [--threads 2] [--shared-cpus]
+    python -m bench.fast_path [--seconds 5] [--rounds 4] [--connections 64] [--threads 2] [--shared-cpus]
                               [--no-write]
 
 Each service is the production start (`gunicorn app:app`: the project's gunicorn.conf.py, 2 workers
@@ -81,7 +81,7 @@ def scenarios() -> list[Scenario]:
         ("L2 hit (CACHE_L1_MAX_ITEMS=0)", "l1-off", "/items/item-0", None),
         ("database read, SQLite (CACHE_ENABLED=false)", "cache-off", "/items/item-0", None),
         ("GET /health/live", "app", "/health/live", None),
-        # Last: a write round leaves work behind (the change followers'), which settle() waits out.
+        # A write round leaves work behind (the change followers'), which settle() waits out.
         ("write: PUT /items/<id>", "app", "/items/bench-write", "put.lua"),
     ):
         on, off = f"{route}, fast path on", f"{route}, fast path off"
@@ -169,7 +169,7 @@ def against(plan: list[Scenario], name: str, baseline: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)  # even: as many rounds forwards as backwards
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")

@@ -11,6 +11,9 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
+_CPUS = len(os.sched_getaffinity(0))  # read on import, before bench.load.split_cpus pins this process
+
+
 def machine() -> str:
     cpu = next(
         (
@@ -22,7 +25,7 @@ def machine() -> str:
     )
     version_line = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
     redis_version = version_line.split()[2].removeprefix("v=")
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, Redis {redis_version}"
+    return f"{cpu}, {_CPUS} cores, Python {platform.python_version()}, Redis {redis_version}"
 
 
 HEADER = "# Benchmarks\n"
