@@ -4,6 +4,7 @@ applied to every tier. Outside writers are plain driver connections running SQL,
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
@@ -31,9 +32,9 @@ def served(make_app, stack):
         yield app, app.test_client(), sql
 
 
-def follower_for(app) -> ChangeFollower:
+def follower_for(app, timer=time.monotonic) -> ChangeFollower:
     """A follower that holds the lease, as the one at work in the fleet would."""
-    follower = ChangeFollower(cache.state(), app.extensions["item_store"])
+    follower = ChangeFollower(cache.state(), app.extensions["item_store"], timer=timer)
     assert follower.hold_lease()
     return follower
 
@@ -198,17 +199,23 @@ class FailingPipeline:
         raise redis.ConnectionError("Connection refused")  # ...sending fails, as on a killed primary
 
 
-def test_a_failing_pipeline_has_both_cluster_clients_ask_for_the_slots_at_most_once_a_second(served, monkeypatch):
-    app, client, sql = served
-    state, clock = cache.state(), FakeClock()
-    follower = ChangeFollower(state, app.extensions["item_store"], timer=clock)
-    assert follower.hold_lease()
+def behind_a_failing_pipeline(served, monkeypatch) -> tuple[ChangeFollower, FakeClock]:
+    """A caught-up follower on a clock of the test's, one change behind, whose batch client's pipeline fails."""
+    app, _, sql = served
+    clock = FakeClock()
+    follower = follower_for(app, timer=clock)
     follower.run_once()
+    monkeypatch.setattr(cache.state().bulk, "pipeline", FailingPipeline)
+    sql.execute("""INSERT INTO items (id, fields) VALUES ('x', '{}')""")
+    return follower, clock
+
+
+def test_a_failing_pipeline_has_both_cluster_clients_ask_for_the_slots_at_most_once_a_second(served, monkeypatch):
+    follower, clock = behind_a_failing_pipeline(served, monkeypatch)
+    state = cache.state()
     requests_view, batches_view = Topology(), Topology()
     monkeypatch.setattr(state.redis.client, "nodes_manager", requests_view, raising=False)
     monkeypatch.setattr(state.bulk, "nodes_manager", batches_view, raising=False)
-    monkeypatch.setattr(state.bulk, "pipeline", FailingPipeline)
-    sql.execute("""INSERT INTO items (id, fields) VALUES ('x', '{}')""")
 
     assert follower.run_once() == 0  # the pipeline failed: the batch client may point at a dead primary
     assert (requests_view.refreshed, batches_view.refreshed) == (1, 1)
@@ -225,13 +232,8 @@ def test_a_failing_pipeline_has_both_cluster_clients_ask_for_the_slots_at_most_o
 @pytest.mark.parametrize("stack", ["embedded", "real"], indirect=True)  # a single Redis
 def test_a_failing_pipeline_outside_a_cluster_opens_the_breaker_like_any_failure(served, monkeypatch):
     """No topology to refresh: nothing may count as a success between the pipeline's failures."""
-    app, client, sql = served
-    state, clock = cache.state(), FakeClock()
-    follower = ChangeFollower(state, app.extensions["item_store"], timer=clock)
-    assert follower.hold_lease()
-    follower.run_once()
-    monkeypatch.setattr(state.bulk, "pipeline", FailingPipeline)
-    sql.execute("""INSERT INTO items (id, fields) VALUES ('x', '{}')""")
+    follower, clock = behind_a_failing_pipeline(served, monkeypatch)
+    state = cache.state()
     for _ in range(state.breaker.threshold):
         assert follower.run_once() == 0
         clock.tick(1.0)  # past the topology interval each time
