@@ -79,10 +79,11 @@ class FastPath:
         self.cors_options = cors_options  # flask-cors's, as http_headers resolved them; None: CORS off
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if not environ.get("PATH_INFO", "").startswith(ITEM_PREFIX):  # every other route: one check, then Flask
+        path = environ.get("PATH_INFO", "")
+        if not path.startswith(ITEM_PREFIX):  # every other route: one check, then Flask
             return self.app(environ, start_response)
         started = time.perf_counter()
-        match = self._plain_item_get(environ)
+        match = self._plain_item_get(environ, path)
         if match is None:
             return self.app(environ, start_response)
         entry = aside.read_l1_hit(match.group(1))
@@ -97,14 +98,14 @@ class FastPath:
             log_request("GET", match.group(0), STATUS, started, len(entry.body), "lru", request_id)
         return [entry.body]
 
-    def _plain_item_get(self, environ: dict[str, Any]) -> re.Match[str] | None:
+    def _plain_item_get(self, environ: dict[str, Any], path: str) -> re.Match[str] | None:
         if environ["REQUEST_METHOD"] != "GET" or environ.get("QUERY_STRING"):
             return None
         if environ.get("CONTENT_LENGTH", "") not in ("", "0"):
             return None
         if DECLINE_IF_PRESENT[0] in environ or DECLINE_IF_PRESENT[1] in environ:  # not any(): no generator per request
             return None
-        return ITEM_PATH.fullmatch(environ.get("PATH_INFO", ""))
+        return ITEM_PATH.fullmatch(path)
 
 
 def install(app: Flask, config: Config) -> None:
