@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from redis import Redis
@@ -83,25 +84,25 @@ class CacheProcess:
         if self.trust.usable and self.trust.generation == generation and self.lru.set(key, entry):
             L1_ENTRIES.set(len(self.lru))
 
-    @property
-    def clustered(self) -> bool:
-        return any(getattr(client, "nodes_manager", None) is not None for client in (self.redis.client, self.bulk))
+    def topologies(self) -> list[Any]:
+        """The cluster clients' views of the slots (nodes_manager), for requests and for batches; none
+        outside a cluster."""
+        views = (getattr(client, "nodes_manager", None) for client in (self.redis.client, self.bulk))
+        return [view for view in views if view is not None]
 
     def refresh_topology(self) -> None:
         """A cluster client learns of a failover slowly: ask the cluster for its slots now, for both clients
         (the one for requests and the one for batches, which the change follower's pipeline uses). Raises
         what the client raises when no node answers; nothing to do outside a cluster."""
-        for client in (self.redis.client, self.bulk):
-            nodes = getattr(client, "nodes_manager", None)
-            if nodes is not None:
-                nodes.initialize()
+        for view in self.topologies():
+            view.initialize()
 
     def refresh_topology_soon(self, now: float) -> None:
         """refresh_topology, at most every TOPOLOGY_INTERVAL (`now`: time.monotonic()), a failure absorbed
         and counted: for the background chores whose Redis calls keep failing. Seen in CI: a failed-over
         primary's address kept failing the change follower's pipeline on the batch client for over 30 s
         while every request's call had moved on."""
-        if now < self._next_topology or not self.clustered:  # outside a cluster it would only count as a
+        if now < self._next_topology or not self.topologies():  # outside a cluster it would only count as a
             return  # success, and each success resets the breaker's run of failures
         self._next_topology = now + TOPOLOGY_INTERVAL
         self.redis.guard("topology", "-", self.refresh_topology)
