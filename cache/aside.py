@@ -157,43 +157,52 @@ def _cached(entry: CacheEntry, tier: str) -> Read:
 def _load_once(s: CacheProcess, store: ItemStore, item_id: str, deadline: Deadline) -> Read:
     """Load under the fleet lock; if another process holds it, wait for its fill instead."""
     key = s.key(item_id)
-    lock_key = FleetLock.for_item(key)
-    # One step: filled while we came here? Then no load at all. Else take the lock (or learn who has it).
-    found = s.redis.read_or_lock(key, item_id, lock_key, s.lock.new_token(), s.lock.ttl_ms)
-    if isinstance(found, Found) and found.entry.version >= s.lru.known_version(key):
-        return _cached(found.entry, "redis")
-    hold = found if isinstance(found, Acquired) else None  # Redis down, or its copy is stale: no lock
+    found = _look_or_lock(s, key, item_id)  # filled while we came here? Then no load at all
+    if isinstance(found, CacheEntry):
+        return _cached(found, "redis")
     if isinstance(found, HeldByOther):
         STAMPEDE_WAITS.inc()
-        waited = _wait_for_fill(s, key, deadline)
+        waited = _wait_for_fill(s, key, item_id, deadline)
         if isinstance(waited, CacheEntry):
             return _cached(waited, "redis")
-        hold = waited
+        found = waited
     try:
         entry = _load(store, item_id)
     except BaseException:
-        if hold is not None:
-            s.lock.release(lock_key, hold.token)
+        if found is not None:
+            s.lock.release(FleetLock.for_item(key), found.token)
         raise
     # A fill, not a write: if Redis misses it, the next read refills. The lock goes in the same step.
-    cache_fill(key, entry, release=hold)
+    cache_fill(key, entry, release=found)
     return Read(entry, "db")
 
 
-def _wait_for_fill(s: CacheProcess, key: str, deadline: Deadline) -> CacheEntry | Acquired | None:
+def _look_or_lock(s: CacheProcess, key: str, item_id: str) -> CacheEntry | Acquired | HeldByOther | None:
+    """One step in Redis: the entry if cached by now (copied into L1), else the load lock (or who holds it).
+    One step, because a fill releases the lock as it lands: a look and then a lock would take the lock
+    just freed and load the item again. None: Redis failed, is doubted, or holds a copy older than this
+    process has seen; load without the lock."""
+    if not s.trust.redis_current:
+        return None
+    generation = s.trust.generation
+    found = s.redis.read_or_lock(key, item_id, FleetLock.for_item(key), s.lock.new_token(), s.lock.ttl_ms)
+    if isinstance(found, Found):
+        if found.entry.version < s.lru.known_version(key):
+            return None  # Redis lost or missed a newer write: the load repairs it
+        s.fill_l1(key, found.entry, generation)
+        return found.entry
+    return None if isinstance(found, RedisDown) else found
+
+
+def _wait_for_fill(s: CacheProcess, key: str, item_id: str, deadline: Deadline) -> CacheEntry | Acquired | None:
     """Wait (up to CACHE_LOCK_WAIT, and no later than `deadline`) for another process's fill: the entry when
-    it lands, the lock if its holder vanished, None when the wait ran out or Redis failed (the caller loads
+    it lands, the lock if its holder vanished, None when Redis failed or the wait ran out (the caller loads
     without the lock)."""
     for delay in backoff_delays(deadline.cap(s.config.lock_wait)):
         s.fills.wait(key, delay)
-        entry, _ = cache_get(key)
-        if isinstance(entry, CacheEntry):
-            return entry
-        held = s.lock.acquire(FleetLock.for_item(key))
-        if isinstance(held, Acquired):
-            return held
-        if isinstance(held, RedisDown):
-            return None
+        found = _look_or_lock(s, key, item_id)
+        if not isinstance(found, HeldByOther):
+            return found
     return None
 
 
