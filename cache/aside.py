@@ -196,8 +196,8 @@ def _look_or_lock(s: CacheProcess, key: str, item_id: str) -> CacheEntry | Acqui
 
 def _wait_for_fill(s: CacheProcess, key: str, item_id: str, deadline: Deadline) -> CacheEntry | Acquired | None:
     """Wait (up to CACHE_LOCK_WAIT, and no later than `deadline`) for another process's fill: the entry when
-    it lands, the lock if its holder vanished, None when Redis failed or the wait ran out (the caller loads
-    without the lock)."""
+    it lands, the lock if its holder vanished; None (the caller loads without the lock) when the wait ran
+    out, or a look found Redis failed, doubted or holding a copy older than this process has seen."""
     for delay in backoff_delays(deadline.cap(s.config.lock_wait)):
         s.fills.wait(key, delay)
         found = _look_or_lock(s, key, item_id)
@@ -231,6 +231,11 @@ def _refresh_early(s: CacheProcess, store: ItemStore, item_id: str, cached: Cach
     if not isinstance(held, Acquired):
         return None  # another process is refreshing it (or Redis failed): the cached value is still good
     try:
+        # The lock is free again once another process's refresh has landed: if one did since we looked (its
+        # copy lives longer than ours now does), it was this very refresh.
+        current = s.redis.get(key, item_id)
+        if isinstance(current, CacheEntry) and current.remaining_ms > cached.remaining_ms:
+            return None
         entry = _load(store, item_id)
         ttl = min(max(2 * cached.ttl_ms / 1000, s.config.cache_ttl), s.config.cache_long_ttl)
         cache_refresh(key, entry, ttl if entry.exists else None)
