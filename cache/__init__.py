@@ -83,12 +83,8 @@ def cache_get(key: str) -> tuple[CacheEntry | _Miss, str | None]:
         return MISS, None
     generation = s.trust.generation
     found = s.redis.get(key, s.item_id(key))
-    if not isinstance(found, CacheEntry):
+    if not isinstance(found, CacheEntry) or not s.take_redis_copy(key, found, generation):
         return MISS, None
-    if s.config.l1_max_items and found.version < s.lru.known_version(key):
-        # Redis lost a newer write (a failover) or missed one (an outage): load it again, repairing Redis.
-        return MISS, None
-    s.fill_l1(key, found, generation)
     return found, "redis"
 
 

@@ -178,19 +178,16 @@ def _load_once(s: CacheProcess, store: ItemStore, item_id: str, deadline: Deadli
 
 
 def _look_or_lock(s: CacheProcess, key: str, item_id: str) -> CacheEntry | Acquired | HeldByOther | None:
-    """One step in Redis: the entry if cached by now (copied into L1), else the load lock (or who holds it).
-    One step, because a fill releases the lock as it lands: a look and then a lock would take the lock
-    just freed and load the item again. None: Redis failed, is doubted, or holds a copy older than this
-    process has seen; load without the lock."""
+    """One step in Redis: the entry if cached by now (as cache_get takes it: into L1), else the load lock (or
+    who holds it). One step, because a fill releases the lock as it lands: a look and then a lock would
+    take the lock just freed and load the item again. None: Redis failed, is doubted, or holds a copy older
+    than this process has seen; load without the lock (as a read through a doubted Redis does)."""
     if not s.trust.redis_current:
         return None
     generation = s.trust.generation
     found = s.redis.read_or_lock(key, item_id, FleetLock.for_item(key), s.lock.new_token(), s.lock.ttl_ms)
     if isinstance(found, Found):
-        if found.entry.version < s.lru.known_version(key):
-            return None  # Redis lost or missed a newer write: the load repairs it
-        s.fill_l1(key, found.entry, generation)
-        return found.entry
+        return found.entry if s.take_redis_copy(key, found.entry, generation) else None
     return None if isinstance(found, RedisDown) else found
 
 
@@ -231,8 +228,8 @@ def _refresh_early(s: CacheProcess, store: ItemStore, item_id: str, cached: Cach
     if not isinstance(held, Acquired):
         return None  # another process is refreshing it (or Redis failed): the cached value is still good
     try:
-        # The lock is free again once another process's refresh has landed: if one did since we looked (its
-        # copy lives longer than ours now does), it was this very refresh.
+        # The lock is free again once another process's refresh has landed: if Redis's copy now outlives the
+        # one we saw, another process refreshed it (or wrote a newer version) since we looked.
         current = s.redis.get(key, item_id)
         if isinstance(current, CacheEntry) and current.remaining_ms > cached.remaining_ms:
             return None

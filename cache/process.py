@@ -84,6 +84,15 @@ class CacheProcess:
         if self.trust.usable and self.trust.generation == generation and self.lru.set(key, entry):
             L1_ENTRIES.set(len(self.lru))
 
+    def take_redis_copy(self, key: str, entry: CacheEntry, generation: int) -> bool:
+        """Whether a copy read from Redis (by a read that began at `generation`) may be served: not if it is
+        older than a version this process has seen (Redis lost a newer write in a failover, or missed one
+        in an outage: the caller loads it again, repairing Redis). One it may serve is copied into L1."""
+        if entry.version < self.lru.known_version(key):
+            return False
+        self.fill_l1(key, entry, generation)
+        return True
+
     def topologies(self) -> list[Any]:
         """The cluster clients' views of the slots (nodes_manager), for requests and for batches; none
         outside a cluster."""
