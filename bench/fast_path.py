@@ -17,8 +17,9 @@ baseline first and the others forwards, then backwards; every figure is the medi
 to the bare app the median of per-round ratios, and on/off the median ratio of each route with the fast
 path on to the same route with it off, measured in the same round.
 Writes the "fast_path" section of BENCHMARKS.md. --declined: only the routes the fast path declines (L2 hit,
-database read, /health/live, write), on and off, for the many rounds that resolving a few percent on routes
-that slow takes (their single rounds spread 0.85-1.17 on/off); writes "fast_path_declined".
+database read, /health/live, write), on and off, and only their services, for the many rounds that resolving
+a few percent on routes that slow takes (the medians of 8 rounds spread 0.85-1.17 on/off over four runs);
+writes "fast_path_declined".
 """
 
 from __future__ import annotations
@@ -102,17 +103,22 @@ def scenarios(declined_only: bool = False) -> list[Scenario]:
     return found
 
 
-def start_services(redis_url: str, tmp: str, stack: contextlib.ExitStack) -> dict[str, Gunicorn]:
-    """Each app service on a database of its own: on a shared one, each instance's change follower would
-    apply the other's writes, and a route measured after the other service's write round would pay for it."""
+def start_services(redis_url: str, tmp: str, stack: contextlib.ExitStack, needed: set[str]) -> dict[str, Gunicorn]:
+    """The `needed` services, each app service on a database of its own: on a shared one, each instance's
+    change follower would apply the other's writes, and a route measured after the other service's write
+    round would pay for it."""
     base = {"REDIS_URL": redis_url, "CACHE_BLOOM": "false", "DATABASE_URL": f"sqlite:///{tmp}/unused.sqlite3"}
     services = {}
     for name, wsgi, env in BARE:
+        if name not in needed:
+            continue
         bare = Gunicorn({**base, **env}, workers=2)
         bare.app = wsgi
         services[name] = stack.enter_context(bare)  # closed even if a later one fails to start
     for name, env in {**SERVICES, **ONLY_ON}.items():
         for setting in ("on",) if name in ONLY_ON else ("on", "off"):
+            if f"{name}+{setting}" not in needed:
+                continue
             prefix = f"{name}-{setting}:"
             sqlite_url = f"sqlite:///{tmp}/{name}-{setting}.sqlite3"
             seed_items(sqlite_url, 1)
@@ -128,8 +134,8 @@ def run(seconds: float, rounds: int, connections: int, threads: int, declined_on
     with contextlib.ExitStack() as stack:
         redis_server = stack.enter_context(RedisServer())
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
-        services = start_services(redis_server.url, tmp, stack)
         plan = scenarios(declined_only)
+        services = start_services(redis_server.url, tmp, stack, {s.service for s in plan})
         by_name = {s.name: s for s in plan}
 
         every_pid = [pid for service in services.values() if service.proc for pid in process_tree(service.proc.pid)]
@@ -178,8 +184,8 @@ def declined_table(plan: list[Scenario]) -> list[str]:
         "server CPU us/req on, off |",
         "|---|---|---|---|---|---|",
     ]
-    for on in (s for s in plan if s.pair):
-        off, ratios = by_name[on.pair], on.pair_ratios
+    for on, off in ((s, by_name[s.pair]) for s in plan if s.pair):
+        ratios = on.pair_ratios
         quartiles = statistics.quantiles(ratios, n=4)
         rps = [statistics.median(r.rps for r in s.results) for s in (on, off)]
         cpu = [statistics.median(r.cpu_us_per_request for r in s.results) for s in (on, off)]
@@ -210,6 +216,8 @@ def main() -> None:
         "--declined", action="store_true", help="only the routes the fast path declines, on and off (many rounds)"
     )
     args = parser.parse_args()
+    if args.declined and args.rounds < 2:
+        parser.error("--declined needs --rounds of 2 or more: it reports the middle half of the rounds")
     started = time.monotonic()
     cpus = None if args.shared_cpus else split_cpus()
     plan = run(args.seconds, args.rounds, args.connections, args.threads, args.declined)
