@@ -76,14 +76,16 @@ BARE: tuple[tuple[str, str, dict[str, str]], ...] = (
 def scenarios(declined_only: bool = False) -> list[Scenario]:
     """Every scenario, the 2-byte baseline first; `declined_only`: just the on/off pairs of the routes the
     fast path declines (every one but the L1 hit)."""
-    found = [
-        Scenario("bare WSGI callable (baseline)", "bare", "/"),
-        Scenario(BARE_ITEM, "bare-item", "/"),
-        Scenario(OBSERVED, "observed", "/items/item-0"),
-        Scenario(OBSERVED_NO_LOG, "observed-no-log", "/items/item-0"),
-    ]
-    if declined_only:
-        found = []
+    found = (
+        []
+        if declined_only
+        else [
+            Scenario("bare WSGI callable (baseline)", "bare", "/"),
+            Scenario(BARE_ITEM, "bare-item", "/"),
+            Scenario(OBSERVED, "observed", "/items/item-0"),
+            Scenario(OBSERVED_NO_LOG, "observed-no-log", "/items/item-0"),
+        ]
+    )
     for route, service, path, script in (
         (L1_ROUTE, "app", "/items/item-0", None),
         ("L2 hit (CACHE_L1_MAX_ITEMS=0)", "l1-off", "/items/item-0", None),
