@@ -90,11 +90,12 @@ def cache_get(key: str) -> tuple[CacheEntry | _Miss, str | None]:
 
 def cache_set(key: str, entry: CacheEntry, ttl: float | None = None) -> SetOutcome:
     """The seed's cacheSet, for a change the database committed: Redis (unless it holds a newer version;
-    announced to every process), then L1. A write Redis missed reaches it through the change log (the
+    announced to every process), then L1. Redis is tried even while this process's breaker is open (another
+    process may trust it again already); a write Redis missed reaches it through the change log (the
     follower applies it when Redis answers again; cache/follower.py)."""
     s = state()
     generation, ttl_ms = s.trust.generation, s.ttl_ms(entry, ttl)
-    outcome = s.redis.set_if_newer(key, entry, ttl_ms)
+    outcome = s.redis.set_committed(key, entry, ttl_ms)
     # Our own announcement never reaches our L1 (the listener ignores it), and an untrusted L1 (Redis or the
     # listener down) takes no entry: it must still drop any older copy, or serve it once trusted again.
     s.lru.invalidate(key, entry.version)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from cache.breaker import CircuitBreaker
+from cache.breaker import OPEN, CircuitBreaker
 from cache.metrics import REDIS_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -37,14 +37,22 @@ class Guard:
 
     def __call__(self, op: str, key: str, call: Callable[..., R], *args: Any, **kwargs: Any) -> R | RedisDown:
         """`call(*args, **kwargs)`, or REDIS_DOWN at once while the breaker is open or when the call fails."""
-        breaker = self.breaker
-        if not breaker.allow():
+        if not self.breaker.allow():
             return REDIS_DOWN
+        return self.even_if_open(op, key, call, *args, **kwargs)
+
+    def even_if_open(self, op: str, key: str, call: Callable[..., R], *args: Any, **kwargs: Any) -> R | RedisDown:
+        """As calling the guard, but tried while the breaker is open too (a success closes it): for a change
+        the database committed, which other processes may already be reading Redis for (cache_set)."""
+        breaker = self.breaker
         try:
             result = call(*args, **kwargs)
         except REDIS_ERRORS_CAUGHT as exc:
             REDIS_ERRORS.labels(op).inc()
-            logger.warning("redis %s failed for key %s: %s: %s", op, key, type(exc).__name__, exc)
+            # While the breaker is open (a write let past it), its opening was the warning: one a write would
+            # flood the log for as long as the outage lasts.
+            level = logging.DEBUG if breaker.state == OPEN else logging.WARNING
+            logger.log(level, "redis %s failed for key %s: %s: %s", op, key, type(exc).__name__, exc)
             if not isinstance(exc, redis.ResponseError):  # Redis answered: it is up, the command was wrong
                 breaker.failure()
             return REDIS_DOWN

@@ -191,6 +191,14 @@ class RedisTier:
             args.append(release.token)
         return self._outcome(self.guard("set", key, self._set_if_newer, keys=keys, args=args))
 
+    def set_committed(self, key: str, entry: CacheEntry, ttl_ms: int) -> SetOutcome:
+        """As `set_if_newer`, for a change the database committed: tried even while this process's breaker is
+        open. Redis may already answer other processes, which trust it again once the change log applied up to
+        where it stood then (cache/trust.py); a later change skipped here would reach Redis only through the
+        log, and until then they would serve the version before it."""
+        args = self._args(entry, ttl_ms, "", self._announce(key, entry.version, self.origin))
+        return self._outcome(self.guard.even_if_open("set", key, self._set_if_newer, keys=[key], args=args))
+
     def refresh(self, key: str, entry: CacheEntry, ttl_ms: int) -> SetOutcome:
         """As `set_if_newer`, and the same version already there takes the new TTL (an early refresh)."""
         args = self._args(entry, ttl_ms, "extend", self._announce(key, entry.version, self.origin))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import cache
-from cache import CacheEntry, cache_get, cache_key, cache_set
+from cache import CacheEntry, SetOutcome, cache_get, cache_key, cache_set
 from cache.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from cache.metrics import CIRCUIT_OPEN, REDIS_ERRORS
 from cache.redis_tier import connect
@@ -79,3 +81,36 @@ def test_a_wrong_command_is_not_an_outage(redis_client, key_prefix):
         assert cache.state().breaker.state == CLOSED
     finally:
         cache.reset()
+
+
+def test_a_write_tries_redis_past_an_open_breaker_and_a_success_closes_it(key_prefix, caplog):
+    """Other processes may trust a Redis that answers again before this one's cooldown ends: a committed
+    change must reach it then, not wait for the change log, or they would serve the version before it."""
+    with RedisServer() as server:
+        client = connect(server.url, socket_timeout=0.2)
+        env = {"CACHE_KEY_PREFIX": key_prefix, "REDIS_BREAKER_FAILURES": "3", "REDIS_BREAKER_COOLDOWN": "60"}
+        cache.init_cache(load_config(env), client=client)
+        s, key, observer = cache.state(), cache_key("a"), connect(server.url, socket_timeout=2.0)
+        try:
+            cache_set(key, CacheEntry.build("a", 1, b'{"v":1}'))
+            s.lru.clear()
+            server.pause()
+            for _ in range(3):
+                assert cache_get(key) == (cache.MISS, None)  # each waits out the 0.2 s timeout
+            assert s.breaker.state == OPEN
+            gets, sets = REDIS_ERRORS.labels("get")._value.get(), REDIS_ERRORS.labels("set")._value.get()
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="cache.guard"):
+                assert cache_set(key, CacheEntry.build("a", 2, b'{"v":2}')) is SetOutcome.FAILED  # tried: a timeout
+            assert cache_get(key) == (cache.MISS, None)  # reads still skip Redis
+            assert REDIS_ERRORS.labels("get")._value.get() == gets
+            assert REDIS_ERRORS.labels("set")._value.get() == sets + 1
+            assert s.breaker.state == OPEN and caplog.records == []  # the opening was the warning
+            server.resume()
+            assert cache_set(key, CacheEntry.build("a", 3, b'{"v":3}')) is SetOutcome.WRITTEN  # cooldown or not
+            assert observer.hget(key, "v") == b"3"  # what every other process reads from Redis now
+            assert s.breaker.state == CLOSED and CIRCUIT_OPEN._value.get() == 0
+        finally:
+            server.resume()
+            observer.close()
+            cache.reset()

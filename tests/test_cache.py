@@ -138,7 +138,11 @@ def test_redis_copy_older_than_a_version_this_process_has_seen_is_a_miss(cache_o
     assert client.hget(key, "v") == b"6"
 
 
-def test_own_write_redis_missed_while_l1_untrusted_never_lets_the_older_copy_back(cache_on):
+def timing_out(*args, **kwargs):
+    raise redis.TimeoutError("test: Redis did not answer")
+
+
+def test_own_write_redis_missed_while_l1_untrusted_never_lets_the_older_copy_back(cache_on, monkeypatch):
     """The worker that acknowledged a write must not serve the version before it once its breaker closes
     (its own announcement never reaches its L1, and an untrusted L1 takes no entry)."""
     cache_on(REDIS_BREAKER_COOLDOWN="60")
@@ -147,6 +151,8 @@ def test_own_write_redis_missed_while_l1_untrusted_never_lets_the_older_copy_bac
     assert cache_get(key) == (entry("a", 1), "lru")
     for _ in range(s.config.breaker_threshold):
         s.breaker.failure()  # Redis is down for this process: L1 bypassed
+    monkeypatch.setattr(s.redis, "_set_if_newer", timing_out)  # and the write's own call fails too
     assert cache_set(key, entry("a", 2, b'{"v":2}')) is SetOutcome.FAILED and not s.trust.usable
+    monkeypatch.undo()
     s.breaker.success()  # Redis answers again, before the change log brought it version 2
     assert cache_get(key) == (MISS, None)  # Redis still holds version 1: neither tier may serve it
