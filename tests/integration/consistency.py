@@ -99,6 +99,7 @@ class Checker:
         self.acked_via: dict[tuple[str, int], str] = {}  # (key, version) -> the instance that acknowledged it
         self._request_ids = itertools.count()
         self.reads: list[Read] = []
+        self.writes: list[tuple[float, float]] = []  # (started, elapsed) of each acknowledged write
         self.read_errors = self.write_errors = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -131,6 +132,7 @@ class Checker:
                 time.sleep(0.01)  # writes are the minority, as in a read-mostly cache
 
     def _write(self, base: str, key: str) -> None:
+        started = time.monotonic()
         try:
             status, _, body = request(base, "PUT", f"/items/{key}", json.dumps({"by": base}).encode(), self.token)
         except OSError:
@@ -140,6 +142,7 @@ class Checker:
             if status in (200, 201):
                 version = json.loads(body)["version"]
                 self.acks[key].append((version, acked))
+                self.writes.append((started, acked - started))
                 self.acked_via[key, version] = base
             else:
                 self.write_errors += 1
@@ -163,8 +166,12 @@ class Checker:
     def read_latency(self, start: float, end: float, q: float) -> float:
         """The q-quantile of the latency of reads that started between `start` and `end` (monotonic)."""
         with self._lock:
-            latencies = sorted(r.elapsed for r in self.reads if start <= r.started <= end)
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0.0
+            return quantile([r.elapsed for r in self.reads if start <= r.started <= end], q)
+
+    def write_latency(self, start: float, end: float, q: float) -> float:
+        """The q-quantile of the latency of acknowledged writes that started between `start` and `end`."""
+        with self._lock:
+            return quantile([elapsed for started, elapsed in self.writes if start <= started <= end], q)
 
     def newest_versions(self) -> dict[str, int]:
         with self._lock:
@@ -203,6 +210,11 @@ class Checker:
                 first = min(t for _, t in newer)
                 found.append(StaleRead(read, newest, first, acked_via.get((read.key, newest), "?")))
         return found
+
+
+def quantile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 def read_everywhere(bases: list[str], keys: dict[str, int], rounds: int = 8) -> list[str]:

@@ -9,7 +9,10 @@ Two instances x 2 workers, writers and readers through both; a redis-server of t
   acknowledged (README: a worker that lost its subscription serves the newest within CACHE_L1_TTL; the
   change log brings every committed change within about a second).
 Before the change log decided when Redis is trusted again, Redis's pre-outage copies were served after
-it answered (X-Cache: redis) until each writer's replay landed.
+it answered (X-Cache: redis) until each writer's replay landed. Before a write tried Redis past an open
+breaker, a worker whose breaker was still cooling down after the freeze wrote to the database alone, while
+workers that had caught up served Redis's older copy until the follower's next pass (CI: 0.11 s; 39 such
+reads within 0.08 s in 8 local runs, none after).
 """
 
 from __future__ import annotations
@@ -121,9 +124,12 @@ def test_no_read_goes_backwards_across_a_redis_freeze_and_an_empty_restart(backe
                     f"{backend}: {len(waits)} catch-ups, seconds from Redis answering to trusted again: "
                     f"median {waits[len(waits) // 2]:.3f}, max {waits[-1]:.3f}"
                 )
+            acked = {(key, version): at for key, acks in checker.acks.items() for version, at in acks}
             detail = [
                 f"{r.key} v{r.version} via {r.base} {r.tier} at {r.started - frozen:+.2f}s after "
-                f"v{e.version} via {e.base} {e.tier} at {e.started - frozen:+.2f}s"
+                f"v{e.version} via {e.base} {e.tier} at {e.started - frozen:+.2f}s "
+                f"(v{e.version} written via {checker.acked_via.get((e.key, e.version))}, acknowledged at "
+                f"{acked.get((e.key, e.version), float('nan')) - frozen:+.2f}s)"
                 for r, e in judged[:10]
             ]
             assert not judged, summary + "\n" + "\n".join(detail)
