@@ -90,9 +90,10 @@ def cache_get(key: str) -> tuple[CacheEntry | _Miss, str | None]:
 
 def cache_set(key: str, entry: CacheEntry, ttl: float | None = None) -> SetOutcome:
     """The seed's cacheSet, for a change the database committed: Redis (unless it holds a newer version;
-    announced to every process), then L1. Redis is tried even while this process's breaker is open (another
-    process may trust it again already); a write Redis missed reaches it through the change log (the
-    follower applies it when Redis answers again; cache/follower.py)."""
+    announced to every process), then L1. Redis is tried even while this process's breaker is open: other
+    processes may trust Redis again already (cache/trust.py), and a change skipped here would reach it only
+    at the change follower's next pass, while they served the version before it. A write Redis missed
+    reaches it through the change log (the follower applies it when Redis answers again; cache/follower.py)."""
     s = state()
     generation, ttl_ms = s.trust.generation, s.ttl_ms(entry, ttl)
     outcome = s.redis.set_committed(key, entry, ttl_ms)
@@ -103,8 +104,8 @@ def cache_set(key: str, entry: CacheEntry, ttl: float | None = None) -> SetOutco
 
 
 def cache_fill(key: str, entry: CacheEntry, release: Acquired | None = None) -> SetOutcome:
-    """A read's fill from the database: as cache_set (the next read refills if Redis missed it), and
-    `release` frees the caller's load lock in the same step."""
+    """A read's fill from the database: as cache_set, but skipped while the breaker is open (the next read
+    refills if Redis missed it), and `release` frees the caller's load lock in the same step."""
     s = state()
     generation = s.trust.generation
     outcome = s.redis.set_if_newer(key, entry, s.ttl_ms(entry), release)

@@ -3,6 +3,7 @@
 
 closed --(threshold consecutive failures)--> open --(cooldown)--> half-open: one probe call
 half-open --(probe succeeds)--> closed;  half-open --(probe fails)--> open again
+A write's cache update is tried while open too (Guard.even_if_open); its success changes nothing here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Every Redis call goes through one guard: on failure it is logged (op and key, never values), counted in
 cache_redis_errors_total{op} and absorbed, so the cache never takes a request down; the circuit breaker
-skips Redis altogether while it is known to be down."""
+skips Redis while it is known to be down, except for a write's cache update (Guard.even_if_open)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from cache.breaker import OPEN, CircuitBreaker
+from cache.breaker import CircuitBreaker
 from cache.metrics import REDIS_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -39,22 +39,28 @@ class Guard:
         """`call(*args, **kwargs)`, or REDIS_DOWN at once while the breaker is open or when the call fails."""
         if not self.breaker.allow():
             return REDIS_DOWN
-        return self.even_if_open(op, key, call, *args, **kwargs)
+        return self._call(op, key, True, call, args, kwargs)
 
     def even_if_open(self, op: str, key: str, call: Callable[..., R], *args: Any, **kwargs: Any) -> R | RedisDown:
-        """As calling the guard, but tried while the breaker is open too (a success closes it): for a change
-        the database committed, which other processes may already be reading Redis for (cache_set)."""
+        """As calling the guard, but tried while the breaker is open too (for a change the database committed:
+        cache_set). Past an open breaker a success leaves it open: one answer proves little, the probe decides;
+        after the cooldown this call is the probe."""
+        return self._call(op, key, self.breaker.allow(), call, args, kwargs)
+
+    def _call(self, op: str, key: str, allowed: bool, call: Callable[..., R], args: Any, kwargs: Any) -> R | RedisDown:
         breaker = self.breaker
         try:
             result = call(*args, **kwargs)
         except REDIS_ERRORS_CAUGHT as exc:
             REDIS_ERRORS.labels(op).inc()
-            # While the breaker is open (a write let past it), its opening was the warning: one a write would
-            # flood the log for as long as the outage lasts.
-            level = logging.DEBUG if breaker.state == OPEN else logging.WARNING
+            # Past an open breaker its opening was the warning: one a write would flood the log for the outage.
+            level = logging.WARNING if allowed else logging.DEBUG
             logger.log(level, "redis %s failed for key %s: %s: %s", op, key, type(exc).__name__, exc)
-            if not isinstance(exc, redis.ResponseError):  # Redis answered: it is up, the command was wrong
+            if not isinstance(exc, redis.ResponseError):
                 breaker.failure()
+            elif allowed:  # Redis answered (the command was wrong): it is up, and a probe must not stay out
+                breaker.success()
             return REDIS_DOWN
-        breaker.success()
+        if allowed:
+            breaker.success()
         return result

@@ -185,7 +185,7 @@ class RedisTier:
     def set_if_newer(self, key: str, entry: CacheEntry, ttl_ms: int, release: Acquired | None = None) -> SetOutcome:
         """Store and announce `entry` unless Redis holds this version or a newer one; `release` frees the
         load lock (`{key}:lock`) in the same step."""
-        keys, args = [key], self._args(entry, ttl_ms, "", self._announce(key, entry.version, self.origin))
+        keys, args = [key], self._own_args(key, entry, ttl_ms, "")
         if release is not None:
             keys.append(FleetLock.for_item(key))
             args.append(release.token)
@@ -193,15 +193,13 @@ class RedisTier:
 
     def set_committed(self, key: str, entry: CacheEntry, ttl_ms: int) -> SetOutcome:
         """As `set_if_newer`, for a change the database committed: tried even while this process's breaker is
-        open. Redis may already answer other processes, which trust it again once the change log applied up to
-        where it stood then (cache/trust.py); a later change skipped here would reach Redis only through the
-        log, and until then they would serve the version before it."""
-        args = self._args(entry, ttl_ms, "", self._announce(key, entry.version, self.origin))
+        open (cache_set says why)."""
+        args = self._own_args(key, entry, ttl_ms, "")
         return self._outcome(self.guard.even_if_open("set", key, self._set_if_newer, keys=[key], args=args))
 
     def refresh(self, key: str, entry: CacheEntry, ttl_ms: int) -> SetOutcome:
         """As `set_if_newer`, and the same version already there takes the new TTL (an early refresh)."""
-        args = self._args(entry, ttl_ms, "extend", self._announce(key, entry.version, self.origin))
+        args = self._own_args(key, entry, ttl_ms, "extend")
         return self._outcome(self.guard("set", key, self._set_if_newer, keys=[key], args=args))
 
     def queue_warm(self, pipe: Any, key: str, entry: CacheEntry, ttl_ms: int) -> None:
@@ -241,6 +239,10 @@ class RedisTier:
     def _announce(self, key: str, version: int, origin: str) -> tuple[str, bytes]:
         """SET_IF_NEWER's and FLOOR's (channel, message) arguments."""
         return self.channel, encode_message(key, version, origin)
+
+    def _own_args(self, key: str, entry: CacheEntry, ttl_ms: int, mode: str) -> list[Any]:
+        """SET_IF_NEWER's ARGV for this process's own write of `entry`, announced under its origin."""
+        return self._args(entry, ttl_ms, mode, self._announce(key, entry.version, self.origin))
 
     def _args(self, entry: CacheEntry, ttl_ms: int, mode: str, announce: tuple[str, bytes]) -> list[Any]:
         """SET_IF_NEWER's ARGV[1..7]."""

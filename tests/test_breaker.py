@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 
+import redis
+
 import cache
 from cache import CacheEntry, SetOutcome, cache_get, cache_key, cache_set
 from cache.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from cache.guard import REDIS_DOWN, Guard
 from cache.metrics import CIRCUIT_OPEN, REDIS_ERRORS
 from cache.redis_tier import connect
 from config import load_config
-from tests.support import FakeClock, RedisServer
+from tests.support import FakeClock, RedisServer, wait_until
 
 
 def test_opens_after_threshold_failures_in_a_row():
@@ -83,7 +86,43 @@ def test_a_wrong_command_is_not_an_outage(redis_client, key_prefix):
         cache.reset()
 
 
-def test_a_write_tries_redis_past_an_open_breaker_and_a_success_closes_it(key_prefix, caplog):
+def test_a_call_past_an_open_breaker_changes_nothing_unless_it_is_the_probe(caplog):
+    timer = FakeClock(0.0)
+    breaker = CircuitBreaker(threshold=1, cooldown=1.0, timer=timer)
+    guard = Guard(breaker)
+    breaker.failure()
+    assert guard.even_if_open("set", "k", lambda: "OK") == "OK"  # tried, and Redis answered...
+    assert breaker.state == OPEN and guard("get", "k", lambda: "hit") is REDIS_DOWN  # ...but one answer proves little
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="cache.guard"):
+        assert guard.even_if_open("set", "k", timing_out) is REDIS_DOWN
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]  # the breaker's opening was the warning
+    assert breaker.state == OPEN and breaker.opened_at == 0.0  # a failure does not stretch the cooldown
+    timer.now = 1.0
+    assert guard.even_if_open("set", "k", lambda: "OK") == "OK"  # past the cooldown, it is the probe
+    assert breaker.state == CLOSED
+
+
+def test_a_probe_that_redis_answers_with_an_error_closes_the_breaker():
+    """Redis answered: it is up. The probe left the breaker half-open, refusing every call, for good."""
+    timer = FakeClock(0.0)
+    breaker = CircuitBreaker(threshold=1, cooldown=1.0, timer=timer)
+    guard = Guard(breaker)
+    breaker.failure()
+    timer.now = 1.0
+
+    def wrong_type():
+        raise redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+    assert guard("get", "k", wrong_type) is REDIS_DOWN
+    assert breaker.state == CLOSED and guard("get", "k", lambda: "hit") == "hit"
+
+
+def timing_out():
+    raise redis.TimeoutError("test: Redis did not answer")
+
+
+def test_a_write_tries_redis_past_an_open_breaker(key_prefix, caplog):
     """Other processes may trust a Redis that answers again before this one's cooldown ends: a committed
     change must reach it then, not wait for the change log, or they would serve the version before it."""
     with RedisServer() as server:
@@ -99,17 +138,15 @@ def test_a_write_tries_redis_past_an_open_breaker_and_a_success_closes_it(key_pr
                 assert cache_get(key) == (cache.MISS, None)  # each waits out the 0.2 s timeout
             assert s.breaker.state == OPEN
             gets, sets = REDIS_ERRORS.labels("get")._value.get(), REDIS_ERRORS.labels("set")._value.get()
-            caplog.clear()
-            with caplog.at_level(logging.WARNING, logger="cache.guard"):
-                assert cache_set(key, CacheEntry.build("a", 2, b'{"v":2}')) is SetOutcome.FAILED  # tried: a timeout
+            assert cache_set(key, CacheEntry.build("a", 2, b'{"v":2}')) is SetOutcome.FAILED  # tried: a timeout
             assert cache_get(key) == (cache.MISS, None)  # reads still skip Redis
             assert REDIS_ERRORS.labels("get")._value.get() == gets
             assert REDIS_ERRORS.labels("set")._value.get() == sets + 1
-            assert s.breaker.state == OPEN and caplog.records == []  # the opening was the warning
             server.resume()
+            wait_until(observer.ping, timeout=5)
             assert cache_set(key, CacheEntry.build("a", 3, b'{"v":3}')) is SetOutcome.WRITTEN  # cooldown or not
             assert observer.hget(key, "v") == b"3"  # what every other process reads from Redis now
-            assert s.breaker.state == CLOSED and CIRCUIT_OPEN._value.get() == 0
+            assert s.breaker.state == OPEN and cache_get(key) == (cache.MISS, None)  # the probe decides, in 60 s
         finally:
             server.resume()
             observer.close()
