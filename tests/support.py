@@ -67,8 +67,9 @@ def redis_server_available() -> bool:
 class RedisServer:
     """A redis-server of our own on a free loopback port: start, kill -9, stop/continue, restart."""
 
-    def __init__(self, port: int | None = None, tls: bool = False) -> None:
-        self.port = port or free_port()
+    def __init__(self, port: int | None = None, tls: bool = False, choose_port: Callable[[], int] = free_port) -> None:
+        self.port = port or choose_port()
+        self._choose_port = None if port else choose_port  # a port we chose may be taken before we bind it
         self.dir = tempfile.mkdtemp(prefix="redis-test-")
         self.proc: subprocess.Popen[bytes] | None = None
         self.extra_args: list[str] = []
@@ -116,13 +117,33 @@ class RedisServer:
         ]
 
     def start(self) -> RedisServer:
-        port_args = self._tls_args() if self.tls else ["--port", str(self.port)]
-        args = ["redis-server", *port_args, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen(
-            [*args, "--dir", self.dir, *self.extra_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_until(self._pong, timeout=10)
-        return self
+        """Start it and wait until it answers. free_port() can only say a port was free when asked: another
+        process (an outgoing connection's ephemeral port) may take it before redis-server binds it, and
+        redis-server exits. Seen once in CI, for a cluster node. A port we chose is then chosen again, at
+        the first start only: a restart keeps its port, which its clients know."""
+        for _ in range(3):
+            port_args = self._tls_args() if self.tls else ["--port", str(self.port)]
+            args = ["redis-server", *port_args, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [*args, "--dir", self.dir, *self.extra_args], stdout=log, stderr=subprocess.STDOUT
+                )
+            wait_until(lambda: self.proc is not None and (self.proc.poll() is not None or self._pong()), timeout=10)
+            if self.proc.poll() is None:
+                self._choose_port = None
+                return self
+            if self._choose_port is None or b"Address already in use" not in self.log():
+                break
+            self.port = self._choose_port()
+        raise AssertionError(f"redis-server on port {self.port} exited: {self.log()[-2000:].decode(errors='replace')}")
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.dir, "redis.log")
+
+    def log(self) -> bytes:
+        with open(self.log_path, "rb") as log:
+            return log.read()
 
     def _pong(self) -> bool:
         if self.tls:
@@ -177,7 +198,7 @@ class RedisClusterServers:
     """A real Redis Cluster of our own: 3 primaries and 3 replicas on free loopback ports."""
 
     def __init__(self, primaries: int = 3, node_timeout_ms: int = 1000) -> None:
-        self.nodes = [RedisServer(free_cluster_port()) for _ in range(primaries * 2)]
+        self.nodes = [RedisServer(choose_port=free_cluster_port) for _ in range(primaries * 2)]
         self.primaries = primaries
         self.node_timeout_ms = node_timeout_ms
 
