@@ -128,14 +128,18 @@ class RedisServer:
                 self.proc = subprocess.Popen(
                     [*args, "--dir", self.dir, *self.extra_args], stdout=log, stderr=subprocess.STDOUT
                 )
-            wait_until(lambda: self.proc is not None and (self.proc.poll() is not None or self._pong()), timeout=10)
+            try:
+                wait_until(lambda: self.proc is not None and (self.proc.poll() is not None or self._pong()), timeout=10)
+            except AssertionError:
+                tail = self._log_tail()
+                raise AssertionError(f"redis-server on port {self.port} did not answer in 10 s: {tail}") from None
             if self.proc.poll() is None:
                 self._choose_port = None
                 return self
             if self._choose_port is None or b"Address already in use" not in self.log():
                 break
             self.port = self._choose_port()
-        raise AssertionError(f"redis-server on port {self.port} exited: {self.log()[-2000:].decode(errors='replace')}")
+        raise AssertionError(f"redis-server on port {self.port} exited: {self._log_tail()}")
 
     @property
     def log_path(self) -> str:
@@ -144,6 +148,9 @@ class RedisServer:
     def log(self) -> bytes:
         with open(self.log_path, "rb") as log:
             return log.read()
+
+    def _log_tail(self) -> str:
+        return self.log()[-2000:].decode(errors="replace")
 
     def _pong(self) -> bool:
         if self.tls:
