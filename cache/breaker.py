@@ -3,7 +3,8 @@
 
 closed --(threshold consecutive failures)--> open --(cooldown)--> half-open: one probe call
 half-open --(probe succeeds)--> closed;  half-open --(probe fails)--> open again
-A write's cache update is tried while open too (Guard.even_if_open); its success changes nothing here.
+A write's cache update and the change follower's calls are tried while open too (Guard.even_if_open); their
+success changes nothing here.
 """
 
 from __future__ import annotations

@@ -69,7 +69,9 @@ class ChangeFollower(Background):
         self.cache, self.store, self.timer = cache, store, timer
         prefix = cache.config.key_prefix
         self.name = f"cache:{prefix}"  # the position's name in the database: one per cache namespace
-        self.lease = Lease(cache.lock, f"{prefix}{{changelog}}:lease", LEASE_MS)
+        # Its calls are tried past an open breaker, as a write's are (cache_set): other processes may trust Redis
+        # again before this one's cooldown ends, and the changes this follower brings must not wait for it.
+        self.lease = Lease(cache.lock.past_breaker(), f"{prefix}{{changelog}}:lease", LEASE_MS)
         self.origin = f"changelog:{cache.origin}"  # not this process's origin: its own listener applies them
         self.applied_key = applied_key(prefix)
         self.cursor: ChangeCursor | None = None  # in memory while we hold the lease
@@ -158,7 +160,7 @@ class ChangeFollower(Background):
                 cache.redis.queue_floor(pipe, key, change.version, floor_ttl_ms, self.origin)
                 if cache.bloom is not None:
                     cache.bloom.queue_add(pipe, change.id)
-        if isinstance(cache.redis.guard("changelog", "-", pipe.execute), RedisDown):
+        if isinstance(cache.redis.guard.even_if_open("changelog", "-", pipe.execute), RedisDown):
             return False
         CHANGELOG_APPLIED.inc(len(changes))
         return True

@@ -1,6 +1,7 @@
 """Every Redis call goes through one guard: on failure it is logged (op and key, never values), counted in
 cache_redis_errors_total{op} and absorbed, so the cache never takes a request down; the circuit breaker
-skips Redis while it is known to be down, except for a write's cache update (Guard.even_if_open)."""
+skips Redis while it is known to be down, except for what keeps Redis up with the database: a write's cache
+update and the change follower's calls (Guard.even_if_open)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,15 @@ class Guard:
         if allowed:
             breaker.success()
         return result
+
+
+class PastBreaker:
+    """A guard whose every call is Guard.even_if_open: for the change follower, whose calls keep Redis up with
+    what the database committed while other processes may already trust it again (like a write's; no request
+    waits on them)."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+
+    def __call__(self, op: str, key: str, call: Callable[..., R], *args: Any, **kwargs: Any) -> R | RedisDown:
+        return self.guard.even_if_open(op, key, call, *args, **kwargs)

@@ -8,12 +8,13 @@ same snippets to look-and-lock or fill-and-release in one step.
 
 from __future__ import annotations
 
+import copy
 import secrets
 from dataclasses import dataclass
 
 import redis
 
-from cache.guard import REDIS_DOWN, Guard, RedisDown
+from cache.guard import REDIS_DOWN, Guard, PastBreaker, RedisDown
 
 
 def take_lua(key: str, token: str, ttl_ms: str) -> str:
@@ -53,10 +54,16 @@ LockResult = Acquired | HeldByOther | RedisDown
 
 
 class FleetLock:
-    def __init__(self, client: redis.Redis, guard: Guard, ttl_ms: int, origin: str) -> None:
+    def __init__(self, client: redis.Redis, guard: Guard | PastBreaker, ttl_ms: int, origin: str) -> None:
         self.client, self.guard, self.ttl_ms, self.origin = client, guard, ttl_ms, origin
         self._release = client.register_script(RELEASE)
         self._renew = client.register_script(RENEW)
+
+    def past_breaker(self) -> FleetLock:
+        """This lock, its calls tried while the breaker is open too (the change follower's lease)."""
+        lock = copy.copy(self)
+        lock.guard = PastBreaker(self.guard) if isinstance(self.guard, Guard) else self.guard
+        return lock
 
     @staticmethod
     def for_item(item_key: str) -> str:

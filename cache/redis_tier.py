@@ -224,8 +224,9 @@ class RedisTier:
         return result if isinstance(result, RedisDown) else result == 1
 
     def announce_applied(self, key: str, position: int, expected: int) -> int | RedisDown:
-        """Raise the announced position at `key` to `position`, unless it is below `expected`; what was there."""
-        held = self.guard("announce", key, self._announce_applied, keys=[key], args=[position, expected])
+        """Raise the announced position at `key` to `position`, unless it is below `expected`; what was there.
+        Tried while the breaker is open too, as the change follower's other calls are."""
+        held = self.guard.even_if_open("announce", key, self._announce_applied, keys=[key], args=[position, expected])
         return held if isinstance(held, RedisDown) else int(held)  # type: ignore[call-overload]
 
     def applied_position(self, key: str) -> int | RedisDown:
