@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from cache import warm
 from cache.background import Background
 from cache.entry import CacheEntry
 from cache.guard import RedisDown
@@ -69,9 +70,9 @@ class ChangeFollower(Background):
         self.cache, self.store, self.timer = cache, store, timer
         prefix = cache.config.key_prefix
         self.name = f"cache:{prefix}"  # the position's name in the database: one per cache namespace
-        # Its calls are tried past an open breaker, as a write's are (cache_set): other processes may trust Redis
-        # again before this one's cooldown ends, and the changes this follower brings must not wait for it.
-        self.lease = Lease(cache.lock.past_breaker(), f"{prefix}{{changelog}}:lease", LEASE_MS)
+        # The holder's calls are tried past an open breaker, as a write's are (cache_set): other processes may
+        # trust Redis again before this one's cooldown ends, and the changes it brings must not wait for it.
+        self.lease = Lease(cache.lock, f"{prefix}{{changelog}}:lease", LEASE_MS, cache.lock.past_breaker())
         self.origin = f"changelog:{cache.origin}"  # not this process's origin: its own listener applies them
         self.applied_key = applied_key(prefix)
         self.cursor: ChangeCursor | None = None  # in memory while we hold the lease
@@ -92,8 +93,9 @@ class ChangeFollower(Background):
         while not self.stopped.is_set():
             try:
                 applied = self.run_once() if self.hold_lease() else None
-            except DatabaseUnavailable as exc:
-                logger.warning("change follower: database unavailable: %s", exc)
+            except (DatabaseUnavailable, warm.CacheUnavailable) as exc:
+                tier = "database" if isinstance(exc, DatabaseUnavailable) else "redis"
+                logger.warning("change follower: %s unavailable: %s", tier, exc)
                 self.stopped.wait(RETRY_SECONDS)
                 continue
             except Exception:  # a bug must not stop the cache following the database for good
@@ -202,12 +204,11 @@ class ChangeFollower(Background):
         self._saved, self._next_save = self.cursor, self.timer() + SAVE_INTERVAL
 
     def _flush_for_gap(self) -> None:
-        """The log was purged past our position: we cannot know what changed, so nothing cached is trusted."""
-        from cache import warm
-
-        CHANGELOG_GAPS.inc()
-        logger.warning("change follower: the change log was purged past this cache's position; flushing the cache")
+        """The log was purged past our position: we cannot know what changed, so nothing cached is trusted.
+        CacheUnavailable when Redis does not answer: the position stays, and the next pass tries again."""
         warm.flush(self.cache)  # every item key and every process's L1
+        CHANGELOG_GAPS.inc()
+        logger.warning("change follower: the change log was purged past this cache's position; flushed the cache")
         if self.cache.bloom is not None:
             self.cache.bloom.disable()  # ids inserted meanwhile are unknown to it: rebuilt by maintenance
 

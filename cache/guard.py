@@ -43,9 +43,10 @@ class Guard:
         return self._call(op, key, True, call, args, kwargs)
 
     def even_if_open(self, op: str, key: str, call: Callable[..., R], *args: Any, **kwargs: Any) -> R | RedisDown:
-        """As calling the guard, but tried while the breaker is open too (for a change the database committed:
-        cache_set). Past an open breaker a success leaves it open: one answer proves little, the probe decides;
-        after the cooldown this call is the probe."""
+        """As calling the guard, but tried while the breaker is open too: for what keeps Redis up with the
+        database (cache_set, and the change follower's calls through PastBreaker). Past an open breaker a
+        success leaves it open (one answer proves little, the probe decides); after the cooldown this call
+        is the probe."""
         return self._call(op, key, self.breaker.allow(), call, args, kwargs)
 
     def _call(self, op: str, key: str, allowed: bool, call: Callable[..., R], args: Any, kwargs: Any) -> R | RedisDown:

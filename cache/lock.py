@@ -60,9 +60,11 @@ class FleetLock:
         self._renew = client.register_script(RENEW)
 
     def past_breaker(self) -> FleetLock:
-        """This lock, its calls tried while the breaker is open too (the change follower's lease)."""
-        lock = copy.copy(self)
-        lock.guard = PastBreaker(self.guard) if isinstance(self.guard, Guard) else self.guard
+        """This lock, its calls tried while the breaker is open too (the change follower's renewals)."""
+        if not isinstance(self.guard, Guard):
+            raise TypeError(f"past_breaker() of a lock whose guard is a {type(self.guard).__name__}")
+        lock = copy.copy(self)  # the same scripts; its origin is never asked: a Lease passes its own token
+        lock.guard = PastBreaker(self.guard)
         return lock
 
     @staticmethod
@@ -96,17 +98,22 @@ class Lease:
 
     The token is the same for the life of the Lease: a take or a renewal whose reply timed out (Redis
     frozen, then back) may still have landed, and the process recognises that lease as its own at its next
-    look, instead of nobody holding the job until it expires."""
+    look, instead of nobody holding the job until it expires.
 
-    def __init__(self, lock: FleetLock, key: str, ttl_ms: int) -> None:
+    `renewals` (default `lock`) is the lock the holder renews through: the change follower's is tried past
+    an open breaker. A process that does not hold the lease looks and takes through `lock`, so one whose
+    breaker is open leaves the lease to the others and calls nothing."""
+
+    def __init__(self, lock: FleetLock, key: str, ttl_ms: int, renewals: FleetLock | None = None) -> None:
         self.lock, self.key, self.ttl_ms = lock, key, ttl_ms
+        self.renewals = renewals or lock
         self.token = lock.new_token()
         self.held: Acquired | None = None
 
     def hold(self) -> bool:
         """Renew the lease if it is ours, else try to take it: True while this process holds it. A lease
         found ours again after a failed call counts as taken anew (`held` is a new object)."""
-        if self.lock.renew(self.key, self.token, self.ttl_ms):
+        if (self.renewals if self.held else self.lock).renew(self.key, self.token, self.ttl_ms):
             self.held = self.held or Acquired(self.token)
             return True
         taken = self.lock.acquire(self.key, self.ttl_ms, self.token)

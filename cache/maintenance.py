@@ -64,7 +64,7 @@ class Maintenance(Background):
     def run_once(self) -> None:
         if not self.cache.trust.subscribed or self.stopped.is_set():
             return
-        self.catch_up()  # while the breaker is open this is also its probe: the first call after the cooldown
+        self.catch_up()  # while the breaker is open this is usually its probe: the first call after the cooldown
         self._disable_bloom_if_missed()
         if not self.cache.trust.usable:
             return

@@ -15,6 +15,7 @@ from cache import inspector as inspector_module
 from cache.follower import ChangeFollower
 from cache.inspector import Inspector
 from cache.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, INSPECTOR_CHECKED, INSPECTOR_STALE
+from cache.warm import CacheUnavailable
 from tests.support import FakeClock, sql_connection, wait_until
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -117,7 +118,14 @@ def test_a_purged_log_past_the_position_flushes_the_cache_and_says_so(served, ca
     client.put("/items/g", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
     sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'g'""")
     store.purge_changes(10**9, older_than_s=0)  # the log is gone past the follower's position
-    gaps = value(CHANGELOG_GAPS)
+    gaps, position = value(CHANGELOG_GAPS), follower.cursor
+    breaker = cache.state().breaker
+    for _ in range(breaker.threshold):
+        breaker.failure()  # Redis is skipped: the flush cannot happen yet...
+    with pytest.raises(CacheUnavailable):
+        follower.run_once()
+    assert value(CHANGELOG_GAPS) == gaps and follower.cursor == position  # ...so nothing moves, nothing counts
+    breaker.success()
     follower.run_once()
     assert value(CHANGELOG_GAPS) == gaps + 1 and "purged past this cache's position" in caplog.text
     assert cache.state().redis.client.exists(cache.cache_key("g")) == 0 and len(cache.state().lru) == 0
@@ -131,13 +139,14 @@ def test_redis_down_keeps_the_position_until_the_batch_is_applied(served, monkey
     follower = follower_for(app)
     follower.run_once()
     key, redis_client = cache.cache_key("x"), cache.state().redis.client
-    monkeypatch.setattr(cache.state().bulk, "pipeline", FailingPipeline)  # Redis is down
-    sql.execute("""INSERT INTO items (id, fields) VALUES ('x', '{}')""")
-    applied = value(CHANGELOG_APPLIED)
-    for _ in range(3):
-        assert follower.run_once() == 0
-    assert value(CHANGELOG_APPLIED) == applied and redis_client.hget(key, "v") is None
-    monkeypatch.undo()
+    monkeypatch.setattr(follower_module, "REWIND_SECONDS", 0.0)  # a rewind must not hide a change skipped
+    with monkeypatch.context() as down:
+        down.setattr(cache.state().bulk, "pipeline", FailingPipeline)  # Redis is down
+        sql.execute("""INSERT INTO items (id, fields) VALUES ('x', '{}')""")
+        applied = value(CHANGELOG_APPLIED)
+        for _ in range(3):
+            assert follower.run_once() == 0
+        assert value(CHANGELOG_APPLIED) == applied and redis_client.hget(key, "v") is None
     wait_until(lambda: follower.run_once() and redis_client.hget(key, "v") == b"1", timeout=5)  # not skipped
     assert value(CHANGELOG_APPLIED) == applied + 1
 
@@ -258,9 +267,26 @@ def test_the_follower_applies_changes_while_its_process_breaker_is_open(make_app
     for _ in range(s.config.breaker_threshold):
         s.breaker.failure()  # Redis timed out for this process; it answers the others
     assert s.breaker.state == "open"
+    announced = int(s.redis.client.get(follower.applied_key) or -1)
     with sql_connection(stack["DATABASE_URL"]) as sql:
         sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'a'""")
     applied = value(CHANGELOG_APPLIED)
     assert follower.hold_lease() and follower.run_once() >= 1 and value(CHANGELOG_APPLIED) > applied
     assert s.redis.client.hget(cache.cache_key("a"), "v") == b"2"  # version 2's floor: no process serves 1
+    assert int(s.redis.client.get(follower.applied_key)) > announced  # and the others may stop doubting
     assert s.breaker.state == "open"  # one answer proves little: the probe decides
+
+
+def test_with_the_breaker_open_the_holder_keeps_its_lease_and_no_other_follower_takes_it(make_app):
+    """The holder renews past an open breaker (what it brings must not wait for its cooldown); a follower
+    that does not hold the lease takes nothing then, and calls nothing: the lease goes to a healthy process."""
+    app = make_app(REDIS_BREAKER_COOLDOWN="60")
+    s = cache.state()
+    holder = follower_for(app)
+    standby = ChangeFollower(s, app.extensions["item_store"])  # another process's, as far as the lease knows
+    for _ in range(s.config.breaker_threshold):
+        s.breaker.failure()
+    s.redis.client.pexpire(holder.lease.key, 100)  # nearly lapsed: only a renewal keeps it
+    assert holder.hold_lease() and not standby.hold_lease()
+    assert s.redis.client.get(holder.lease.key) == holder.lease.token.encode()
+    assert s.redis.client.pttl(holder.lease.key) > 1000  # renewed to LEASE_MS
