@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+import redis
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -43,6 +45,18 @@ class FakeClock:
 
     def tick(self, seconds: float) -> None:
         self.now += seconds
+
+
+def open_breaker(breaker: Any) -> None:
+    """Fail `breaker` as many times in a row as it takes to open: this process skips Redis (which may still
+    answer the others)."""
+    for _ in range(breaker.threshold):
+        breaker.failure()
+
+
+def timing_out(*args: Any, **kwargs: Any) -> NoReturn:
+    """Stands in for a Redis call that times out."""
+    raise redis.TimeoutError("test: Redis did not answer")
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
@@ -161,8 +175,6 @@ class RedisServer:
 
     def _answers(self) -> bool:
         """Whether *our* redis-server answers on its port, not another process that holds it."""
-        import redis
-
         assert self.proc is not None
         options: dict[str, Any] = {"ssl_cert_reqs": "none"} if self.tls else {}
         client = redis.Redis.from_url(self.url, socket_timeout=0.5, **options)

@@ -13,7 +13,7 @@ from cache.guard import REDIS_DOWN, Guard
 from cache.metrics import CIRCUIT_OPEN, REDIS_ERRORS
 from cache.redis_tier import connect
 from config import load_config
-from tests.support import FakeClock, RedisServer, wait_until
+from tests.support import FakeClock, RedisServer, timing_out, wait_until
 
 
 def test_opens_after_threshold_failures_in_a_row():
@@ -116,10 +116,6 @@ def test_a_probe_that_redis_answers_with_an_error_closes_the_breaker():
 
     assert guard("get", "k", wrong_type) is REDIS_DOWN
     assert breaker.state == CLOSED and guard("get", "k", lambda: "hit") == "hit"
-
-
-def timing_out():
-    raise redis.TimeoutError("test: Redis did not answer")
 
 
 def test_a_write_tries_redis_past_an_open_breaker(key_prefix, caplog):

@@ -10,7 +10,7 @@ from cache import MISS, CacheEntry, SetOutcome, cache_delete, cache_get, cache_k
 from cache.metrics import REDIS_ERRORS
 from cache.redis_tier import connect
 from config import load_config
-from tests.support import free_port
+from tests.support import free_port, open_breaker, timing_out
 
 
 @pytest.fixture
@@ -138,10 +138,6 @@ def test_redis_copy_older_than_a_version_this_process_has_seen_is_a_miss(cache_o
     assert client.hget(key, "v") == b"6"
 
 
-def timing_out(*args, **kwargs):
-    raise redis.TimeoutError("test: Redis did not answer")
-
-
 def test_own_write_redis_missed_while_l1_untrusted_never_lets_the_older_copy_back(cache_on, monkeypatch):
     """The worker that acknowledged a write must not serve the version before it once its breaker closes
     (its own announcement never reaches its L1, and an untrusted L1 takes no entry)."""
@@ -149,8 +145,7 @@ def test_own_write_redis_missed_while_l1_untrusted_never_lets_the_older_copy_bac
     s, key = cache.state(), cache_key("a")
     cache_set(key, entry("a", 1))
     assert cache_get(key) == (entry("a", 1), "lru")
-    for _ in range(s.config.breaker_threshold):
-        s.breaker.failure()  # Redis is down for this process: L1 bypassed
+    open_breaker(s.breaker)  # Redis is down for this process: L1 bypassed
     monkeypatch.setattr(s.redis, "_set_if_newer", timing_out)  # and the write's own call fails too
     assert cache_set(key, entry("a", 2, b'{"v":2}')) is SetOutcome.FAILED and not s.trust.usable
     monkeypatch.undo()

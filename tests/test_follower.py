@@ -12,11 +12,12 @@ import redis
 import cache
 from cache import follower as follower_module
 from cache import inspector as inspector_module
+from cache.breaker import OPEN
 from cache.follower import ChangeFollower
 from cache.inspector import Inspector
 from cache.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, INSPECTOR_CHECKED, INSPECTOR_STALE
 from cache.warm import CacheUnavailable
-from tests.support import FakeClock, sql_connection, wait_until
+from tests.support import FakeClock, open_breaker, sql_connection, wait_until
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -120,8 +121,7 @@ def test_a_purged_log_past_the_position_flushes_the_cache_and_says_so(served, ca
     store.purge_changes(10**9, older_than_s=0)  # the log is gone past the follower's position
     gaps, position = value(CHANGELOG_GAPS), follower.cursor
     breaker = cache.state().breaker
-    for _ in range(breaker.threshold):
-        breaker.failure()  # Redis is skipped: the flush cannot happen yet...
+    open_breaker(breaker)  # Redis is skipped: the flush cannot happen yet...
     with pytest.raises(CacheUnavailable):
         follower.run_once()
     assert value(CHANGELOG_GAPS) == gaps and follower.cursor == position  # ...so nothing moves, nothing counts
@@ -264,9 +264,8 @@ def test_the_follower_applies_changes_while_its_process_breaker_is_open(make_app
     client.put("/items/a", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
     follower = follower_for(app)
     follower.run_once()
-    for _ in range(s.config.breaker_threshold):
-        s.breaker.failure()  # Redis timed out for this process; it answers the others
-    assert s.breaker.state == "open"
+    open_breaker(s.breaker)  # Redis timed out for this process; it answers the others
+    assert s.breaker.state == OPEN
     announced = int(s.redis.client.get(follower.applied_key) or -1)
     with sql_connection(stack["DATABASE_URL"]) as sql:
         sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'a'""")
@@ -274,7 +273,7 @@ def test_the_follower_applies_changes_while_its_process_breaker_is_open(make_app
     assert follower.hold_lease() and follower.run_once() >= 1 and value(CHANGELOG_APPLIED) > applied
     assert s.redis.client.hget(cache.cache_key("a"), "v") == b"2"  # version 2's floor: no process serves 1
     assert int(s.redis.client.get(follower.applied_key)) > announced  # and the others may stop doubting
-    assert s.breaker.state == "open"  # one answer proves little: the probe decides
+    assert s.breaker.state == OPEN  # one answer proves little: the probe decides
 
 
 def test_with_the_breaker_open_the_holder_keeps_its_lease_and_no_other_follower_takes_it(make_app):
@@ -284,8 +283,7 @@ def test_with_the_breaker_open_the_holder_keeps_its_lease_and_no_other_follower_
     s = cache.state()
     holder = follower_for(app)
     standby = ChangeFollower(s, app.extensions["item_store"])  # another process's, as far as the lease knows
-    for _ in range(s.config.breaker_threshold):
-        s.breaker.failure()
+    open_breaker(s.breaker)
     s.redis.client.pexpire(holder.lease.key, 100)  # nearly lapsed: only a renewal keeps it
     assert holder.hold_lease() and not standby.hold_lease()
     assert s.redis.client.get(holder.lease.key) == holder.lease.token.encode()
