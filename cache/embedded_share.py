@@ -1,7 +1,7 @@
 """One embedded Redis per database on this machine: several default instances (no REDIS_URL) find it
 through a small file beside the SQLite database, so they never silently disagree.
 
-The file (`<database>.redis`, JSON: host, port, pid, token) is created atomically (written under a
+The file (`<database>.redis`, JSON: socket, pid, token; 0600) is created atomically (written under a
 temporary name, then hard-linked into place: only one creator wins). Every instance that uses the server
 holds a shared `flock` on the file for as long as it runs; the kernel drops it when the process dies, even
 by SIGKILL. So "is anyone still using this server?" is "can an exclusive lock be taken?":
@@ -10,7 +10,8 @@ by SIGKILL. So "is anyone still using this server?" is "can an exclusive lock be
   every POLL_SECONDS and stops itself (removing its file) if its users died without saying so;
 - a file whose server does not answer with its token is stale: replaced if nobody holds it, else start-up
   is refused with a message saying what to set (instances still use a server that died: never two caches);
-- a file at that path that this service did not write is never touched: start-up is refused instead.
+- a file at that path that this service did not write is never touched: start-up is refused instead;
+  so is one that another user owns or could read (it points at the server the cache will trust).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from redis.retry import Retry
 SERVICE = "item-cache embedded redis"  # the file says who wrote it; any other file at the path is left alone
 MARKER_KEY = "item-cache:embedded-server"  # the server holds its token here: "it is ours and it is alive"
 POLL_SECONDS = 0.2
-StartServer = Callable[[Path, Path], tuple[int, str, int]]  # (own file, shared file) -> port, token, pid
+StartServer = Callable[[Path, Path], tuple[str, str, int]]  # (own file, shared file) -> socket, token, pid
 
 
 class EmbeddedConflict(RuntimeError):
@@ -46,8 +47,7 @@ class SharedServer:
     """The embedded server this process uses, and the open file whose shared lock says so."""
 
     path: Path
-    host: str
-    port: int
+    socket: str
     pid: int
     token: str
     started_here: bool
@@ -55,7 +55,7 @@ class SharedServer:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        return f"unix://{self.socket}?db=0"
 
 
 def file_for(database_url: str, instance_dir: Path) -> Path:
@@ -86,13 +86,13 @@ def use_shared(database_url: str) -> SharedServer:
 
 
 def join_or_start(path: Path, start: StartServer, timeout: float = 15.0) -> SharedServer:
-    """Use the live server named in `path`, or start one with `start(tmp_path, path)` -> (port, token, pid)
+    """Use the live server named in `path`, or start one with `start(tmp_path, path)` -> (socket, token, pid)
     and publish it there. Raises EmbeddedConflict when neither is safe."""
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             server = _create(path, start)
             if server is not None:
@@ -104,6 +104,7 @@ def join_or_start(path: Path, start: StartServer, timeout: float = 15.0) -> Shar
         if not _is_current(fd, path):
             os.close(fd)
             continue  # removed or replaced while we waited for the lock: look again
+        _check_private(fd, path)
         info = _read(fd)
         if info is None:
             os.close(fd)
@@ -111,7 +112,7 @@ def join_or_start(path: Path, start: StartServer, timeout: float = 15.0) -> Shar
                 f"{path} exists and was not written by this service: remove it, or set REDIS_URL to a Redis server"
             )
         if _answers(info):
-            return SharedServer(path, info["host"], info["port"], info["pid"], info["token"], False, fd)
+            return SharedServer(path, info["socket"], info["pid"], info["token"], False, fd)
         os.close(fd)
         _remove_stale(path, info)
     raise EmbeddedConflict(f"could not start or join the embedded Redis named in {path}; set REDIS_URL")
@@ -155,8 +156,8 @@ def _create(path: Path, start: StartServer) -> SharedServer | None:
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     fcntl.flock(fd, fcntl.LOCK_SH)  # before the server starts: it must see a user from its first look
     try:
-        port, token, pid = start(tmp, path)
-        info = {"service": SERVICE, "host": "127.0.0.1", "port": port, "pid": pid, "token": token}
+        socket, token, pid = start(tmp, path)
+        info = {"service": SERVICE, "socket": socket, "pid": pid, "token": token}
         os.write(fd, json.dumps(info).encode() + b"\n")
         try:
             os.link(tmp, path)  # atomic: fails if any file is at `path` now
@@ -165,7 +166,7 @@ def _create(path: Path, start: StartServer) -> SharedServer | None:
             fd = -1
             _signal(pid)  # it has no users: it would stop by itself within POLL_SECONDS; now is sooner
             return None
-        return SharedServer(path, "127.0.0.1", port, pid, token, True, fd)
+        return SharedServer(path, socket, pid, token, True, fd)
     except BaseException:
         if fd >= 0:
             os.close(fd)
@@ -185,7 +186,7 @@ def _remove_stale(path: Path, info: dict) -> None:
     except BlockingIOError:
         os.close(fd)
         raise EmbeddedConflict(
-            f"the embedded Redis named in {path} (pid {info['pid']}, port {info['port']}) does not answer, "
+            f"the embedded Redis named in {path} (pid {info['pid']}, {info['socket']}) does not answer, "
             "and another instance still uses it: stop the instances using this database, or set REDIS_URL"
         ) from None
     try:
@@ -197,7 +198,7 @@ def _remove_stale(path: Path, info: dict) -> None:
 
 def _open_if_current(path: Path, token: str) -> int | None:
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
     info = _read(fd)
@@ -205,6 +206,17 @@ def _open_if_current(path: Path, token: str) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def _check_private(fd: int, path: Path) -> None:
+    """The open file is this user's and nobody else's (else EmbeddedConflict, the file left alone)."""
+    stat = os.fstat(fd)
+    if stat.st_uid != os.geteuid() or stat.st_mode & 0o077:
+        os.close(fd)
+        raise EmbeddedConflict(
+            f"{path} is not private to this user (owner uid {stat.st_uid}, mode {stat.st_mode & 0o777:o}): "
+            "remove it, or set REDIS_URL"
+        )
 
 
 def _is_current(fd: int, path: Path) -> bool:
@@ -222,7 +234,7 @@ def _read(fd: int) -> dict | None:
         info = json.loads(raw)
     except ValueError:
         return None
-    fields = {"host": str, "port": int, "pid": int, "token": str}
+    fields = {"socket": str, "pid": int, "token": str}
     if not isinstance(info, dict) or info.get("service") != SERVICE:
         return None
     if not all(isinstance(info.get(name), kind) for name, kind in fields.items()):
@@ -234,7 +246,9 @@ def _answers(info: dict) -> bool:
     """The server named in the file is up and is the one that wrote it (its token, not a stranger's port)."""
     try:
         no_retry = Retry(NoBackoff(), 0)  # a refused connection is the answer, not something to retry
-        client = redis.Redis(info["host"], info["port"], socket_timeout=1, socket_connect_timeout=1, retry=no_retry)
+        client = redis.Redis(
+            unix_socket_path=info["socket"], socket_timeout=1, socket_connect_timeout=1, retry=no_retry
+        )
         with contextlib.closing(client):
             return client.get(MARKER_KEY) == info["token"].encode()
     except redis.RedisError:
@@ -243,7 +257,7 @@ def _answers(info: dict) -> bool:
 
 def _stop(server: SharedServer) -> None:
     """Stop the server (only after checking it is still the one that wrote the file) and wait for it."""
-    if not _answers({"host": server.host, "port": server.port, "token": server.token}):
+    if not _answers({"socket": server.socket, "token": server.token}):
         return
     _signal(server.pid)
     deadline = time.monotonic() + 5

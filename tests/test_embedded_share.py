@@ -5,13 +5,16 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
+import stat
 
 import pytest
 import redis
 
 from cache.embedded import start_server
 from cache.embedded_share import SERVICE, EmbeddedConflict, _running, file_for, join_or_start, leave
-from tests.support import free_port, wait_until
+from tests.embedded_access import NOBODY, connect_as, tcp_listeners
+from tests.support import wait_until
 
 
 def answers(url: str) -> bool:
@@ -48,10 +51,20 @@ def test_a_server_whose_users_died_without_leaving_removes_its_file_and_stops(tm
     wait_until(lambda: not path.exists() and not _running(server.pid), timeout=10)
 
 
+def write_private(path, text: str) -> None:
+    """A file as this service writes it: this user's, mode 0600."""
+    path.write_text(text)
+    path.chmod(0o600)
+
+
+def gone_socket(tmp_path) -> str:
+    return str(tmp_path / "gone" / "redis.sock")
+
+
 def test_a_stale_file_nobody_holds_is_replaced(tmp_path):
     path = tmp_path / "items.sqlite3.redis"
-    stale = {"service": SERVICE, "host": "127.0.0.1", "port": free_port(), "pid": 1, "token": "gone"}
-    path.write_text(json.dumps(stale))
+    stale = {"service": SERVICE, "socket": gone_socket(tmp_path), "pid": 1, "token": "gone"}
+    write_private(path, json.dumps(stale))
     server = join_or_start(path, start_server)
     try:
         assert server.started_here and json.loads(path.read_text())["token"] == server.token
@@ -62,8 +75,8 @@ def test_a_stale_file_nobody_holds_is_replaced(tmp_path):
 
 def test_a_stale_file_another_instance_still_holds_refuses_start_up_and_stays(tmp_path):
     path = tmp_path / "items.sqlite3.redis"
-    stale = json.dumps({"service": SERVICE, "host": "127.0.0.1", "port": free_port(), "pid": 1, "token": "gone"})
-    path.write_text(stale)
+    stale = json.dumps({"service": SERVICE, "socket": gone_socket(tmp_path), "pid": 1, "token": "gone"})
+    write_private(path, stale)
     with open(path) as held:
         fcntl.flock(held, fcntl.LOCK_SH)  # an instance whose server died under it
         with pytest.raises(EmbeddedConflict, match="still uses it.*REDIS_URL"):
@@ -74,7 +87,7 @@ def test_a_stale_file_another_instance_still_holds_refuses_start_up_and_stays(tm
 @pytest.mark.parametrize("content", ["", "6379\n", '{"service": "something else", "port": 6379}'])
 def test_a_file_this_service_did_not_write_is_never_touched(tmp_path, content):
     path = tmp_path / "items.sqlite3.redis"
-    path.write_text(content)
+    write_private(path, content)
     with pytest.raises(EmbeddedConflict, match="not written by this service.*REDIS_URL"):
         join_or_start(path, start_server)
     assert path.read_text() == content and sorted(os.listdir(tmp_path)) == ["items.sqlite3.redis"]
@@ -82,8 +95,8 @@ def test_a_file_this_service_did_not_write_is_never_touched(tmp_path, content):
 
 def test_a_file_held_exclusively_too_long_is_refused_by_the_deadline_not_waited_on_forever(tmp_path):
     path = tmp_path / "items.sqlite3.redis"
-    stuck = {"service": SERVICE, "host": "127.0.0.1", "port": free_port(), "pid": 1, "token": "stuck"}
-    path.write_text(json.dumps(stuck))
+    stuck = {"service": SERVICE, "socket": gone_socket(tmp_path), "pid": 1, "token": "stuck"}
+    write_private(path, json.dumps(stuck))
     fd = os.open(path, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # a last user that hangs while it stops its server
     try:
@@ -92,3 +105,86 @@ def test_a_file_held_exclusively_too_long_is_refused_by_the_deadline_not_waited_
     finally:
         os.close(fd)
     assert json.loads(path.read_text())["token"] == "stuck"  # left to its holder
+
+
+def test_a_file_other_users_could_read_or_own_is_refused_and_left_alone(tmp_path):
+    """The file names the server this cache trusts: one another user could have written is not used."""
+    path = tmp_path / "items.sqlite3.redis"
+    content = json.dumps({"service": SERVICE, "socket": gone_socket(tmp_path), "pid": 1, "token": "t"})
+    path.write_text(content)
+    path.chmod(0o644)
+    with pytest.raises(EmbeddedConflict, match="not private to this user.*mode 644.*REDIS_URL"):
+        join_or_start(path, start_server)
+    assert path.read_text() == content and sorted(os.listdir(tmp_path)) == ["items.sqlite3.redis"]
+
+
+def test_the_server_listens_only_on_a_private_unix_socket_that_other_users_cannot_connect_to(tmp_path):
+    path = tmp_path / "items.sqlite3.redis"
+    server = join_or_start(path, start_server)
+    try:
+        directory = os.path.dirname(server.socket)
+        assert server.url.startswith("unix://") and stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(server.socket).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # it carries the token and names the socket
+        assert {os.stat(name).st_uid for name in (directory, server.socket, path)} == {os.geteuid()}
+        assert tcp_listeners(server.pid) == set()
+        assert connect_as(NOBODY, server.socket) == "denied"
+        assert redis.Redis.from_url(server.url).ping() is True  # this user, the service's, is served
+    finally:
+        leave(server)
+    assert not os.path.exists(directory)  # the last user left: nothing left in the temporary directory
+
+
+def hostile_scripts(marker: str) -> list[str]:
+    """Scripts that create `marker` when a script can reach Python or the host (they all do on a plain
+    fakeredis), and one that reads a Python object's attributes (the way from there to its module)."""
+    return [
+        f"return python.eval(\"__import__('os').mkdir('{marker}')\")",
+        f"return python.builtins.exec(\"__import__('os').mkdir('{marker}')\")",
+        f"return os.execute('mkdir {marker}')",
+        f"return io.open('{marker}', 'w') and 1",
+        f"return loadstring('return os.execute')()('mkdir {marker}')",
+        "return tostring(redis.call.__globals__)",
+    ]
+
+
+def test_scripts_sent_to_the_server_cannot_reach_python_or_the_host(tmp_path):
+    server = join_or_start(tmp_path / "items.sqlite3.redis", start_server)
+    marker = str(tmp_path / "ran")
+    try:
+        for script in hostile_scripts(marker):
+            with pytest.raises(redis.RedisError):  # fakeredis may garble the error reply: any error will do
+                redis.Redis.from_url(server.url, socket_timeout=2).eval(script, 0)
+            assert not os.path.exists(marker), script
+        client = redis.Redis.from_url(server.url, socket_timeout=2)
+        assert client.eval("return redis.call('set', KEYS[1], ARGV[1])", 1, "k", "v") == b"OK"
+        assert client.get("k") == b"v"
+    finally:
+        leave(server)
+
+
+def test_connections_to_the_unix_socket_keep_states_of_their_own(tmp_path):
+    """fakeredis keeps one state per client address; unix peers have none, so each gets its own number."""
+    server = join_or_start(tmp_path / "items.sqlite3.redis", start_server)
+    try:
+        first, second = (redis.Redis.from_url(server.url, single_connection_client=True) for _ in range(2))
+        first.execute_command("SELECT", 1)
+        first.set("only-in-db-1", "x")
+        assert first.get("only-in-db-1") == b"x" and second.get("only-in-db-1") is None
+        first.close()
+        second.close()
+    finally:
+        leave(server)
+
+
+def test_a_server_stopped_under_its_users_keeps_its_directory_so_nobody_else_can_take_its_name(tmp_path):
+    path = tmp_path / "items.sqlite3.redis"
+    server = join_or_start(path, start_server)
+    directory = os.path.dirname(server.socket)
+    try:
+        os.kill(server.pid, signal.SIGTERM)  # an operator's kill; this instance still uses the server
+        wait_until(lambda: not _running(server.pid), timeout=10)
+        assert os.path.isdir(directory) and os.listdir(directory) == []
+    finally:
+        os.close(server.lock_fd)
+        os.rmdir(directory)

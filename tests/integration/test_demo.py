@@ -75,7 +75,7 @@ def test_without_redis_server_the_embedded_redis_is_shared_and_the_redis_scene_s
     no_redis_server = os.path.dirname(sys.executable)  # python and gunicorn, nothing else
     status, output = run_demo("--scene", "tiers", "--scene", "redis-down", PATH=no_redis_server)
     assert status == 0, output[-4000:]
-    assert "embedded Redis at redis://" in output and re.search(r"^PASS tiers: db -> ", output, re.M)
+    assert "embedded Redis at unix://" in output and re.search(r"^PASS tiers: db -> ", output, re.M)
     assert re.search(r"^SKIP redis-down: skipped: needs a real redis-server", output, re.M)
     assert_nothing_left(output)  # the <db>.redis file sat in the removed directory
 
