@@ -33,6 +33,7 @@ class Config:
     negative_ttl: int
     key_prefix: str
     api_token: str | None
+    metrics_token: str | None  # required as a Bearer token by /metrics and the dashboard's data; None: open
     max_item_bytes: int
     log_level: str
     log_format: str  # json, text, or auto (text on a terminal, json elsewhere)
@@ -129,6 +130,16 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
     raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {url.split(':', 1)[0]!r}")
 
 
+def _metrics_token(env: Mapping[str, str]) -> str | None:
+    """METRICS_TOKEN, sent as `Authorization: Bearer <token>`: at least 16 visible ASCII characters."""
+    token = env.get("METRICS_TOKEN", "")
+    if not token:
+        return None
+    if len(token) < 16 or not all(33 <= ord(char) <= 126 for char in token):
+        raise ConfigError("METRICS_TOKEN must be at least 16 visible ASCII characters (no spaces), or unset")
+    return token
+
+
 def _metrics_dir(env: Mapping[str, str]) -> str | None:
     """PROMETHEUS_MULTIPROC_DIR, checked: the service deletes its own stale files there at start, so a
     directory holding anything else is refused rather than risk a file it did not write."""
@@ -207,6 +218,7 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
         negative_ttl=_int(env, "CACHE_NEGATIVE_TTL", 30, minimum=1),
         key_prefix=prefix,
         api_token=env.get("API_TOKEN") or None,
+        metrics_token=_metrics_token(env),
         max_item_bytes=_int(env, "MAX_ITEM_BYTES", 65536, minimum=64),
         log_level=log_level,
         log_format=_choice(env, "LOG_FORMAT", "auto", ("auto", "json", "text")),

@@ -20,6 +20,7 @@ from flask.typing import ResponseReturnValue
 import cache
 from cache.redis_tier import info_summary
 from config import Config
+from routes.auth import require_metrics_token
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 POLICY = (
@@ -91,7 +92,9 @@ def icon() -> Response:
 
 @bp.get("/status.json")
 def status() -> ResponseReturnValue:
-    """What the page needs beside /metrics. Redis down or embedded: said in "redis", still a 200."""
+    """What the page needs beside /metrics (METRICS_TOKEN guards both). Redis down or embedded: said in
+    "redis", still a 200."""
+    require_metrics_token()
     config: Config = current_app.config["SERVICE_CONFIG"]
     state = cache.state()
     redis = current_app.extensions["dashboard_redis_info"].get(

@@ -13,8 +13,10 @@ from prometheus_flask_exporter import PrometheusMetrics
 import cache
 from cache.metrics import TIERS
 from cache.redis_tier import info_summary
+from routes.auth import require_metrics_token
 
 bp = Blueprint("metrics", __name__, url_prefix="/metrics")
+bp.before_request(require_metrics_token)  # /metrics and /metrics/cache: METRICS_TOKEN when it is set
 HIT_TIERS = ("lru", "redis", "negative", "bloom")  # answered without the database
 
 

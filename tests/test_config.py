@@ -73,6 +73,8 @@ def test_values_are_converted():
         (MULTIPROC, ""),
         (MULTIPROC, "  "),
         (MULTIPROC, "/nonexistent-parent/metrics"),
+        ("METRICS_TOKEN", "short"),
+        ("METRICS_TOKEN", "has a space in it 0123456789"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(name, value):

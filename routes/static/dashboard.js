@@ -340,8 +340,13 @@
     document.body.classList.toggle("stale", state === "error");
   }
 
+  // With METRICS_TOKEN set, open the page as /dashboard#token=<METRICS_TOKEN>: a fragment is never sent to a server.
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+
   async function fetchText(path) {
-    const response = await fetch(path, { cache: "no-store" });
+    const response = await fetch(path, { cache: "no-store", headers });
+    if (response.status === 401) throw new Error(`${path}: HTTP 401, open /dashboard#token=<METRICS_TOKEN>`);
     if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
     return response.text();
   }

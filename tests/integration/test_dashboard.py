@@ -104,3 +104,15 @@ def test_dashboard_loads_clean_and_its_figures_follow_the_traffic(tmp_path):
             page.evaluate("document.head.append(Object.assign(document.createElement('script'), {textContent: '1'}))")
             errors = wait_until(page.errors, timeout=5)
             assert any(e.startswith("CSP violation: script-src") for e in errors), errors
+
+
+def test_with_metrics_token_the_page_shows_figures_given_the_token_in_its_fragment_and_says_so_without(tmp_path):
+    metrics_token = "dashboard-metrics-token"
+    env = {"REDIS_URL": "", "DATABASE_URL": f"sqlite:///{tmp_path / 'items.sqlite3'}", "METRICS_TOKEN": metrics_token}
+    with Gunicorn(env, workers=2) as server, Chromium() as browser:
+        page = browser.open(f"{server.base}/dashboard#token={metrics_token}")
+        wait_until(lambda: page.evaluate("document.getElementById('status').dataset.state") == "ok", timeout=15)
+        assert figure(page, "reads-lru-total") is not None and page.errors() == []
+        page = browser.open(f"{server.base}/dashboard")
+        wait_until(lambda: "HTTP 401" in text(page, "status"), timeout=15)
+        assert "#token=<METRICS_TOKEN>" in text(page, "status")

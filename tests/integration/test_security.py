@@ -1,5 +1,5 @@
-"""The default start (`gunicorn app:app`, no REDIS_URL): nobody but the service's user reaches its embedded
-Redis, and what reaches it cannot run code through Lua (cache/embedded.py, cache/lua_sandbox.py)."""
+"""What `gunicorn app:app` lets others reach: its embedded Redis (no REDIS_URL) only the service's user, and
+no script there runs code (cache/embedded.py, cache/lua_sandbox.py); metrics only with METRICS_TOKEN, when set."""
 
 from __future__ import annotations
 
@@ -35,3 +35,13 @@ def test_the_default_starts_embedded_redis_refuses_other_users_and_runs_no_hosti
         assert server.request("PUT", "/items/s1", body, {"Content-Type": "application/json"})[0] == 201
         status, headers, answer = server.get("/items/s1")  # the service's own scripts run in the sandbox
         assert status == 200 and json.loads(answer)["name"] == "still served"
+
+
+def test_with_metrics_token_set_metrics_and_the_dashboards_data_need_it(tmp_path):
+    token = "metrics-" + "t" * 16
+    env = {"REDIS_URL": "", "DATABASE_URL": f"sqlite:///{tmp_path / 'items.sqlite3'}", "METRICS_TOKEN": token}
+    with Gunicorn(env, workers=2) as server:
+        for path in ("/metrics", "/metrics/cache", "/dashboard/status.json"):
+            status, headers, body = server.get(path)
+            assert status == 401 and json.loads(body)["error"] == "unauthorized", path
+            assert server.get(path, {"Authorization": f"Bearer {token}"})[0] == 200, path
