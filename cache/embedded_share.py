@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import signal
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +90,9 @@ def join_or_start(path: Path, start: StartServer, timeout: float = 15.0) -> Shar
     """Use the live server named in `path`, or start one with `start(tmp_path, path)` -> (socket, token, pid)
     and publish it there. Raises EmbeddedConflict when neither is safe."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.parent.stat().st_mode
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:  # anyone could remove or replace the file
+        raise EmbeddedConflict(f"{path.parent} is writable by every user: use a private directory, or set REDIS_URL")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

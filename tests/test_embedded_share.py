@@ -188,3 +188,15 @@ def test_a_server_stopped_under_its_users_keeps_its_directory_so_nobody_else_can
     finally:
         os.close(server.lock_fd)
         os.rmdir(directory)
+
+
+def test_a_directory_every_user_may_write_to_without_the_sticky_bit_is_refused(tmp_path):
+    """Anyone could remove the file there (instances would split over two servers) or swap it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(EmbeddedConflict, match="writable by every user.*REDIS_URL"):
+        join_or_start(shared / "items.sqlite3.redis", start_server)
+    assert os.listdir(shared) == []
+    shared.chmod(0o1777)  # like /tmp: others cannot remove or rename our files
+    leave(join_or_start(shared / "items.sqlite3.redis", start_server))
