@@ -89,7 +89,7 @@ def use_shared(database_url: str) -> SharedServer:
 def join_or_start(path: Path, start: StartServer, timeout: float = 15.0) -> SharedServer:
     """Use the live server named in `path`, or start one with `start(tmp_path, path)` -> (socket, token, pid)
     and publish it there. Raises EmbeddedConflict when neither is safe."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # 0755 even under umask 0: see below
     mode = path.parent.stat().st_mode
     if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:  # anyone could remove or replace the file
         raise EmbeddedConflict(f"{path.parent} is writable by every user: use a private directory, or set REDIS_URL")

@@ -200,3 +200,13 @@ def test_a_directory_every_user_may_write_to_without_the_sticky_bit_is_refused(t
     assert os.listdir(shared) == []
     shared.chmod(0o1777)  # like /tmp: others cannot remove or rename our files
     leave(join_or_start(shared / "items.sqlite3.redis", start_server))
+
+
+def test_a_directory_it_creates_is_not_writable_by_others_even_under_umask_0(tmp_path):
+    umask = os.umask(0)
+    try:
+        server = join_or_start(tmp_path / "instance" / "items.sqlite3.redis", start_server)
+    finally:
+        os.umask(umask)
+    leave(server)
+    assert stat.S_IMODE((tmp_path / "instance").stat().st_mode) == 0o755
