@@ -3,9 +3,10 @@
 fakeredis runs them in lupa, whose Lua has `python.eval`, `python.builtins` and attribute access to every
 Python object it is handed, plus Lua's own `os.execute`, `io.popen`, `require`: whoever can send a script
 would run code as this service. `install()` makes every Lua runtime fakeredis creates afterwards a
-sandboxed one (no `python`, no attribute access on Python objects, no os/io/debug/package/loaders:
-what a real Redis allows a script), then proves it on a fresh server; it raises RuntimeError (and the
-embedded Redis does not start) if a fakeredis release changed how it builds its runtimes.
+sandboxed one (no `python`, no attribute access on Python objects, no io/package/loaders, `os` and
+`debug` cut to what scripts need: less than a real Redis allows), then proves it on a fresh server; it
+raises RuntimeError (and the embedded Redis does not start) if a fakeredis release changed how it builds
+its runtimes.
 
 fakeredis builds them through `fakeredis.commands_mixins.scripting_mixin.LUA_MODULE.LuaRuntime(...)`
 (the lupa module; for EVAL and for function libraries alike). That name is fakeredis' own: install()
