@@ -112,12 +112,13 @@ def _serve(own_file: str, shared_file: str) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     directory = tempfile.mkdtemp(prefix="item-cache-redis-")  # 0700, a new name: nobody else's
-    server = listen(directory)
-    path = str(server.server_address)  # a unix server's address is its path
-    token = secrets.token_hex(16)
-    redis.Redis(unix_socket_path=path).set(MARKER_KEY, token)
-    print(path, token, flush=True)
-    try:
+    server = None
+    try:  # from here on, a SIGTERM (at any line) still removes the socket
+        server = listen(directory)
+        path = str(server.server_address)  # a unix server's address is its path
+        token = secrets.token_hex(16)
+        redis.Redis(unix_socket_path=path).set(MARKER_KEY, token)
+        print(path, token, flush=True)
         while True:
             time.sleep(POLL_SECONDS)
             try:
@@ -129,8 +130,9 @@ def _serve(own_file: str, shared_file: str) -> None:
             if os.path.samestat(os.fstat(fd), os.stat(shared_file)):
                 os.unlink(shared_file)  # our users died without leaving: the file is ours and stale
     finally:
-        server.shutdown()
-        server.server_close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         _remove(directory, fd, shared_file)
 
 
