@@ -11,10 +11,10 @@ refused at once, with a JSON answer: a bare LF, malformed chunk framing, a body 
 transfer coding or expectation. `Expect: 100-continue` is answered here. Only a request that has arrived
 whole is given to a thread, whose parser reads nothing but the buffer: no thread ever waits on a client.
 A request that has not arrived within CLIENT_TIMEOUT of its connection's first chance to send it is
-answered 408 (closed silently if it never began). A refused connection is closed gracefully: its write
-side at once, its read side after at most LINGER_SECONDS or LINGER_BYTES more from the client (so the
-answer is not lost to a reset). A stalled connection costs a file descriptor and its buffer, never a
-thread.
+answered 408 (closed silently if it never began). A connection refused or not kept alive is closed
+gracefully by the poller: its write side at once, its read side after at most LINGER_SECONDS or
+LINGER_BYTES more from the client (so the last answer is not lost to a reset; gthread would wait for that
+in its main loop). A stalled connection costs a file descriptor and its buffer, never a thread.
 
 gunicorn's accounting is kept: every connection counts in `nr_conns` until closed, so at most
 `worker_connections` per worker (stalled ones included); keep-alive, pipelining and graceful shutdown
@@ -178,10 +178,16 @@ class BufferingWorker(ThreadWorker):
         return super().handle_request(req, conn)
 
     def refuse(self, conn: BufferedConn, refusal: Refusal) -> None:
-        """Answer and close the write side; read and discard what the client still sends (at most
-        LINGER_BYTES, LINGER_SECONDS), then close: closing with unread bytes would reset the answer away."""
-        try:
+        with contextlib.suppress(OSError):
             conn.sock.send(refusal.response())
+        self.close_gracefully(conn)
+
+    def close_gracefully(self, conn: BufferedConn) -> None:
+        """Close the write side; read and discard what the client still sends (at most LINGER_BYTES,
+        LINGER_SECONDS), then close: closing with unread bytes would reset the last answer away. In the
+        poller, not in gunicorn's close_graceful, which waits (blocking the poller) for the client to close."""
+        try:
+            conn.sock.setblocking(False)
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self.drop(conn)
@@ -218,13 +224,15 @@ class BufferingWorker(ThreadWorker):
 
     def finish_request(self, conn: BufferedConn, fs) -> None:
         """Pipelined bytes the parser read past the request go back to the poller with the connection
-        (gthread would give them to a thread, which would block on the rest of a partial request)."""
+        (gthread would give them to a thread); a connection not kept alive is closed gracefully."""
         keep = not fs.cancelled() and fs.exception() is None and fs.result() is True
         if keep and conn.parser.unreader.buf.getvalue():
             conn.received += conn.parser.unreader.take_buffered()
             self.read_request(conn)
-            return
-        super().finish_request(conn, fs)
+        elif keep:
+            super().finish_request(conn, fs)
+        else:
+            self.close_gracefully(conn)
 
     def murder_pending(self) -> None:
         """Also end, by their deadline (checked every second), requests that have not arrived (408, or closed

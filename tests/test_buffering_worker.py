@@ -69,6 +69,7 @@ def judged(received: bytes, bytewise: bool = False) -> Progress | int:
         (EXPECT.replace(b"100-continue", b"200-ok"), 417),
         (EXPECT.replace(b"HTTP/1.1", b"HTTP/1.0"), PARTIAL),  # ignored in HTTP/1.0 (RFC 9110 10.1.1)
     ],
+    ids=lambda value: repr(value)[:60],
 )
 def test_verdict(received, expected):
     assert judged(received) == expected

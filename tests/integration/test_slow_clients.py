@@ -91,7 +91,8 @@ def test_500_stalled_connections_leave_ordinary_requests_answered_and_are_closed
 
 
 def test_stalled_heads_bodies_and_kept_alive_connections_hold_no_thread(env):
-    """One worker with one thread: any stalled connection holding it would stop every other request."""
+    """One worker with one thread: any stalled connection holding it (or the main loop) would stop every
+    other request."""
     with Gunicorn({**env, "GUNICORN_THREADS": "1"}, workers=1) as server:
         kept_alive = []
         for _ in range(5):  # a whole request answered, then half of the next one
@@ -99,6 +100,12 @@ def test_stalled_heads_bodies_and_kept_alive_connections_hold_no_thread(env):
             sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
             assert _Reader(sock).response()[0] == 200
             sock.sendall(b"GET /health/li")
+            kept_alive.append(sock)
+        for _ in range(3):  # answered with Connection: close, then left open by a client that never closes
+            sock = connect(server)
+            sock.settimeout(1.0)  # gthread's close_graceful waited for that 2 s each, in its main loop
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert _Reader(sock).response()[0] == 200
             kept_alive.append(sock)
         half_body = put_request("slow", b'{"name": "slow"}')[:-6]
         with stalled(server.port, 5) as half_lines, stalled(server.port, 5, half_body) as half_bodies:
