@@ -239,8 +239,7 @@ def test_server_error_is_json_without_traceback(client, app, monkeypatch):
 
 
 class StalledBody(io.RawIOBase):
-    """A request body whose client stopped sending: the worker's read deadline (buffering_worker.ReadDeadline)
-    ended the wait."""
+    """A request body whose client stopped sending, and whose read timed out."""
 
     def readable(self) -> bool:
         return True
