@@ -120,14 +120,18 @@ class RequestFraming:
         return self._framing(bytes(buf[:end]))
 
     def _framing(self, head: bytes) -> Verdict | None:
+        if b"\r\n " in head or b"\r\n\t" in head:
+            return bad_request("a header line starts with whitespace (obsolete line folding): unfold it")
+        lowered = head.lower()  # most requests (a GET) have none of these: no need to look at each line
+        if b"\r\ncontent-length:" not in lowered and b"\r\ntransfer-encoding:" not in lowered:
+            if b"\r\nexpect:" not in lowered:
+                return Progress.WHOLE
         lines = head.split(b"\r\n")
         if lines[0] == b"" and len(lines) > 1:
             del lines[0]  # one empty line before the request line is allowed (RFC 9112 section 2.2)
         version = lines[0].rpartition(b" ")[2]
         lengths, codings, expectations = [], [], []
         for line in lines[1:]:
-            if line[:1] in (b" ", b"\t"):
-                return bad_request("a header line starts with whitespace (obsolete line folding): unfold it")
             name, _, value = line.partition(b":")
             name, value = name.lower(), value.strip(b" \t")
             if name == b"content-length":
@@ -216,11 +220,7 @@ class RequestFraming:
 def has_bare_lf(buf: bytes | bytearray, start: int, end: int, lf_before_crlf: bool = False) -> bool:
     """Whether buf[start:end] holds an LF that is not the end of a CRLF. With `lf_before_crlf`, `end` is the
     first CRLF at or after `start` (or the buffer's end), so any LF before it is bare."""
-    lf = buf.find(b"\n", start, end)
     if lf_before_crlf:
-        return lf >= 0
-    while lf >= 0:
-        if lf == 0 or buf[lf - 1] != 0x0D:
-            return True
-        lf = buf.find(b"\n", lf + 1, end)
-    return False
+        return buf.find(b"\n", start, end) >= 0
+    # Every LF in the range that ends a CRLF belongs to a CRLF starting at start - 1 or later.
+    return buf.count(b"\n", start, end) != buf.count(b"\r\n", max(0, start - 1), end)
