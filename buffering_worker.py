@@ -1,17 +1,20 @@
 """A gthread worker whose threads never wait for a slow client (gunicorn.conf.py `worker_class`).
 
 Why: gunicorn's gthread worker gives a new or kept-alive connection to a thread, which then blocks in
-recv() with no timeout until the request has arrived. A client that sends half a request line and stops
-(slowloris) holds that thread for good; ten of them stopped a 2-worker x 4-thread service.
+recv() until the request has arrived. A client that sends half a request and stops (slowloris) holds that
+thread; ten of them stopped a 2-worker x 4-thread service.
 
-Here the worker's main loop (the poller, which already waits on every idle connection) reads the request
-head and a Content-Length body of at most MAX_ITEM_BYTES without blocking, into a buffer of its
-connection, and gives a thread only a request that has arrived whole. A connection that has not sent
-its request within CLIENT_TIMEOUT seconds of its first chance to is closed; a stalled one costs a file
-descriptor and its buffer, never a thread. What the buffer does not hold (a chunked body, one over
-MAX_ITEM_BYTES, one behind `Expect: 100-continue`) is read by the thread within CLIENT_TIMEOUT of its
-taking the request, in all (not per read: a body trickling in a byte at a time must not hold a thread
-either), so no thread waits on a client without a deadline; a head over HEAD_BYTES is refused.
+Here the worker's main loop (the poller, which already waits on every idle connection) reads each request
+without blocking, into a buffer of its connection: its head and its body, Content-Length or chunked, of at
+most MAX_ITEM_BYTES. request_framing.py judges where the request ends (RFC 9112, strictly) and what is
+refused at once, with a JSON answer: a bare LF, malformed chunk framing, a body over the cap, an unknown
+transfer coding or expectation. `Expect: 100-continue` is answered here. Only a request that has arrived
+whole is given to a thread, whose parser reads nothing but the buffer: no thread ever waits on a client.
+A request that has not arrived within CLIENT_TIMEOUT of its connection's first chance to send it is
+answered 408 (closed silently if it never began). A connection refused or not kept alive is closed
+gracefully by the poller: its write side at once, its read side after at most LINGER_SECONDS or
+LINGER_BYTES more from the client (so the last answer is not lost to a reset; gthread would wait for that
+in its main loop). A stalled connection costs a file descriptor and its buffer, never a thread.
 
 gunicorn's accounting is kept: every connection counts in `nr_conns` until closed, so at most
 `worker_connections` per worker (stalled ones included); keep-alive, pipelining and graceful shutdown
@@ -21,9 +24,7 @@ are gthread's own. Plain HTTP/1.1 only: TLS ends at the router in front of the s
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno
-import json
 import selectors
 import socket
 import time
@@ -33,54 +34,11 @@ from typing import Any
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from config import load_config
+from request_framing import CONTINUE, Limits, Progress, Refusal, RequestFraming, timed_out
 
-HEAD_BYTES = 32 * 1024  # the largest request head (nginx's default limit too)
 RECV_BYTES = 64 * 1024
-_REFUSAL = json.dumps(
-    {"error": "request_header_fields_too_large", "message": f"the request head is over {HEAD_BYTES} bytes"}
-).encode()
-HEAD_TOO_LARGE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\nConnection: close\r\n"
-    + f"Content-Length: {len(_REFUSAL)}\r\n\r\n".encode()
-    + _REFUSAL
-)
-
-
-def body_length(head: bytes) -> int | None:
-    """The body size a request head announces, or None when the poller should not wait for the body:
-    chunked, `Expect: 100-continue` (the client waits for our 100), or a Content-Length it cannot read.
-    Only decides when a thread takes over; gunicorn's parser still parses (and judges) every byte."""
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name in (b"transfer-encoding", b"expect"):
-            return None
-        if name == b"content-length":
-            if not value.strip().isdigit():
-                return None
-            length = int(value)
-    return length
-
-
-class Arrival(enum.Enum):
-    """How far a request has arrived in the poller's buffer."""
-
-    PARTIAL = "wait for more bytes"
-    READY = "a thread may take it: the head and the body it buffers are here; the thread reads the rest"
-    HEAD_TOO_LARGE = "no request head is that large: answer 431 and close"
-
-
-def arrival(received: bytes | bytearray, body_bytes: int) -> Arrival:
-    """Whether the request in `received` has arrived: its head and a body of at most `body_bytes`
-    (a larger or chunked body, or one behind `Expect: 100-continue`, is the thread's to read)."""
-    end = received.find(b"\r\n\r\n")
-    if end < 0:
-        return Arrival.HEAD_TOO_LARGE if len(received) > HEAD_BYTES else Arrival.PARTIAL
-    length = body_length(bytes(received[:end]))
-    if length is None or length > body_bytes or len(received) >= end + 4 + length:
-        return Arrival.READY
-    return Arrival.PARTIAL
+LINGER_SECONDS = 2.0  # gunicorn's close_graceful waits as long
+LINGER_BYTES = 64 * 1024
 
 
 def accept_connection(listener: socket.socket) -> tuple[socket.socket, Any] | None:
@@ -93,36 +51,32 @@ def accept_connection(listener: socket.socket) -> tuple[socket.socket, Any] | No
         return None
 
 
-class ReadDeadline:
-    """The socket as the thread's parser reads it: every recv waits at most until one deadline, so the
-    whole of what the thread reads (a chunked body, say) takes at most the client timeout."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self.sock, self.deadline = sock, deadline
+class BufferOnly:
+    """The socket as the thread's parser reads it: the poller has put the whole request in the parser's
+    buffer, so a read past it would wait on the client; it fails at once instead (and the connection closes)."""
 
     def recv(self, size: int) -> bytes:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the client did not send its request within CLIENT_TIMEOUT")
-        self.sock.settimeout(left)
-        return self.sock.recv(size)
+        raise TimeoutError("the thread read past the request the poller received")
 
 
 class BufferedConn(TConn):
-    """A connection whose request bytes the poller reads; the thread's parser gets them first."""
+    """A connection whose request bytes the poller reads; the thread's parser gets them, and only them."""
 
     def __init__(self, cfg, sock, client, server, timeout: float) -> None:
         super().__init__(cfg, sock, client, server)
         self.received = bytearray()  # read by the poller, not yet given to the parser
-        self.deadline = 0.0  # when the poller closes it if the request has not arrived
+        self.framing: RequestFraming | None = None  # the request being received
+        self.deadline = 0.0  # when the poller gives up on it
+        self.drained = 0  # bytes read and discarded after a refusal
         self.socket_timeout = timeout
         self.data_ready = True  # gthread's own wait for a first byte is the poller's job here
 
     def init(self) -> None:
-        """In the thread, before each request: blocking with a timeout, the buffered bytes unread first."""
+        """In the thread, before each request: the buffered request is all its parser reads; the response's
+        writes wait at most CLIENT_TIMEOUT."""
         super().init()  # the parser is made once; the socket is made blocking (no timeout) every time
         self.sock.settimeout(self.socket_timeout)
-        self.parser.unreader.sock = ReadDeadline(self.sock, time.monotonic() + self.socket_timeout)
+        self.parser.unreader.sock = BufferOnly()
         self.parser.unreader.unread(bytes(self.received))
         self.received.clear()
 
@@ -134,8 +88,10 @@ class BufferingWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         config = load_config(default_port=8000)  # checked by the master already (gunicorn.conf.py)
         self.client_timeout = config.client_timeout
-        self.body_bytes = config.max_item_bytes  # the app answers a larger body 413 without reading it
-        self.reading: dict[BufferedConn, None] = {}  # oldest deadline first (insertion order)
+        self.limits = Limits(body_bytes=config.max_item_bytes, line_bytes=self.cfg.limit_request_field_size or 8190)
+        # Oldest deadline first (insertion order; one timeout each): requests arriving, refused connections.
+        self.reading: dict[BufferedConn, None] = {}
+        self.lingering: dict[BufferedConn, None] = {}
 
     @classmethod
     def check_config(cls, cfg, log) -> None:
@@ -165,11 +121,12 @@ class BufferingWorker(ThreadWorker):
             self.drop(conn)
 
     def read_request(self, conn: BufferedConn) -> None:
-        """Wait in the poller, at most CLIENT_TIMEOUT, for the connection's next request to arrive."""
+        """Wait in the poller, at most CLIENT_TIMEOUT, for the connection's next request to arrive whole."""
         conn.sock.setblocking(False)
-        state = arrival(conn.received, self.body_bytes)
-        if state is not Arrival.PARTIAL:
-            self.hand_over(conn, state)
+        conn.framing = RequestFraming(self.limits)
+        verdict = self.judge(conn)
+        if verdict is not Progress.PARTIAL:
+            self.settle(conn, verdict)
             return
         conn.deadline = time.monotonic() + self.client_timeout
         self.reading[conn] = None
@@ -180,10 +137,10 @@ class BufferingWorker(ThreadWorker):
             self.stop_reading(conn)
             self.drop(conn)
             return
-        state = arrival(conn.received, self.body_bytes)
-        if state is not Arrival.PARTIAL:
+        verdict = self.judge(conn)
+        if verdict is not Progress.PARTIAL:
             self.stop_reading(conn)
-            self.hand_over(conn, state)
+            self.settle(conn, verdict)
 
     @staticmethod
     def receive(conn: BufferedConn) -> bool:
@@ -197,14 +154,59 @@ class BufferingWorker(ThreadWorker):
         conn.received += data
         return bool(data)
 
-    def hand_over(self, conn: BufferedConn, state: Arrival) -> None:
-        """A thread serves an arrived request; a head too large is refused here."""
-        if state is Arrival.READY:
+    @staticmethod
+    def judge(conn: BufferedConn) -> Progress | Refusal:
+        """How far the request has arrived; a client waiting for `100 Continue` gets it (once) here."""
+        assert conn.framing is not None
+        verdict = conn.framing.judge(conn.received)
+        if verdict is Progress.CONTINUE:
+            with contextlib.suppress(OSError):  # a full send buffer: the client sends its body anyway, or times out
+                conn.sock.send(CONTINUE)
+            return Progress.PARTIAL
+        return verdict
+
+    def settle(self, conn: BufferedConn, verdict: Progress | Refusal) -> None:
+        """A thread serves a request that has arrived whole; a refused one is answered here."""
+        if isinstance(verdict, Refusal):
+            self.refuse(conn, verdict)
+        else:
             self.enqueue_req(conn)
-            return
+
+    def handle_request(self, req, conn):  # type: ignore[no-untyped-def]
+        """gthread's, less its `100 Continue`: the poller has sent it already, and the body has arrived."""
+        req._expected_100_continue = False
+        return super().handle_request(req, conn)
+
+    def refuse(self, conn: BufferedConn, refusal: Refusal) -> None:
         with contextlib.suppress(OSError):
-            conn.sock.send(HEAD_TOO_LARGE)
-        self.drop(conn)
+            conn.sock.send(refusal.response())
+        self.close_gracefully(conn)
+
+    def close_gracefully(self, conn: BufferedConn) -> None:
+        """Close the write side; read and discard what the client still sends (at most LINGER_BYTES,
+        LINGER_SECONDS), then close: closing with unread bytes would reset the last answer away. In the
+        poller, not in gunicorn's close_graceful, which waits (blocking the poller) for the client to close."""
+        try:
+            conn.sock.setblocking(False)
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.drop(conn)
+            return
+        conn.received.clear()
+        conn.deadline = time.monotonic() + LINGER_SECONDS
+        self.lingering[conn] = None
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_lingering_bytes, conn))
+
+    def on_lingering_bytes(self, conn: BufferedConn, sock) -> None:
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        conn.drained += len(data)
+        if not data or conn.drained > LINGER_BYTES:
+            self.stop_lingering(conn)
 
     def drop(self, conn: BufferedConn) -> None:
         """Close a connection no thread has: it stops counting towards worker_connections."""
@@ -215,23 +217,33 @@ class BufferingWorker(ThreadWorker):
         del self.reading[conn]
         self.poller.unregister(conn.sock)
 
+    def stop_lingering(self, conn: BufferedConn) -> None:
+        del self.lingering[conn]
+        self.poller.unregister(conn.sock)
+        self.drop(conn)
+
     def finish_request(self, conn: BufferedConn, fs) -> None:
         """Pipelined bytes the parser read past the request go back to the poller with the connection
-        (gthread would give them to a thread, which would block on the rest of a partial request)."""
+        (gthread would give them to a thread); a connection not kept alive is closed gracefully."""
         keep = not fs.cancelled() and fs.exception() is None and fs.result() is True
         if keep and conn.parser.unreader.buf.getvalue():
             conn.received += conn.parser.unreader.take_buffered()
             self.read_request(conn)
-            return
-        super().finish_request(conn, fs)
+        elif keep:
+            super().finish_request(conn, fs)
+        else:
+            self.close_gracefully(conn)
 
     def murder_pending(self) -> None:
-        """Also close connections whose request has not arrived by their deadline (called every second)."""
+        """Also end, by their deadline (checked every second), requests that have not arrived (408, or closed
+        if nothing of one came) and refused connections still lingering."""
         super().murder_pending()
         now = time.monotonic()
-        while self.reading:
-            conn = next(iter(self.reading))
-            if conn.deadline > now:
-                break
+        while self.reading and (conn := next(iter(self.reading))).deadline <= now:
             self.stop_reading(conn)
-            self.drop(conn)
+            if conn.received:
+                self.refuse(conn, timed_out(self.client_timeout))
+            else:
+                self.drop(conn)
+        while self.lingering and (conn := next(iter(self.lingering))).deadline <= now:
+            self.stop_lingering(conn)

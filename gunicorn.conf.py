@@ -38,8 +38,9 @@ workers = _config.web_concurrency
 # to MAX_ITEM_BYTES) before a thread sees it, and closes a connection whose request has not arrived
 # within CLIENT_TIMEOUT; stalled clients then cost a socket each, at most worker_connections per worker.
 # Measured (`python -m bench.slow_clients`, BENCHMARKS.md "Slow clients"): beside 500 stalled connections
-# gthread answered 0 of 100 ordinary requests, gthread with 64 threads 53-69 (two runs), gthread with a 5 s read timeout
-# in the thread 92 (and all three held stalled sockets past 30 s); this worker all 100, and closed them.
+# (half request lines and unfinished bodies) gthread answered 0 of 100 ordinary requests, gthread with 64
+# threads 0, gthread with a 5 s read timeout in the thread 28 (and all three held stalled sockets past 58 s);
+# this worker all 100, and closed them.
 # Against the alternatives (`python -m bench.serving`, BENCHMARKS.md "Serving", one run): this worker
 # served the stalled-clients row (1,666 req/s, gthread 0) and was 0.91-1.17x gthread elsewhere. 4 threads:
 # 1 or 2 served a 200 ms database at 0.29x and 0.63x; 8 won that row (1.42x) but lost the stalled-clients

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from routes import admin, dashboard, errors, fast_path, health, http_headers, items, metrics, openapi
+from routes import admin, dashboard, errors, fast_path, health, http_headers, items, methods, metrics, openapi
 
 
 def register(app: Flask) -> None:
@@ -17,4 +17,5 @@ def register(app: Flask) -> None:
     app.register_blueprint(dashboard.bp)
     errors.register(app)
     http_headers.register(app, app.config["SERVICE_CONFIG"])
+    methods.install(app, app.config["SERVICE_CONFIG"].access_log)  # after every route: it knows their methods
     fast_path.install(app, app.config["SERVICE_CONFIG"])  # last: it answers in front of everything above

@@ -35,7 +35,8 @@ def _http_error(exc: HTTPException) -> Response:
         return error_response(exc.code, exc.error, exc.description or "", exc.extra_headers)
     if isinstance(exc, ClientDisconnected) and isinstance(exc.__context__, TimeoutError):
         # werkzeug calls every failed body read a disconnect (400); this one is a body that stopped arriving
-        # (buffering_worker.ReadDeadline: CLIENT_TIMEOUT in all), which HTTP calls 408. Nothing was stored.
+        # (a read that timed out), which HTTP calls 408. Nothing was stored. (buffering_worker's poller answers
+        # such a body 408 itself; a thread there never reads past the request it was given.)
         timeout = current_app.config["SERVICE_CONFIG"].client_timeout
         message = f"the request body did not arrive within CLIENT_TIMEOUT ({timeout:g} s); send it again, faster"
         return error_response(408, "request_timeout", message)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from flask import Blueprint, Flask, Response, current_app
+from flask import Blueprint, Flask, Request, Response, current_app
 from flask.typing import ResponseReturnValue
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -18,13 +18,20 @@ from routes.auth import require_metrics_token
 bp = Blueprint("metrics", __name__, url_prefix="/metrics")
 bp.before_request(require_metrics_token)  # /metrics and /metrics/cache: METRICS_TOKEN when it is set
 HIT_TIERS = ("lru", "redis", "negative", "bloom")  # answered without the database
+UNROUTED = "unrouted"  # the endpoint label of every request no route took (a 404, a 405)
+
+
+def endpoint(request: Request) -> str:
+    """The `endpoint` label (the exporter names it after this function): a route's endpoint, never a path."""
+    return request.endpoint or UNROUTED
 
 
 def init_request_metrics(app: Flask) -> None:
-    """Request counts and latencies per endpoint (not raw path: ids would explode the label set)."""
+    """Request counts and latencies per endpoint (not raw path: ids would explode the label set). Every
+    label has a bounded set of values: endpoint (above), status (the app's), method (routes/methods.py)."""
     registry = CollectorRegistry(auto_describe=True)  # per app, so tests can build many apps
     if app.config["SERVICE_CONFIG"].request_metrics:
-        PrometheusMetrics(app, path=None, group_by="endpoint", registry=registry)
+        PrometheusMetrics(app, path=None, group_by=endpoint, registry=registry)
     app.extensions["request_metrics_registry"] = registry
 
 

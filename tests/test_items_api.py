@@ -213,6 +213,21 @@ def test_metrics_count_reads_by_tier(client, app):
     assert 'endpoint="items.get_item"' in text and "/items/m1" not in text  # grouped by endpoint
 
 
+def test_a_method_no_route_serves_is_405_json_and_no_label_takes_a_value_the_client_chose(client):
+    for method in ("BREW", "PATCH", "XYZZYPLUGH"):
+        response = client.open("/items/a", method=method)
+        assert response.status_code == 405 and response.json["error"] == "method_not_allowed"
+        assert response.headers["Allow"] == "DELETE, GET, HEAD, OPTIONS, PUT"
+        assert "GET" in response.json["message"] and method not in response.json["message"]
+    assert client.open("/nowhere", method="BREW").headers["Allow"] == ""
+    assert client.put("/health/live").status_code == 405  # a method another route serves: Flask's 405
+    assert client.get("/no/such/path").status_code == 404
+    text = client.get("/metrics").data.decode()
+    assert "BREW" not in text and "XYZZYPLUGH" not in text and "/no/such/path" not in text
+    assert 'endpoint="unrouted",le="0.005",method="GET",status="404"' in text  # one value for every path
+    assert 'endpoint="None"' not in text
+
+
 def test_server_error_is_json_without_traceback(client, app, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("secret internals")
@@ -224,8 +239,7 @@ def test_server_error_is_json_without_traceback(client, app, monkeypatch):
 
 
 class StalledBody(io.RawIOBase):
-    """A request body whose client stopped sending: the worker's read deadline (buffering_worker.ReadDeadline)
-    ended the wait."""
+    """A request body whose client stopped sending, and whose read timed out."""
 
     def readable(self) -> bool:
         return True

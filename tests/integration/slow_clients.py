@@ -11,10 +11,17 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 HALF_REQUEST_LINE = b"GET /health/live HT"
+_PUT = b"PUT /items/stalled HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+UNFINISHED_BODIES = (  # whole heads whose bodies never finish arriving
+    _PUT + b"Transfer-Encoding: chunked\r\n\r\n",  # no chunk yet
+    _PUT + b'Transfer-Encoding: chunked\r\n\r\n10\r\n{"name": ',  # half a chunk
+    _PUT + b"Expect: 100-continue\r\nContent-Length: 16\r\n\r\n",  # waits for 100 Continue, then sends nothing
+    _PUT + b'Content-Length: 16\r\n\r\n{"name"',  # short of its Content-Length
+)
 
 
 def allow_open_files(needed: int) -> None:
@@ -27,14 +34,18 @@ def allow_open_files(needed: int) -> None:
 
 
 @contextlib.contextmanager
-def stalled(port: int, count: int, payload: bytes = HALF_REQUEST_LINE) -> Iterator[list[socket.socket]]:
-    """`count` connections that each send `payload` and then nothing; closed by us on exit."""
+def stalled(
+    port: int, count: int, payload: bytes | Sequence[bytes] = HALF_REQUEST_LINE
+) -> Iterator[list[socket.socket]]:
+    """`count` connections that each send `payload` (or the payloads in turn) and then nothing; closed by us
+    on exit."""
+    payloads = [payload] if isinstance(payload, bytes) else list(payload)
     allow_open_files(count * 2)
     socks = []
     try:
-        for _ in range(count):
+        for n in range(count):
             sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            sock.sendall(payload)
+            sock.sendall(payloads[n % len(payloads)])
             socks.append(sock)
         yield socks
     finally:
