@@ -124,3 +124,17 @@ def test_without_cors_nothing_varies_on_origin(client):
 def test_bad_http_settings_are_refused_naming_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         load_config({name: value})
+
+
+@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
+@pytest.mark.parametrize("path", ["/items//x", "/items/x//", "/health//live", "/items/x/", "/metrics/"])
+def test_an_odd_path_is_a_json_404_never_a_redirect_to_the_clients_host(client, path):
+    put(client, "x", {})
+    response = client.get(path, headers={"Host": "evil.example"})
+    assert response.status_code == 404 and response.mimetype == "application/json"
+    assert response.json["error"] == "not_found" and "Location" not in response.headers
+    assert b"evil.example" not in response.data
+
+
+def test_no_rule_ends_with_a_slash_so_routing_never_redirects_to_add_one(app):
+    assert [rule.rule for rule in app.url_map.iter_rules() if rule.rule.endswith("/")] == []
