@@ -65,7 +65,9 @@ def encode_fields(fields: dict[str, Any]) -> str:
 
 class ItemStore(Protocol):
     """Versions are bumped by the database in the write statement itself; a deleted row keeps its
-    version (as a tombstone) so a re-created id continues above it and cached versions stay ordered."""
+    version (as a tombstone) so a re-created id continues above it and cached versions stay ordered, and
+    an id with no row (its tombstone purged) starts above every purged version: versions never restart,
+    so one ETag never names two incarnations of an id."""
 
     def init_schema(self) -> None: ...
 

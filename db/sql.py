@@ -212,11 +212,10 @@ class SQLStore(KeyStore):
         return self._execute(self.sql.purge_changes, params)
 
     def purge_tombstones(self, older_than_s: float) -> int:
-        # Without its tombstone a re-created id starts again from version 1. That is safe once the
-        # tombstone is older than the longest cache TTL: no cache can still hold any version of the old
-        # row (nor the tombstone), so no cached version can outrank the new row's. The caller must also
-        # have applied the log past the deletion (older_than_s covers its lag), so the follower does not
-        # write the old tombstone into a cache after the id is back.
+        # The triggers keep the highest purged version (item_versions_purged, migration 0006), and an id
+        # with no row starts above it: a re-created id never reuses an old version, so an old ETag never
+        # matches it. The caller must also have applied the log past the deletion (older_than_s covers
+        # its lag), so the follower does not write the old tombstone into a cache after the id is back.
         return self._execute(self.sql.purge_tombstones, {"age": float(older_than_s)})
 
     def ping(self) -> None:

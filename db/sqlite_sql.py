@@ -12,7 +12,8 @@ ITEM = "id, fields, version, updated_at"
 UPSERT = f"""
 INSERT INTO items (id, fields, version, created_version, deleted, updated_at)
 SELECT :id, :fields, v, v, FALSE, {NOW}
-FROM (SELECT coalesce((SELECT version + 1 FROM items WHERE id = :id), 1) AS v) WHERE TRUE
+FROM (SELECT coalesce((SELECT version FROM items WHERE id = :id), (SELECT upto FROM item_versions_purged)) + 1 AS v)
+WHERE TRUE
 ON CONFLICT (id) DO UPDATE SET
     fields = excluded.fields,
     version = items.version + 1,
@@ -30,8 +31,9 @@ IN_VERSIONS = "version IN (SELECT value FROM json_each(:versions))"
 STATEMENTS = Statements(
     get=f"SELECT {ITEM} FROM items WHERE id = :id AND NOT deleted",
     # One statement: the database bumps the version atomically with the write. The inserted version is
-    # computed from the row already there, so an id whose tombstone the triggers replace (a plain INSERT
-    # path) comes back above the tombstone with no fix-up, and RETURNING reports what is stored.
+    # computed from the row already there (or, for an id with none, above every purged tombstone's), so an
+    # id whose tombstone the triggers replace (a plain INSERT path) comes back above the tombstone with no
+    # fix-up, and RETURNING reports what is stored.
     upsert=f"{UPSERT}{RETURNING}",
     # The conditions sit in the one write statement (SQLite has one writer at a time anyway).
     insert_new=f"{UPSERT}WHERE items.deleted\n{RETURNING}",
