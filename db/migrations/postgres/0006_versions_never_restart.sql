@@ -1,14 +1,14 @@
 -- Versions never restart. A tombstone is an id's only record of its last version, and the follower purges
 -- old ones; the highest version a purged tombstone had is kept here, and an id with no row starts above it.
 -- So a new incarnation of a purged id never reuses a version, nor an ETag, of an old one: an If-Match with
--- an old ETag fails, and a cached old version stays below the new ones. Started at the highest version
--- still on record (rows and the change log): tombstones purged before this migration left none.
+-- an old ETag fails, and a cached old version stays below the new ones. Started at the highest version the
+-- change log still holds of an id that has no row (purged before this migration; older ones left no trace).
 CREATE TABLE item_versions_purged (
     singleton boolean PRIMARY KEY DEFAULT TRUE CHECK (singleton),
     upto      bigint NOT NULL
 );
 INSERT INTO item_versions_purged (upto)
-SELECT greatest(coalesce((SELECT max(version) FROM items), 0), coalesce((SELECT max(version) FROM item_changes), 0));
+SELECT coalesce(max(version), 0) FROM item_changes AS c WHERE NOT EXISTS (SELECT 1 FROM items AS i WHERE i.id = c.id);
 
 -- As in 0003, and an INSERT of a live row for an id with no row at all starts above every purged version.
 -- The floor is read after the tombstone DELETE: if a purge is deleting the same tombstone, that DELETE waits
