@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -59,6 +59,18 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def decode_item(row: Sequence[Any]) -> Item:
+    """An Item from a selected row (id, fields as text, version, updated_at); MalformedItem when its body
+    is not a JSON object."""
+    try:
+        fields = json.loads(row[1])
+    except (TypeError, ValueError):
+        fields = None
+    if not isinstance(fields, dict):
+        raise MalformedItem(row[0])
+    return Item(id=row[0], fields=fields, version=int(row[2]), updated_at=row[3])
+
+
 def encode_fields(fields: dict[str, Any]) -> str:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
@@ -93,8 +105,9 @@ class ItemStore(Protocol):
         """Delete if `expect` holds, checked in the write itself; DeadlineExceeded (rolled back) when it runs out."""
         ...
 
-    def claim_key(self, create: KeyedCreate, lease: float, deadline: Deadline) -> ClaimOutcome:
-        """Claim an Idempotency-Key for `create`, or say what holds it (Replay, KeyReused, KeyBusy)."""
+    def claim_key(self, create: KeyedCreate, lease: float, deadline: Deadline, max_keys: int = ...) -> ClaimOutcome:
+        """Claim an Idempotency-Key for `create`, or say what holds it (Replay, KeyReused, KeyBusy); keep at
+        most `max_keys` keys (the oldest claimed go)."""
         ...
 
     def upsert_claimed(

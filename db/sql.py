@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from db.base import Item, MalformedItem, WriteResult, encode_fields
+from db.base import Item, MalformedItem, WriteResult, decode_item, encode_fields
 from db.changes import ChangeCursor
 from db.deadline import Deadline
 from db.keys import Fetch, KeyStore
@@ -56,17 +55,6 @@ class Statements:
     purge_tombstones: str  # age
     load_cursor: str  # name -> cursor
     save_cursor: str  # name, cursor
-
-
-def decode_item(row: Sequence[Any]) -> Item:
-    """An Item from a selected row; MalformedItem when its body is not a JSON object."""
-    try:
-        fields = json.loads(row[1])
-    except (TypeError, ValueError):
-        fields = None
-    if not isinstance(fields, dict):
-        raise MalformedItem(row[0])
-    return Item(id=row[0], fields=fields, version=int(row[2]), updated_at=row[3])
 
 
 class SQLStore(KeyStore):

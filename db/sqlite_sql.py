@@ -76,18 +76,21 @@ KEY_STATEMENTS = KeyStatements(
     claim="""
 INSERT INTO idempotency_keys (key, fingerprint, token, item_id)
 VALUES (:key, :fingerprint, :token, :item_id)
-ON CONFLICT (key) DO NOTHING RETURNING item_id
+ON CONFLICT (key) DO NOTHING RETURNING item_id, seq
 """,
+    evict="DELETE FROM idempotency_keys WHERE seq <= :seq - :keep",
     find=f"""
-SELECT fingerprint, item_id, status_code, version, body, claimed_at <= {CUTOFF}
-FROM idempotency_keys WHERE key = :key
+SELECT k.fingerprint, k.item_id, k.status_code, k.version, k.claimed_at <= {CUTOFF},
+    i.id, i.fields, i.version, i.updated_at
+FROM idempotency_keys AS k LEFT JOIN items AS i ON i.id = k.item_id AND NOT i.deleted
+WHERE k.key = :key
 """,
     take_over=f"""
 UPDATE idempotency_keys SET token = :token, claimed_at = {NOW}
 WHERE key = :key AND status_code IS NULL AND claimed_at <= {CUTOFF} RETURNING item_id
 """,
     complete="""
-UPDATE idempotency_keys SET status_code = :status_code, version = :version, body = :body
+UPDATE idempotency_keys SET status_code = :status_code, version = :version
 WHERE key = :key AND token = :token AND status_code IS NULL RETURNING key
 """,
     release="DELETE FROM idempotency_keys WHERE key = :key AND token = :token AND status_code IS NULL",
