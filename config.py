@@ -61,6 +61,7 @@ class Config:
     http_stale_while_revalidate: int  # ...and how long past that it may serve it while it revalidates (s)
     cors_origins: tuple[str, ...]  # browser origins allowed to call the API (CORS); empty: none
     request_timeout: float  # seconds a request may wait in all (database, locks, other loads) before it gives up
+    idempotency_keys_max: int  # Idempotency-Key records kept, at most (the oldest claimed go first)
     fast_path: bool  # answer a plain GET /items/<id> that L1 holds before Flask's routing (routes/fast_path.py)
     demo_db_load_delay: float  # seconds added to every item load from the database: demo and tests only (0: off)
 
@@ -250,6 +251,7 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
         cors_origins=_origins(env),
         # Under the 30 s a Heroku-style router waits, with room for the client's retry to be answered too.
         request_timeout=_float(env, "REQUEST_TIMEOUT", 10.0, high=29),
+        idempotency_keys_max=_int(env, "IDEMPOTENCY_KEYS_MAX", 100_000, minimum=1, maximum=100_000_000),
         fast_path=_bool(env, "FAST_PATH", default=True),
         # A slow database on purpose, so that `python -m demo` can show a stampede on SQLite (whose loads
         # take microseconds and never collide). Logged loudly at start-up; never set it in production.

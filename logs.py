@@ -18,12 +18,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
 TEXT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+# What a text line must not carry raw: C0 and C1 controls (a newline starts a forged line, ESC drives the
+# terminal), DEL, and Unicode's line and paragraph separators.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 REQUEST_FIELDS = ("method", "path", "status", "duration_ms", "bytes", "tier", "request_id")
 ACCESS = logging.getLogger("access")
 
@@ -124,11 +128,26 @@ def _sole_json_handler() -> logging.StreamHandler[Any] | None:
     return handler if type(handler.formatter) is JsonFormatter else None
 
 
+class TextFormatter(logging.Formatter):
+    """TEXT, one line per message: its control characters are escaped (\\n, \\x1b), so nothing a client
+    sends (a path with %0a) can start a line of its own. A traceback still follows on lines of its own."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return CONTROL.sub(_escaped, super().formatMessage(record))
+
+
+def _escaped(control: re.Match[str]) -> str:
+    return control.group().encode("unicode_escape").decode("ascii")
+
+
 def formatter(log_format: str) -> logging.Formatter:
     """The formatter LOG_FORMAT names ("auto": text on a terminal, JSON elsewhere)."""
     if log_format == "auto":
         log_format = "text" if sys.stderr.isatty() else "json"
-    return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT)
+    return JsonFormatter() if log_format == "json" else TextFormatter()
 
 
 def configure(level: str, log_format: str) -> None:

@@ -58,13 +58,14 @@ def create_once(
 
 
 def _claim(store: ItemStore, create: KeyedCreate, deadline: Deadline) -> Claim | Replay | KeyReused | KeyBusy:
-    lease = state().config.request_timeout + LEASE_MARGIN
-    outcome = store.claim_key(create, lease, deadline)
+    config = state().config
+    lease, max_keys = config.request_timeout + LEASE_MARGIN, config.idempotency_keys_max
+    outcome = store.claim_key(create, lease, deadline, max_keys)
     for delay in backoff_delays(deadline.cap(KEY_BUSY_WAIT)):
         if not isinstance(outcome, KeyBusy) or deadline.remaining() <= delay:
             break
         time.sleep(delay)
-        outcome = store.claim_key(create, lease, deadline)
+        outcome = store.claim_key(create, lease, deadline, max_keys)
     return outcome
 
 

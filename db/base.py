@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -59,13 +59,27 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def decode_item(row: Sequence[Any]) -> Item:
+    """An Item from a selected row (id, fields as text, version, updated_at); MalformedItem when its body
+    is not a JSON object."""
+    try:
+        fields = json.loads(row[1])
+    except (TypeError, ValueError):
+        fields = None
+    if not isinstance(fields, dict):
+        raise MalformedItem(row[0])
+    return Item(id=row[0], fields=fields, version=int(row[2]), updated_at=row[3])
+
+
 def encode_fields(fields: dict[str, Any]) -> str:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
 
 class ItemStore(Protocol):
     """Versions are bumped by the database in the write statement itself; a deleted row keeps its
-    version (as a tombstone) so a re-created id continues above it and cached versions stay ordered."""
+    version (as a tombstone) so a re-created id continues above it and cached versions stay ordered, and
+    an id with no row (its tombstone purged) starts above every purged version: versions never restart,
+    so one ETag never names two incarnations of an id."""
 
     def init_schema(self) -> None: ...
 
@@ -91,8 +105,9 @@ class ItemStore(Protocol):
         """Delete if `expect` holds, checked in the write itself; DeadlineExceeded (rolled back) when it runs out."""
         ...
 
-    def claim_key(self, create: KeyedCreate, lease: float, deadline: Deadline) -> ClaimOutcome:
-        """Claim an Idempotency-Key for `create`, or say what holds it (Replay, KeyReused, KeyBusy)."""
+    def claim_key(self, create: KeyedCreate, lease: float, deadline: Deadline, max_keys: int = ...) -> ClaimOutcome:
+        """Claim an Idempotency-Key for `create`, or say what holds it (Replay, KeyReused, KeyBusy); keep at
+        most `max_keys` keys (the oldest claimed go)."""
         ...
 
     def upsert_claimed(

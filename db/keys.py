@@ -1,5 +1,9 @@
 """Idempotency keys in the database: claim a key before the write, complete it in the write's own
-transaction, replay its first response. What both SQL backends share; their SQL is in KeyStatements."""
+transaction, replay its first response. What both SQL backends share; their SQL is in KeyStatements.
+
+A key keeps its first answer's status, item id and version, not its body (a replay is rebuilt from the
+item as it is now), and at most `max_keys` keys are kept: a claim deletes the keys claimed `max_keys` or
+more claims before it. So the table is bounded whatever the rate of new keys."""
 
 from __future__ import annotations
 
@@ -9,20 +13,24 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from db.base import WriteResult
+from db.base import Item, WriteResult, decode_item
 from db.deadline import Deadline
 from db.preconditions import Precondition, PreconditionFailed
 
 KEY_LIFETIME = 24 * 3600.0  # seconds a key is honoured (the draft's suggestion: at least 24 h)
+MAX_KEYS = 100_000  # keys kept, at most: IDEMPOTENCY_KEYS_MAX's default (24 h of 1.2 keyed creates a second)
 Fetch = Callable[[str, Mapping[str, Any]], list[Sequence[Any]]]  # runs one statement in the open transaction
 
 
 @dataclass(frozen=True, slots=True)
 class KeyStatements:
-    claim: str  # key, fingerprint, token, item_id -> item_id (no row: the key exists)
-    find: str  # key, age -> fingerprint, item_id, status_code, version, body, stale (claimed over age s ago)
+    claim: str  # key, fingerprint, token, item_id -> item_id, seq (no row: the key exists)
+    evict: str  # seq, keep -> deletes the keys claimed `keep` or more claims before `seq`
+    # key, age -> fingerprint, item_id, status_code, version, stale (claimed over age s ago), and the live
+    # item's id, fields, version, updated_at as the store's item reads select them (NULLs: none)
+    find: str
     take_over: str  # key, token, age -> item_id (a running claim older than age s)
-    complete: str  # key, token, status_code, version, body -> key (no row: the claim was taken over)
+    complete: str  # key, token, status_code, version -> key (no row: the claim was taken over)
     release: str  # key, token
     purge: str  # age
 
@@ -45,10 +53,13 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
+    """What a key keeps of its first answer (status, the item's id and version then), and the item now
+    (None: deleted since)."""
+
     item_id: str
     version: int
     status_code: int
-    body: bytes
+    current: Item | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,25 +104,29 @@ class KeyStore:
     def _execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
         raise NotImplementedError
 
-    def claim_key(self, create: KeyedCreate, lease: float, deadline: Deadline) -> ClaimOutcome:
+    def claim_key(
+        self, create: KeyedCreate, lease: float, deadline: Deadline, max_keys: int = MAX_KEYS
+    ) -> ClaimOutcome:
         """Claim `create.key`, or say what holds it. A running claim older than `lease` seconds (its request
-        must have ended by then) is taken over."""
+        must have ended by then) is taken over. A claim deletes the keys `max_keys` or more claims older."""
         token = secrets.token_hex(8)
         params = {"key": create.key, "fingerprint": create.fingerprint, "token": token, "item_id": create.item_id}
         with self._within(deadline) as fetch:
             for _ in range(3):  # a key released between our two statements: claim it again
                 if rows := fetch(self.keys.claim, params):
+                    fetch(self.keys.evict, {"seq": int(rows[0][1]), "keep": max_keys})
                     return Claim(create.key, token, str(rows[0][0]))
                 if rows := fetch(self.keys.find, {"key": create.key, "age": lease}):
                     return self._held(fetch, create, rows[0], token, lease)
         raise RuntimeError(f"idempotency key {create.key!r} kept vanishing while being claimed")
 
     def _held(self, fetch: Fetch, create: KeyedCreate, row: Sequence[Any], token: str, lease: float) -> ClaimOutcome:
-        fingerprint, item_id, status_code, version, body, stale = row
+        fingerprint, item_id, status_code, version, stale, *item = row
         if fingerprint != create.fingerprint:
             return KeyReused()
         if status_code is not None:
-            return Replay(StoredResponse(item_id, int(version), int(status_code), str(body).encode()))
+            current = decode_item(item) if item[0] is not None else None
+            return Replay(StoredResponse(item_id, int(version), int(status_code), current))
         if stale and (rows := fetch(self.keys.take_over, {"key": create.key, "token": token, "age": lease})):
             return Claim(create.key, token, str(rows[0][0]))
         return KeyBusy(item_id)
@@ -130,7 +145,6 @@ class KeyStore:
                 "token": claim.token,
                 "status_code": 201 if result.created else 200,
                 "version": result.item.version,
-                "body": result.item.to_json().decode(),
             }
             if not fetch(self.keys.complete, response):
                 raise ClaimLost(claim.key)

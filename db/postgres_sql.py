@@ -5,8 +5,13 @@ from __future__ import annotations
 from db.keys import KeyStatements
 from db.sql import Statements
 
-# The API's format for updated_at: UTC, ISO 8601, milliseconds, 'Z' (as db.base.utc_now wrote before).
-UPDATED_AT = """to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
+
+def _iso(column: str) -> str:
+    """The API's format for updated_at: UTC, ISO 8601, milliseconds, 'Z' (as db.base.utc_now wrote before)."""
+    return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
+
+
+UPDATED_AT = _iso("updated_at")
 # The body as the exact text stored (json keeps it byte for byte), decoded by the store, not the driver.
 ITEM = f"id, fields::text, version, {UPDATED_AT}"
 CUTOFF = "statement_timestamp() - make_interval(secs => %(age)s)"
@@ -77,18 +82,21 @@ KEY_STATEMENTS = KeyStatements(
     claim="""
 INSERT INTO idempotency_keys (key, fingerprint, token, item_id)
 VALUES (%(key)s, %(fingerprint)s, %(token)s, %(item_id)s)
-ON CONFLICT (key) DO NOTHING RETURNING item_id
+ON CONFLICT (key) DO NOTHING RETURNING item_id, seq
 """,
+    evict="DELETE FROM idempotency_keys WHERE seq <= %(seq)s - %(keep)s",
     find=f"""
-SELECT fingerprint, item_id, status_code, version, body, claimed_at <= {CUTOFF}
-FROM idempotency_keys WHERE key = %(key)s
+SELECT k.fingerprint, k.item_id, k.status_code, k.version, k.claimed_at <= {CUTOFF},
+    i.id, i.fields::text, i.version, {_iso("i.updated_at")}
+FROM idempotency_keys AS k LEFT JOIN items AS i ON i.id = k.item_id AND NOT i.deleted
+WHERE k.key = %(key)s
 """,
     take_over=f"""
 UPDATE idempotency_keys SET token = %(token)s, claimed_at = statement_timestamp()
 WHERE key = %(key)s AND status_code IS NULL AND claimed_at <= {CUTOFF} RETURNING item_id
 """,
     complete="""
-UPDATE idempotency_keys SET status_code = %(status_code)s, version = %(version)s, body = %(body)s
+UPDATE idempotency_keys SET status_code = %(status_code)s, version = %(version)s
 WHERE key = %(key)s AND token = %(token)s AND status_code IS NULL RETURNING key
 """,
     release="DELETE FROM idempotency_keys WHERE key = %(key)s AND token = %(token)s AND status_code IS NULL",

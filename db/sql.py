@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from db.base import Item, MalformedItem, WriteResult, encode_fields
+from db.base import Item, MalformedItem, WriteResult, decode_item, encode_fields
 from db.changes import ChangeCursor
 from db.deadline import Deadline
 from db.keys import Fetch, KeyStore
@@ -56,17 +55,6 @@ class Statements:
     purge_tombstones: str  # age
     load_cursor: str  # name -> cursor
     save_cursor: str  # name, cursor
-
-
-def decode_item(row: Sequence[Any]) -> Item:
-    """An Item from a selected row; MalformedItem when its body is not a JSON object."""
-    try:
-        fields = json.loads(row[1])
-    except (TypeError, ValueError):
-        fields = None
-    if not isinstance(fields, dict):
-        raise MalformedItem(row[0])
-    return Item(id=row[0], fields=fields, version=int(row[2]), updated_at=row[3])
 
 
 class SQLStore(KeyStore):
@@ -212,11 +200,10 @@ class SQLStore(KeyStore):
         return self._execute(self.sql.purge_changes, params)
 
     def purge_tombstones(self, older_than_s: float) -> int:
-        # Without its tombstone a re-created id starts again from version 1. That is safe once the
-        # tombstone is older than the longest cache TTL: no cache can still hold any version of the old
-        # row (nor the tombstone), so no cached version can outrank the new row's. The caller must also
-        # have applied the log past the deletion (older_than_s covers its lag), so the follower does not
-        # write the old tombstone into a cache after the id is back.
+        # The triggers keep the highest purged version (item_versions_purged, migration 0006), and an id
+        # with no row starts above it: a re-created id never reuses an old version, so an old ETag never
+        # matches it. The caller must also have applied the log past the deletion (older_than_s covers
+        # its lag), so the follower does not write the old tombstone into a cache after the id is back.
         return self._execute(self.sql.purge_tombstones, {"age": float(older_than_s)})
 
     def ping(self) -> None:

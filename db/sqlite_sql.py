@@ -12,7 +12,8 @@ ITEM = "id, fields, version, updated_at"
 UPSERT = f"""
 INSERT INTO items (id, fields, version, created_version, deleted, updated_at)
 SELECT :id, :fields, v, v, FALSE, {NOW}
-FROM (SELECT coalesce((SELECT version + 1 FROM items WHERE id = :id), 1) AS v) WHERE TRUE
+FROM (SELECT coalesce((SELECT version FROM items WHERE id = :id), (SELECT upto FROM item_versions_purged)) + 1 AS v)
+WHERE TRUE
 ON CONFLICT (id) DO UPDATE SET
     fields = excluded.fields,
     version = items.version + 1,
@@ -30,8 +31,9 @@ IN_VERSIONS = "version IN (SELECT value FROM json_each(:versions))"
 STATEMENTS = Statements(
     get=f"SELECT {ITEM} FROM items WHERE id = :id AND NOT deleted",
     # One statement: the database bumps the version atomically with the write. The inserted version is
-    # computed from the row already there, so an id whose tombstone the triggers replace (a plain INSERT
-    # path) comes back above the tombstone with no fix-up, and RETURNING reports what is stored.
+    # computed from the row already there (or, for an id with none, above every purged tombstone's), so an
+    # id whose tombstone the triggers replace (a plain INSERT path) comes back above the tombstone with no
+    # fix-up, and RETURNING reports what is stored.
     upsert=f"{UPSERT}{RETURNING}",
     # The conditions sit in the one write statement (SQLite has one writer at a time anyway).
     insert_new=f"{UPSERT}WHERE items.deleted\n{RETURNING}",
@@ -74,18 +76,21 @@ KEY_STATEMENTS = KeyStatements(
     claim="""
 INSERT INTO idempotency_keys (key, fingerprint, token, item_id)
 VALUES (:key, :fingerprint, :token, :item_id)
-ON CONFLICT (key) DO NOTHING RETURNING item_id
+ON CONFLICT (key) DO NOTHING RETURNING item_id, seq
 """,
+    evict="DELETE FROM idempotency_keys WHERE seq <= :seq - :keep",
     find=f"""
-SELECT fingerprint, item_id, status_code, version, body, claimed_at <= {CUTOFF}
-FROM idempotency_keys WHERE key = :key
+SELECT k.fingerprint, k.item_id, k.status_code, k.version, k.claimed_at <= {CUTOFF},
+    i.id, i.fields, i.version, i.updated_at
+FROM idempotency_keys AS k LEFT JOIN items AS i ON i.id = k.item_id AND NOT i.deleted
+WHERE k.key = :key
 """,
     take_over=f"""
 UPDATE idempotency_keys SET token = :token, claimed_at = {NOW}
 WHERE key = :key AND status_code IS NULL AND claimed_at <= {CUTOFF} RETURNING item_id
 """,
     complete="""
-UPDATE idempotency_keys SET status_code = :status_code, version = :version, body = :body
+UPDATE idempotency_keys SET status_code = :status_code, version = :version
 WHERE key = :key AND token = :token AND status_code IS NULL RETURNING key
 """,
     release="DELETE FROM idempotency_keys WHERE key = :key AND token = :token AND status_code IS NULL",

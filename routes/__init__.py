@@ -8,6 +8,10 @@ from routes import admin, dashboard, errors, fast_path, health, http_headers, it
 
 
 def register(app: Flask) -> None:
+    # Routing never redirects: werkzeug's redirect of /items//x to /items/x is an HTML page whose Location
+    # is built from the client's Host header. Such a path is a JSON 404 (errors.py) instead: the API's paths
+    # are exact. (Its other redirect, to a rule's trailing slash, needs a rule ending in '/': there is none.)
+    app.url_map.merge_slashes = False
     metrics.init_request_metrics(app)
     app.register_blueprint(items.bp)
     app.register_blueprint(metrics.bp)

@@ -46,11 +46,25 @@ def register(app: Flask, config: Config) -> None:
 
 
 def cors_headers(options: Any, request_headers: Any, method: str) -> list[tuple[str, str]]:
-    """The CORS headers flask-cors's after_request would add to this request's answer (none without
-    `options`: CORS_ORIGINS unset), computed by flask-cors itself."""
+    """The CORS headers flask-cors's after_request would add to this request's answer, computed by
+    flask-cors itself, and `Vary: Origin` (none without `options`: CORS_ORIGINS unset)."""
     if options is None:
         return []
-    return [(name, str(value)) for name, value in get_cors_headers(options, request_headers, method).items()]
+    headers = [(name, str(value)) for name, value in get_cors_headers(options, request_headers, method).items()]
+    if not any(name == "Vary" and _names_origin(value) for name, value in headers):
+        headers.append(("Vary", "Origin"))
+    return headers
+
+
+def _names_origin(vary: str) -> bool:
+    return any(field.strip().lower() == "origin" for field in vary.split(","))
+
+
+def _vary_on_origin(response: Response) -> None:
+    """With CORS on, every answer depends on the request's Origin (allowed, another, none): a shared cache
+    must not give one origin's answer to another. flask-cors says so only when several origins may match."""
+    if not any(_names_origin(value) for value in response.headers.getlist("Vary")):
+        response.vary.add("Origin")
 
 
 def item_cache_control(config: Config) -> str:
@@ -99,6 +113,8 @@ def _describe(response: Response) -> Response:
         response.headers["Cache-Status"] = cache_status(tier, config)
     if "Cache-Control" not in response.headers:
         response.headers["Cache-Control"] = _cache_control(response, config)
+    if config.cors_origins:
+        _vary_on_origin(response)
     if config.access_log:
         _log_request(response)
     return response

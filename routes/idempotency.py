@@ -44,11 +44,20 @@ def fingerprint(body: dict[str, Any]) -> str:
 
 
 def replayed(stored: StoredResponse) -> Response:
-    """The key's first response again, marked as a replay."""
-    headers = {"ETag": make_etag(stored.item_id, stored.version), REPLAYED: "true"}
+    """The key's first answer again, marked as a replay: its status and Location, with the item as it is
+    now, so its body and ETag are the first answer's while the item is still at that version (the key does
+    not keep the body: it would cost up to an item per key). 404 once the item has been deleted."""
+    item = stored.current
+    if item is None:
+        message = (
+            f"the first request with this {HEADER} wrote item {stored.item_id!r} (version {stored.version}), "
+            "which has since been deleted; nothing was written now"
+        )
+        return error_response(404, "not_found", message, {REPLAYED: "true"})
+    headers = {"ETag": make_etag(item.id, item.version), REPLAYED: "true"}
     if stored.status_code == 201:
-        headers["Location"] = url_for("items.get_item", item_id=stored.item_id)
-    return Response(stored.body, status=stored.status_code, headers=headers, content_type="application/json")
+        headers["Location"] = url_for("items.get_item", item_id=item.id)
+    return Response(item.to_json(), status=stored.status_code, headers=headers, content_type="application/json")
 
 
 def key_reused(_: KeyReused) -> Response:

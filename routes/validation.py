@@ -19,6 +19,10 @@ SERVER_FIELDS = ("version", "updated_at")
 MAX_JSON_DEPTH = 100
 # What nesting depends on: brackets, quotes (strings hide brackets) and escapes (an escaped quote ends nothing).
 JSON_STRUCTURE = re.compile(r'\\.|[\[\]{}"]', re.DOTALL)
+# What may hold a lone UTF-16 surrogate (U+D800-U+DFFF): one decoded from the bytes (the decode lets them
+# pass, as json.loads does) or an escape \uD800-\uDFFF. A pair is one character once parsed; only a body
+# that matches is checked for a lone one.
+MAY_HOLD_SURROGATE = re.compile(r"[\ud800-\udfff]|\\u[dD][89a-fA-F]")
 
 
 def check_id(item_id: str) -> str:
@@ -53,12 +57,28 @@ def _decode(raw: bytes) -> str:
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The object of `pairs`; ValueError naming the first key repeated. Linear in the number of keys."""
     obj = dict(pairs)
     if len(obj) != len(pairs):
-        keys = [key for key, _ in pairs]
-        duplicate = next(key for key in keys if keys.count(key) > 1)
-        raise ValueError(f"duplicate key {duplicate!r}")
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
     return obj
+
+
+def _no_lone_surrogate(text: str, body: Any) -> None:
+    """400 when a string of `body` (a key or a value, at any depth) holds a lone UTF-16 surrogate: it is no
+    character, and neither the databases nor UTF-8 can store it."""
+    if not MAY_HOLD_SURROGATE.search(text):
+        return
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        lone = f"\\u{ord(exc.object[exc.start]):04x}"
+        message = f"a string holds a lone UTF-16 surrogate ({lone}), which is no character; send the pair or remove it"
+        raise ApiError(400, "invalid_json", message) from None
 
 
 def _finite_float(text: str) -> float:
@@ -92,6 +112,7 @@ def parse_item_body() -> dict[str, Any]:
         )
     except ValueError as exc:  # includes JSONDecodeError and UnicodeDecodeError
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    _no_lone_surrogate(text, body)
     if not isinstance(body, dict):
         raise ApiError(400, "not_an_object", f"an item must be a JSON object, not {type(body).__name__}")
     for field in SERVER_FIELDS:

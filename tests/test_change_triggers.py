@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from db import open_store
-from tests.support import sql_connection
+from tests.support import sql_connection, wait_until
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -80,8 +80,20 @@ def test_deleting_a_tombstone_is_a_purge_not_a_change(store, sql):
     sql("DELETE FROM items WHERE id = 'p'")
     assert sql("SELECT count(*) FROM items")[0][0] == 0
     assert log(sql) == logged
-    sql("""INSERT INTO items (id, fields) VALUES ('p', '{}')""")  # no tombstone left: a new id again
-    assert row(sql, "p") == (1, False)
+    sql("""INSERT INTO items (id, fields) VALUES ('p', '{}')""")  # no tombstone left, its version is
+    assert row(sql, "p") == (3, False)  # kept: above the purged one, so an old ETag cannot match this one
+    assert log(sql) == [*logged, ("p", 3, False)]
+    sql("""INSERT INTO items (id, fields) VALUES ('never', '{}')""")  # any id with no row starts above it
+    assert row(sql, "never") == (3, False)
+
+
+def test_an_insert_that_replaces_a_tombstone_is_no_purge(store, sql):
+    store.upsert("p", {})
+    store.delete("p")
+    sql("""INSERT INTO items (id, fields) VALUES ('p', '{}')""")
+    assert row(sql, "p") == (3, False)
+    sql("""INSERT INTO items (id, fields) VALUES ('fresh', '{}')""")
+    assert row(sql, "fresh") == (1, False)  # nothing was purged: new ids still start at 1
 
 
 def test_delete_of_every_row_turns_live_rows_into_tombstones(store, sql):
@@ -183,3 +195,20 @@ def test_concurrent_upserts_of_a_deleted_id_continue_above_its_tombstone_once(st
         thread.join()
     assert sorted(r.item.version for r in results) == list(range(3, 43))
     assert [r.item.version for r in results if r.created] == [3]
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # SQLite: one writer at a time
+def test_a_create_racing_the_purge_of_its_ids_tombstone_still_starts_above_it(store, database_url):
+    store.upsert("x", {})
+    store.delete("x")  # tombstone at 2
+    results = []
+    with sql_connection(database_url) as purger, sql_connection(database_url) as watcher:
+        purger.execute("BEGIN")
+        assert purger.execute("DELETE FROM items WHERE deleted").rowcount == 1  # not committed yet
+        writer = threading.Thread(target=lambda: results.append(store.upsert("x", {})))
+        writer.start()
+        waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
+        wait_until(lambda: watcher.execute(waiting).fetchone()[0] >= 1)  # the create waits for the purge
+        purger.execute("COMMIT")
+        writer.join(timeout=10)
+    assert results and results[0].created and results[0].item.version == 3

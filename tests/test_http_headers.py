@@ -86,6 +86,37 @@ def test_cors_allows_the_configured_origins_and_exposes_the_cache_headers(make_a
     assert "Access-Control-Allow-Origin" not in stranger.headers
 
 
+def vary(response) -> list[str]:
+    return [field.strip().lower() for value in response.headers.getlist("Vary") for field in value.split(",")]
+
+
+@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
+@pytest.mark.parametrize("origins", [ORIGIN, f"{ORIGIN}, https://other.example.com:8443", "*"])
+def test_with_cors_every_answer_varies_on_origin(make_app, origins):
+    """One origin too: the answer with Access-Control-Allow-Origin and the one without (no Origin, another
+    Origin) must not be given one for the other by a shared cache (HTTP_MAX_AGE lets one keep them)."""
+    client = make_app(CORS_ORIGINS=origins, HTTP_MAX_AGE="60").test_client()
+    answers = [put(client, "o1", {})]
+    for origin in ({"Origin": ORIGIN}, {"Origin": "https://evil.example"}, {}):
+        answers += [
+            client.get("/items/o1", headers=origin),  # L1 hits: answered before routing
+            client.get("/items/o1", headers={**origin, "If-None-Match": '"o1.1"'}),  # 304, routed
+            client.get("/items/nobody", headers=origin),
+            client.get("/items", headers=origin),
+            client.get("/health/live", headers=origin),
+            client.options("/items/o1", headers={**origin, "Access-Control-Request-Method": "PUT"}),
+        ]
+    assert {answer.headers.get("X-Cache") for answer in answers} >= {"lru", None}
+    for answer in answers:
+        assert vary(answer).count("origin") == 1, (answer.status_code, answer.headers)
+
+
+def test_without_cors_nothing_varies_on_origin(client):
+    put(client, "o1", {})
+    for answer in (client.get("/items/o1", headers={"Origin": ORIGIN}), client.get("/health/live")):
+        assert "origin" not in vary(answer)
+
+
 @pytest.mark.parametrize(
     "name, value",
     [("CORS_ORIGINS", "app.example.com"), ("CORS_ORIGINS", "https://a.example/path"), ("HTTP_MAX_AGE", "-1")],
@@ -93,3 +124,17 @@ def test_cors_allows_the_configured_origins_and_exposes_the_cache_headers(make_a
 def test_bad_http_settings_are_refused_naming_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):
         load_config({name: value})
+
+
+@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
+@pytest.mark.parametrize("path", ["/items//x", "/items/x//", "/health//live", "/items/x/", "/metrics/"])
+def test_an_odd_path_is_a_json_404_never_a_redirect_to_the_clients_host(client, path):
+    put(client, "x", {})
+    response = client.get(path, headers={"Host": "evil.example"})
+    assert response.status_code == 404 and response.mimetype == "application/json"
+    assert response.json["error"] == "not_found" and "Location" not in response.headers
+    assert b"evil.example" not in response.data
+
+
+def test_no_rule_ends_with_a_slash_so_routing_never_redirects_to_add_one(app):
+    assert [rule.rule for rule in app.url_map.iter_rules() if rule.rule.endswith("/")] == []

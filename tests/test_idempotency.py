@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client import REGISTRY
 
+from config import ConfigError, load_config
 from db import (
     UNCONDITIONAL,
     Claim,
@@ -40,7 +41,7 @@ def test_a_key_is_claimed_once_then_replayed(store):
     assert isinstance(written, WriteResult) and written.created
     # A retry brings a made-up id of its own: the key's first id and response win.
     replay = store.claim_key(KeyedCreate("k1", "print-a", "another-id"), LEASE, NEVER)
-    assert replay == Replay(StoredResponse("item-a", 1, 201, written.item.to_json()))
+    assert replay == Replay(StoredResponse("item-a", 1, 201, written.item))
 
 
 def test_a_released_claim_can_be_claimed_again(store):
@@ -109,13 +110,71 @@ def test_a_retried_create_answers_the_first_response(client):
     first = post(client, {"name": "x"}, key="order-1")
     assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
     item_id = first.json["id"]
-    client.put(f"/items/{item_id}", data=json.dumps({"name": "changed"}), headers=JSON_HEADERS)
     retry = post(client, {"name": "x"}, key='"order-1"')  # the draft's sf-string form is the same key
     assert retry.status_code == 201 and retry.headers["Idempotent-Replayed"] == "true"
     assert retry.data == first.data and retry.headers["ETag"] == first.headers["ETag"] == f'"{item_id}.1"'
     assert retry.headers["Location"] == first.headers["Location"] == f"/items/{item_id}"
     assert replays() == before + 1
     assert len(client.get("/items").json["items"]) == 1  # one item, not two
+
+
+@pytest.mark.parametrize("stack", ["embedded", "real"], indirect=True)  # SQLite, PostgreSQL
+def test_a_replay_after_the_item_changed_has_the_first_status_and_location_and_the_item_now(client):
+    first = post(client, {"name": "x"}, key="order-3")
+    item_id = first.json["id"]
+    changed = client.put(f"/items/{item_id}", data=json.dumps({"name": "changed"}), headers=JSON_HEADERS)
+    retry = post(client, {"name": "x"}, key="order-3")
+    assert retry.status_code == 201 and retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.headers["Location"] == first.headers["Location"]
+    assert retry.data == changed.data and retry.headers["ETag"] == changed.headers["ETag"] == f'"{item_id}.2"'
+    client.delete(f"/items/{item_id}")
+    gone = post(client, {"name": "x"}, key="order-3")
+    assert gone.status_code == 404 and gone.headers["Idempotent-Replayed"] == "true"
+    assert item_id in gone.json["message"] and "deleted" in gone.json["message"]
+    assert client.get("/items").json["items"] == []  # the replay wrote nothing
+
+
+def stored_bytes(store) -> int:
+    """Every value of every idempotency_keys row, as text: what the keys hold, whatever their columns."""
+    with store._within(NEVER) as fetch:
+        return sum(len(str(value)) for row in fetch("SELECT * FROM idempotency_keys", {}) for value in row)
+
+
+@pytest.mark.parametrize("stack", ["embedded", "real"], indirect=True)
+def test_a_key_keeps_a_few_hundred_bytes_not_its_answers_body(app, client):
+    body = {"id": "big", "blob": "x" * 60_000}
+    for n in range(20):  # a retrying client that makes up a new key every time: one item, 20 keys
+        assert post(client, body, key=f"new-key-{n}").status_code in (200, 201)
+    assert len(client.get("/items").json["items"]) == 1
+    assert stored_bytes(app.extensions["item_store"]) < 20 * 400
+
+
+def test_at_most_max_keys_are_kept_the_oldest_claimed_go_first(store):
+    for n in range(5):
+        claim = store.claim_key(KeyedCreate(f"key-{n}", "print", f"item-{n}"), LEASE, NEVER, max_keys=3)
+        store.upsert_claimed(claim, {}, UNCONDITIONAL, NEVER)
+    with store._within(NEVER) as fetch:
+        assert sorted(row[0] for row in fetch("SELECT key FROM idempotency_keys", {})) == ["key-2", "key-3", "key-4"]
+    assert isinstance(store.claim_key(KeyedCreate("key-4", "print", "x"), LEASE, NEVER, max_keys=3), Replay)
+    # key-0 is forgotten: its retry is a new request (the cap is the price of a bounded table)
+    assert isinstance(store.claim_key(KeyedCreate("key-0", "print", "x"), LEASE, NEVER, max_keys=3), Claim)
+
+
+@pytest.mark.parametrize("stack", ["embedded", "real"], indirect=True)
+def test_idempotency_keys_max_caps_the_keys_over_http(make_app):
+    app = make_app(IDEMPOTENCY_KEYS_MAX="2")
+    client = app.test_client()
+    ids = [post(client, {"n": n}, key=f"k{n}").json["id"] for n in range(3)]
+    assert post(client, {"n": 2}, key="k2").headers["Idempotent-Replayed"] == "true"
+    with app.extensions["item_store"]._within(NEVER) as fetch:
+        assert sorted(row[0] for row in fetch("SELECT item_id FROM idempotency_keys", {})) == sorted(ids[1:])
+
+
+def test_idempotency_keys_max_is_checked():
+    assert load_config({"IDEMPOTENCY_KEYS_MAX": "500"}).idempotency_keys_max == 500
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(ConfigError, match="IDEMPOTENCY_KEYS_MAX"):
+            load_config({"IDEMPOTENCY_KEYS_MAX": bad})
 
 
 def test_the_same_key_with_another_body_is_422(client):

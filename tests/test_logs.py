@@ -165,3 +165,22 @@ def test_the_access_template_writes_what_the_json_encoder_writes():
         created, message = rng.uniform(0, 4e9), f"{fields['method']} {fields['path']} 200"
         expected = logs.dumps(logs.json_object(created, "INFO", "access", message, 4242, fields))
         assert logs.access_line(created, message, 4242, fields) == expected
+
+
+@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
+def test_a_text_line_escapes_control_characters_so_a_path_cannot_forge_a_line(make_app):
+    client = make_app(LOG_FORMAT="text").test_client()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.formatter("text"))
+    saved = logging.root.handlers, logging.root.level
+    logging.root.handlers = [handler]
+    logging.root.setLevel(logging.INFO)
+    try:
+        response = client.get("/items/a%0a2026-12-07 12:00:00,000 INFO [1] access: GET admin 200%0d%1b[2J")
+    finally:
+        logging.root.handlers = saved[0]
+        logging.root.setLevel(saved[1])
+    assert response.status_code == 400  # the id is refused; the request is still logged
+    (line,) = stream.getvalue().splitlines()  # one line, however many newlines the path decoded to
+    assert "GET /items/a\\n2026-12-07 12:00:00,000 INFO" in line and "200\\r\\x1b[2J 400" in line

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from db import open_store
+from db import Deadline, KeyBusy, KeyedCreate, Replay, StoredResponse, open_store
 from db.base import MalformedItem
 from db.migrate import migrations
 from tests.support import postgres_schema_url, sql_connection
@@ -125,4 +125,36 @@ def test_sqlite_keeps_a_body_that_is_not_json_and_reports_it(tmp_path):
     with pytest.raises(MalformedItem):
         store.get("odd")
     assert store.count() == 3 and store.get("zed").fields == {"z": True}
+    store.close()
+
+
+def test_a_database_at_0005_upgrades_its_keys_and_keeps_versions_of_ids_purged_before(database_url, monkeypatch):
+    """0006 starts the purged-version floor from the change log; 0007 drops the keys' stored bodies (a
+    replay is rebuilt from the item) and numbers the keys in the order they were claimed."""
+    import db.postgres
+    import db.sqlite
+
+    store = open_store(database_url)
+    first_five = migrations(backend(database_url))[:5]
+    module = db.sqlite if backend(database_url) == "sqlite" else db.postgres
+    monkeypatch.setattr(module, "migrations", lambda _: first_five)
+    store.init_schema()
+    with sql_connection(database_url) as conn:  # as the service at 0005 would have left them
+        conn.execute("""INSERT INTO items (id, fields) VALUES ('a', '{"n":1}')""")
+        conn.execute("INSERT INTO item_changes (id, version, deleted) VALUES ('ghost', 7, TRUE)")  # purged row
+        conn.execute(
+            "INSERT INTO idempotency_keys (key, fingerprint, token, item_id, status_code, version, body)"
+            " VALUES ('done', 'f', 't', 'a', 201, 1, '{\"stale\":\"body\"}')"
+        )
+        conn.execute(
+            "INSERT INTO idempotency_keys (key, fingerprint, token, item_id) VALUES ('running', 'f', 't', 'b')"
+        )
+    monkeypatch.undo()
+    store.init_schema()
+    assert applied(database_url) == [m.version for m in migrations(backend(database_url))]
+    replay = store.claim_key(KeyedCreate("done", "f", "x"), 60.0, Deadline.never())
+    assert replay == Replay(StoredResponse("a", 1, 201, store.get("a")))
+    assert store.claim_key(KeyedCreate("running", "f", "x"), 60.0, Deadline.never()) == KeyBusy("b")
+    assert store.upsert("ghost", {}).item.version == 8  # above what the log remembered of it
+    assert store.upsert("a", {}).item.version == 2  # ids with rows are untouched
     store.close()
