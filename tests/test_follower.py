@@ -210,7 +210,7 @@ class FailingPipeline:
     def __getattr__(self, name):
         return lambda *args, **kwargs: None  # queueing works...
 
-    def execute(self):
+    def execute(self, raise_on_error: bool = True):
         raise redis.ConnectionError("Connection refused")  # ...sending fails, as on a killed primary
 
 
