@@ -55,6 +55,7 @@ LOG_RETENTION = 3600.0  # applied log rows are kept this long (for a second cach
 # within a request's deadline (REQUEST_TIMEOUT, 10 s at most by default) of its database read or commit,
 # and a failover loses only the last moments of acknowledged writes.
 REWIND_SECONDS = 10.0
+LOST_LOG_INTERVAL = 60.0  # seconds: "Redis lost the applied position" is a warning at most this often
 
 
 def applied_key(prefix: str) -> str:
@@ -81,7 +82,7 @@ class ChangeFollower(Background):
         self.rewind_to = -1  # ... from at most here too: the position a Redis restored from a snapshot held
         self.caught_up_at = timer()
         self.policy_checked = False  # Redis's maxmemory-policy, said once by the first holder (cache/eviction.py)
-        self._next_purge = self._next_save = float("-inf")
+        self._next_purge = self._next_save = self._quiet_until = float("-inf")
         self._saved: ChangeCursor | None = None
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -198,7 +199,11 @@ class ChangeFollower(Background):
         if isinstance(held, RedisDown):
             self.rewind_due = True
         elif held < self.announced:
-            logger.warning(
+            # At most once a minute at WARNING: under an allkeys-* maxmemory-policy it is evicted again and again.
+            level = logging.WARNING if self.timer() >= self._quiet_until else logging.INFO
+            self._quiet_until = self._quiet_until if level == logging.INFO else self.timer() + LOST_LOG_INTERVAL
+            logger.log(
+                level,
                 "change follower: Redis lost the log's applied position (%d, expected %d): it lost writes; "
                 "applying the log again from there, or from %.0f s back if that is earlier",
                 held,
