@@ -99,20 +99,19 @@ def service(policy: str, maxmemory: str, database_url: str, l1_ttl: float = 60.0
             yield redis_server, server
 
 
+PAST_MAXMEMORY = "redis.call('DEL', KEYS[1]) return redis.call('SET', KEYS[1], ARGV[1], 'EX', 3600)"
+
+
 def fill(client: redis.Redis, keys: int = 200) -> None:
-    """Fill Redis (a full Redis is an ordinary day) with keys of nobody's: 10 KB ones, then ever smaller, until
-    it refuses two in a row (noeviction) or `keys` of each size were written (the other policies evict).
-    Keep `client` open meanwhile: closing it frees its buffers, and room with them."""
-    for size in (10_000, 1_000, 100, 10):
-        refused = 0
-        for n in range(keys):
-            try:
-                client.set(f"filler:{size}:{n}", os.urandom(size), ex=3600)  # evictable under volatile-* too
-                refused = 0
-            except redis.exceptions.OutOfMemoryError:
-                refused += 1
-                if refused == 2:
-                    break
+    """Fill Redis (a full Redis is an ordinary day) with keys of nobody's, evictable under volatile-* too: 10 KB
+    ones until it refuses one (noeviction) or `keys` were written (the other policies evict); then 30 KB more
+    past maxmemory (a script's DEL first lets it through), so that it stays full whatever buffers come and go."""
+    for n in range(keys):
+        try:
+            client.set(f"filler:{n}", os.urandom(10_000), ex=3600)
+        except redis.exceptions.OutOfMemoryError:
+            break
+    client.eval(PAST_MAXMEMORY, 1, "filler:over", os.urandom(30_000))
 
 
 def body_of(round_no: int, size: int) -> bytes:
