@@ -1,5 +1,5 @@
-"""A Redis at maxmemory (noeviction) refuses writes: what the cache still gets through to it, against a real
-redis-server of the test's own (fakeredis has no maxmemory). The fleet-level check is
+"""A Redis at maxmemory (noeviction) or a read-only replica refuses writes: what the cache still gets through
+to it, against a real redis-server of the test's own (fakeredis has no maxmemory). The fleet-level check is
 tests/integration/test_maxmemory.py."""
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from cache.lock import FleetLock, Lease
 from cache.metrics import REDIS_REFUSALS
 from cache.redis_tier import RedisTier, SetOutcome
 from tests.integration.maxmemory import fill
-from tests.support import FakeClock, RedisServer, redis_server_available, wait_until
+from tests.support import FakeClock, RedisServer, free_port, redis_server_available, wait_until
 
 CHANNEL = "test-invalidate"
 
 
 @pytest.fixture
 def full_redis() -> Iterator[redis.Redis]:
-    """A client of a redis-server at a small maxmemory, noeviction, not yet full: the test fills it."""
+    """A client of a redis-server of its own at a small maxmemory, noeviction, not yet full: the test fills it."""
     if not redis_server_available():
         pytest.skip("no redis-server on PATH")
     server = RedisServer()
@@ -55,17 +55,36 @@ def test_a_refused_write_leaves_a_floor_over_the_older_copy_and_is_announced(ful
     assert tier.set_committed("item:x", entry(2), 60_000) is SetOutcome.REFUSED
     assert full_redis.hgetall("item:x") == {b"v": b"2", b"f": b"1"}  # the older body gone: a miss, at v2
     assert REDIS_REFUSALS.labels("set")._value.get() == refused_before + 1
-    heard: list[dict] = []
+    assert heard(listener) == ("item:x", 2)
+    listener.close()
+
+
+def test_a_write_a_read_only_replica_refuses_is_announced_all_the_same(full_redis):
+    tier = tier_of(full_redis)
+    assert tier.set_committed("item:x", entry(1), 60_000) is SetOutcome.WRITTEN
+    full_redis.replicaof("127.0.0.1", free_port())  # a replica now (of nothing that answers): READONLY
+    listener = full_redis.pubsub()
+    listener.subscribe(CHANNEL)
+    refused_before = REDIS_REFUSALS.labels("set")._value.get()
+    assert tier.set_committed("item:x", entry(2), 60_000) is SetOutcome.FAILED  # the older copy is still there...
+    assert full_redis.hget("item:x", "v") == b"1"
+    assert REDIS_REFUSALS.labels("set")._value.get() == refused_before + 1
+    assert heard(listener) == ("item:x", 2)  # ...but every process hears of v2: none serves v1 from L1 or Redis
+    listener.close()
+
+
+def heard(listener: redis.client.PubSub) -> tuple[str, int]:
+    """The (key, version) of the first announcement `listener` hears."""
+    messages: list[dict] = []
 
     def announced() -> bool:
         got = listener.get_message(timeout=0.1)
-        heard.extend([got] if got and got["type"] == "message" else [])
-        return bool(heard)
+        messages.extend([got] if got and got["type"] == "message" else [])
+        return bool(messages)
 
     wait_until(announced)
-    message = json.loads(heard[0]["data"])
-    assert (message["k"], message["v"]) == ("item:x", 2)
-    listener.close()
+    message = json.loads(messages[0]["data"])
+    return message["k"], message["v"]
 
 
 def filled(client: redis.Redis) -> RedisTier:
