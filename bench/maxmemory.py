@@ -3,25 +3,31 @@ maxmemory, full of other keys before the service starts, and one instance of 2 g
 
     python -m bench.maxmemory [--seconds 20] [--items 300] [--maxmemory 2mb] [--l1-ttl 5] [--write]
 
-For `--seconds` per policy, rounds: every item written (10 KB, incompressible), then read twice through both
-workers; every third round a third of the items is deleted first, and read as well. Each read is judged
-against the last acknowledged write (tests/integration/maxmemory.py): stale (an older version), or
-resurrected (200 for a deleted item). Prints one row per policy; `--write` puts the table in BENCHMARKS.md
-("maxmemory"). Exits 1 when any read was stale or resurrected, or any request failed.
+For `--seconds` per policy, rounds: every item written (10 KB, incompressible), every third round a third of
+them deleted, while 2 threads read random items (their fills race the writes); then every item read twice
+through both workers, each read judged against the last acknowledged write (tests/integration/maxmemory.py):
+stale (an older version), or resurrected (200 for a deleted item). Prints one row per policy; `--write` puts
+the table in BENCHMARKS.md ("maxmemory"). Exits 1 when any read was stale or resurrected, or any request
+failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import random
 import re
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import redis
 
 from bench.report import machine, update_section
+from tests.integration.consistency import request
 from tests.integration.maxmemory import (
     POLICIES,
     Outcome,
@@ -33,13 +39,15 @@ from tests.integration.maxmemory import (
     warnings,
     write_round,
 )
+from tests.support import Gunicorn
 
 SIZE = 10_000
 TITLE = "## Maxmemory: a full Redis under each maxmemory-policy"
 SETUP = (
     "One instance of 2 gunicorn workers on SQLite; a redis-server of its own, filled with other keys (TTL 1 h) "
     "before the service starts. Rounds of: every item written (10 KB, incompressible), every third round a "
-    "third of them deleted, then everything read twice, each read judged against the last acknowledged "
+    "third of them deleted, 2 threads reading random items meanwhile (fills racing the writes); then "
+    "everything read twice, each read judged against the last acknowledged "
     "write: *stale* (an older version) or *resurrected* (200 for a deleted item). *Hit ratio*: reads "
     "answered without the database. *Lease takes*: times a worker took the change follower's lease (1: it "
     "never moved). *Refusals*: `cache_redis_refusals_total`. Only `noeviction` is supported "
@@ -53,6 +61,26 @@ HEADER = (
 )
 
 
+@contextlib.contextmanager
+def racing_reads(server: Gunicorn, ids: list[str], threads: int = 2) -> Iterator[None]:
+    """Read random items (not judged) while the block writes them."""
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            request(server.base, "GET", f"/items/{random.choice(ids)}")
+
+    readers = [threading.Thread(target=read, daemon=True) for _ in range(threads)]
+    for reader in readers:
+        reader.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join(timeout=15)
+
+
 def run_policy(policy: str, args: argparse.Namespace) -> str:
     ids = [f"mm-{n}" for n in range(args.items)]
     with (
@@ -62,11 +90,12 @@ def run_policy(policy: str, args: argparse.Namespace) -> str:
         out, started, round_no = Outcome(), time.monotonic(), 0
         while time.monotonic() - started < args.seconds:
             round_no += 1
-            expected: dict[str, int | None] = dict(write_round(server, ids, round_no, SIZE, out))
-            if round_no % 3 == 0:
-                gone = ids[round_no % 3 :: 3]
-                delete_all(server, gone, out)
-                expected.update(dict.fromkeys(gone))
+            with racing_reads(server, ids):  # fills racing the writes: the stale-set race, if evictions reopen it
+                expected: dict[str, int | None] = dict(write_round(server, ids, round_no, SIZE, out))
+                if round_no % 3 == 0:
+                    gone = ids[round_no % 3 :: 3]
+                    delete_all(server, gone, out)
+                    expected.update(dict.fromkeys(gone))
             read_round(server, expected, 2, out)
         minutes = (time.monotonic() - started) / 60
         with redis.Redis.from_url(redis_server.url) as client:
