@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from cache import warm
+from cache import eviction, warm
 from cache.background import Background
 from cache.entry import CacheEntry
 from cache.guard import RedisDown
@@ -55,6 +55,7 @@ LOG_RETENTION = 3600.0  # applied log rows are kept this long (for a second cach
 # within a request's deadline (REQUEST_TIMEOUT, 10 s at most by default) of its database read or commit,
 # and a failover loses only the last moments of acknowledged writes.
 REWIND_SECONDS = 10.0
+LOST_LOG_INTERVAL = 60.0  # seconds: "Redis lost the applied position" is a warning at most this often
 
 
 def applied_key(prefix: str) -> str:
@@ -80,7 +81,8 @@ class ChangeFollower(Background):
         self.rewind_due = False  # Redis may have lost or missed writes: apply the recent log again
         self.rewind_to = -1  # ... from at most here too: the position a Redis restored from a snapshot held
         self.caught_up_at = timer()
-        self._next_purge = self._next_save = float("-inf")
+        self.policy_checked = False  # Redis's maxmemory-policy, said once by the first holder (cache/eviction.py)
+        self._next_purge = self._next_save = self._quiet_until = float("-inf")
         self._saved: ChangeCursor | None = None
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -114,7 +116,11 @@ class ChangeFollower(Background):
             if self.lease.held is not held_before:  # taken anew (first, or after it lapsed: Redis away?)
                 logger.info("change follower: this process follows the database's change log now")
                 self.cursor, self.announced, self.rewind_due = None, -1, True
+                if not self.policy_checked and not self.cache.config.fakeredis:  # the fleet's first holder
+                    eviction.warn_if_unsupported(self.cache.redis)
+            self.policy_checked = True
             return True
+        self.policy_checked = True
         self.cursor = None
         CHANGELOG_LAG.set(0)  # only the follower at work reports its lag
         return False
@@ -148,24 +154,43 @@ class ChangeFollower(Background):
         return len(batch.changes)
 
     def apply(self, changes: list[Change]) -> bool:
-        """One pipeline for the batch; False when Redis failed (nothing is assumed applied)."""
+        """One pipeline for the batch; False when Redis failed or refused a floor (nothing is assumed
+        applied). A refused tombstone is still announced (SET_IF_NEWER); a refused Bloom filter add (Redis at
+        maxmemory) has the filter disabled until rebuilt, as a write's does."""
         cache = self.cache
         pipe = cache.bulk.pipeline(transaction=False)
         # A floor outlives any read that began before its commit: such a read fills within CACHE_TTL.
         floor_ttl_ms = jittered(cache.config.cache_ttl, cache.config.ttl_jitter)
+        queued: list[str] = []  # per queued command, its item's key ("" for a Bloom filter add)
         for change in changes:
             key = cache.key(change.id)
             if change.deleted:
                 tombstone = CacheEntry.build(change.id, change.version, None)
                 cache.redis.queue_set(pipe, key, tombstone, cache.ttl_ms(tombstone), self.origin)
+                queued.append(key)
             else:
                 cache.redis.queue_floor(pipe, key, change.version, floor_ttl_ms, self.origin)
+                queued.append(key)
                 if cache.bloom is not None:
                     cache.bloom.queue_add(pipe, change.id)
-        if isinstance(cache.redis.guard.even_if_open("changelog", "-", pipe.execute), RedisDown):
+                    queued.append("")
+        results = cache.redis.guard.even_if_open("changelog", "-", pipe.execute, raise_on_error=False)
+        if isinstance(results, RedisDown) or not self._absorb_refusals(queued, results):
             return False
         CHANGELOG_APPLIED.inc(len(changes))
         return True
+
+    def _absorb_refusals(self, queued: list[str], results: list[object]) -> bool:
+        """Count the batch's refused commands; False if a floor was among them (the batch is applied again)."""
+        refusals, applied = self.cache.redis.guard.refusals, True
+        for key, result in zip(queued, results, strict=True):
+            if isinstance(result, list):  # SET_IF_NEWER's refusal, announced all the same
+                refusals.refused("changelog", key, result[1].decode(errors="replace"))
+            elif isinstance(result, Exception):
+                refusals.refused("changelog", key or "{bloom}", f"{type(result).__name__}: {result}")
+                applied = applied and not key
+                self.cache.bloom_missed = self.cache.bloom_missed or not key
+        return applied
 
     def _announce(self, upto: int) -> None:
         """Tell every process that the log is applied up to `upto` in Redis, unless Redis turns out to have
@@ -174,7 +199,11 @@ class ChangeFollower(Background):
         if isinstance(held, RedisDown):
             self.rewind_due = True
         elif held < self.announced:
-            logger.warning(
+            # At most once a minute at WARNING: under an allkeys-* maxmemory-policy it is evicted again and again.
+            level = logging.WARNING if self.timer() >= self._quiet_until else logging.INFO
+            self._quiet_until = self._quiet_until if level == logging.INFO else self.timer() + LOST_LOG_INTERVAL
+            logger.log(
+                level,
                 "change follower: Redis lost the log's applied position (%d, expected %d): it lost writes; "
                 "applying the log again from there, or from %.0f s back if that is earlier",
                 held,

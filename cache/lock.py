@@ -36,6 +36,16 @@ RELEASE = f"return {release_lua('KEYS[1]', 'ARGV[1]')}"
 RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 
 
+# KEYS[1]: a lease   ARGV[1]: the holder's token   ARGV[2]: its TTL (ms)
+# returns: 1 taken; 0 someone holds it. SET NX, for a lease: at maxmemory Redis refuses a script's first write
+# unless it is a DEL (the free key's DEL changes nothing), and a lease of a few bytes must not wait for memory:
+# without it a full Redis would have no change follower (and so announce nothing) until it had room again.
+TAKE_LEASE = (
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end "
+    "redis.call('DEL', KEYS[1]) redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Acquired:
     """The lock is ours; `token` releases or renews it."""
@@ -58,6 +68,7 @@ class FleetLock:
         self.client, self.guard, self.ttl_ms, self.origin = client, guard, ttl_ms, origin
         self._release = client.register_script(RELEASE)
         self._renew = client.register_script(RENEW)
+        self._take_lease = client.register_script(TAKE_LEASE)
 
     def past_breaker(self) -> FleetLock:
         """This lock, its calls tried while the breaker is open too (the change follower's renewals)."""
@@ -81,6 +92,13 @@ class FleetLock:
         if isinstance(taken, RedisDown):
             return REDIS_DOWN
         return Acquired(token) if taken else HELD_BY_OTHER
+
+    def take_lease(self, lock_key: str, ttl_ms: int, token: str) -> LockResult:
+        """As `acquire`, for a Lease: taken on a Redis at maxmemory too (TAKE_LEASE)."""
+        taken = self.guard("lease", lock_key, self._take_lease, keys=[lock_key], args=[token, ttl_ms])
+        if isinstance(taken, RedisDown):
+            return REDIS_DOWN
+        return Acquired(token) if taken == 1 else HELD_BY_OTHER
 
     def release(self, lock_key: str, token: str) -> bool:
         """True when this token held the lock and freed it."""
@@ -116,7 +134,7 @@ class Lease:
         if (self.renewals if self.held else self.lock).renew(self.key, self.token, self.ttl_ms):
             self.held = self.held or Acquired(self.token)
             return True
-        taken = self.lock.acquire(self.key, self.ttl_ms, self.token)
+        taken = self.lock.take_lease(self.key, self.ttl_ms, self.token)
         self.held = taken if isinstance(taken, Acquired) else None
         return self.held is not None
 

@@ -108,13 +108,18 @@ class Maintenance(Background):
         REDIS_CATCHING_UP.set(0 if trust.redis_current else 1)
 
     def _disable_bloom_if_missed(self) -> None:
-        """A Bloom filter add failed (Redis down): the filter may lack an id, and would answer 404 for it
-        until the follower adds it; stop trusting it until it is rebuilt."""
+        """A Bloom filter add failed (Redis down, or refusing writes): the filter may lack an id, and would
+        answer 404 for it until the follower adds it; stop trusting it until it is rebuilt. Said at WARNING
+        when a built filter is dropped (a full Redis fails every add: the rest is DEBUG)."""
         cache = self.cache
-        if cache.bloom_missed and cache.bloom is not None and cache.bloom.disable():
+        if not cache.bloom_missed or cache.bloom is None:
+            return
+        built = cache.bloom.is_built()
+        if cache.bloom.disable():
             cache.bloom_missed = False
             self._next_bloom_check = float("-inf")
-            logger.warning("a Bloom filter add failed while Redis was down: filter disabled until rebuilt")
+            level = logging.WARNING if built is True else logging.DEBUG
+            logger.log(level, "a Bloom filter add failed (Redis down or refusing writes): disabled until rebuilt")
 
     def _keep_bloom(self) -> None:
         bloom, store = self.cache.bloom, self.cache.store

@@ -14,6 +14,9 @@ DECODE_ERRORS = Counter("cache_decode_errors", "Redis values that failed to deco
 REFRESH_FAILURES = Counter("cache_refresh_failures", "Early refreshes that failed (the cached copy was served)")
 STAMPEDE_WAITS = Counter("cache_stampede_waits", "Readers that waited for another loader instead of reading the DB")
 REDIS_ERRORS = Counter("cache_redis_errors", "Redis calls that failed and were absorbed", ["op"])
+REDIS_REFUSALS = Counter(
+    "cache_redis_refusals", "Redis calls Redis answered with an error (OOM at maxmemory, READONLY, ...)", ["op"]
+)
 INVALIDATIONS = Counter(
     "cache_invalidations", "Pub/sub invalidations handled: applied, own (from this process), stale", ["result"]
 )

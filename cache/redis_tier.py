@@ -29,7 +29,12 @@ logger = logging.getLogger(__name__)
 # ARGV[1]: version  ARGV[2]: body  ARGV[3]: TTL (ms)  ARGV[4]: load time (ms)
 # ARGV[5]: channel to announce the write on ('' for none)  ARGV[6]: the announcement
 # ARGV[7]: 'extend' gives the TTL to this very version if it is already there (a refresh or a warm)
-# returns: 1 written (and announced); 0 this version is already there; -1 a newer one is there
+# returns: 1 written (and announced); 0 this version is already there; -1 a newer one is there;
+#          {-2, error}: Redis refused the write (OOM at maxmemory): an older copy there became a floor at this
+#          version, and the write is announced all the same, so no process keeps serving the older copy. The
+#          DEL frees more than the floor takes, and Redis refuses for memory only a script's first write (never
+#          a DEL, nor a PUBLISH): the floor lands on a full Redis. Refused the DEL too (READONLY): announced,
+#          and the refusal is the script's error (the older copy is still there).
 # One slot, so it runs unchanged on Redis Cluster; the publish is atomic with the write it announces.
 SET_IF_NEWER = f"""
 local function done(result)
@@ -48,7 +53,17 @@ if held then
     return done(0)
   end
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'b', ARGV[2], 'd', ARGV[4], 't', ARGV[3])
+local written = redis.pcall('HSET', KEYS[1], 'v', ARGV[1], 'b', ARGV[2], 'd', ARGV[4], 't', ARGV[3])
+if type(written) == 'table' and written.err then
+  local floored = not held or redis.pcall('DEL', KEYS[1]) == 1
+  if held and floored then
+    redis.call('HSET', KEYS[1], 'v', ARGV[1], 'f', '1')
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  end
+  if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+  if not floored then return done(redis.error_reply(written.err)) end
+  return done({{-2, written.err}})
+end
 redis.call('HDEL', KEYS[1], 'f')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
@@ -75,10 +90,16 @@ READ_OR_LOCK = _READ_FIELDS + f"if {take_lua('KEYS[2]', 'ARGV[1]', 'ARGV[2]')} t
 # returns: 0 Redis already holds that version or newer; 1 an older copy (or none) is now a floor at that
 #          version, and every process told. A floor, not a DEL: a reader that loaded the older row before
 #          the commit cannot put it back afterwards (the stale-set race, closed for outside writers too).
+#          DEL first: on a Redis at maxmemory it lets the floor through (SET_IF_NEWER says why); a Redis that
+#          refuses it (READONLY) gets the announcement all the same, and the refusal is the script's error.
 FLOOR = """
 local held = tonumber(redis.call('HGET', KEYS[1], 'v'))
 if held and held >= tonumber(ARGV[1]) then return 0 end
-redis.call('DEL', KEYS[1])
+local deleted = redis.pcall('DEL', KEYS[1])
+if type(deleted) == 'table' and deleted.err then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  return redis.error_reply(deleted.err)
+end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'f', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -93,11 +114,15 @@ DELETE = "local n = redis.call('DEL', KEYS[1]) redis.call('PUBLISH', ARGV[1], AR
 # KEYS[1]: where the change follower announces how far the log is applied
 # ARGV[1]: the follower's position now   ARGV[2]: the least the follower expects there (-1: anything)
 # returns what was there (-1: nothing); if that is below ARGV[2], Redis lost writes: nothing is set.
-# Only ever raised: a lagging follower (another holder's, not yet told) cannot lower it.
+# Only ever raised: a lagging follower (another holder's, not yet told) cannot lower it. DEL, then SET: a few
+# bytes replaced, and Redis at maxmemory refuses a script's first write unless it is a DEL (SET_IF_NEWER).
 ANNOUNCE_APPLIED = """
 local held = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if held < tonumber(ARGV[2]) then return held end
-if tonumber(ARGV[1]) > held then redis.call('SET', KEYS[1], ARGV[1]) end
+if tonumber(ARGV[1]) > held then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[1], ARGV[1])
+end
 return held
 """
 
@@ -106,6 +131,7 @@ class SetOutcome(enum.Enum):
     WRITTEN = "written"  # stored and announced
     SAME = "same"  # this version was already there
     NEWER = "newer"  # a newer version is there: refused (the stale-set race, closed)
+    REFUSED = "refused"  # Redis refused the write (OOM, READONLY): an older copy became a floor; announced
     FAILED = "failed"  # Redis failed: nothing stored
 
 
@@ -189,18 +215,18 @@ class RedisTier:
         if release is not None:
             keys.append(FleetLock.for_item(key))
             args.append(release.token)
-        return self._outcome(self.guard("set", key, self._set_if_newer, keys=keys, args=args))
+        return self._outcome(key, self.guard("set", key, self._set_if_newer, keys=keys, args=args))
 
     def set_committed(self, key: str, entry: CacheEntry, ttl_ms: int) -> SetOutcome:
         """As `set_if_newer`, for a change the database committed: tried even while this process's breaker is
         open (cache_set says why)."""
         args = self._own_args(key, entry, ttl_ms, "")
-        return self._outcome(self.guard.even_if_open("set", key, self._set_if_newer, keys=[key], args=args))
+        return self._outcome(key, self.guard.even_if_open("set", key, self._set_if_newer, keys=[key], args=args))
 
     def refresh(self, key: str, entry: CacheEntry, ttl_ms: int) -> SetOutcome:
         """As `set_if_newer`, and the same version already there takes the new TTL (an early refresh)."""
         args = self._own_args(key, entry, ttl_ms, "extend")
-        return self._outcome(self.guard("set", key, self._set_if_newer, keys=[key], args=args))
+        return self._outcome(key, self.guard("set", key, self._set_if_newer, keys=[key], args=args))
 
     def queue_warm(self, pipe: Any, key: str, entry: CacheEntry, ttl_ms: int) -> None:
         """Queue a refresh without announcement on `pipe` (a warm writes what the database says: no L1 is
@@ -250,9 +276,14 @@ class RedisTier:
         stored = codec.encode(entry.body, self.compress_min_bytes)
         return [entry.version, stored, ttl_ms, entry.load_ms, *announce, mode]
 
-    @staticmethod
-    def _outcome(result: object) -> SetOutcome:
-        return SetOutcome.FAILED if isinstance(result, RedisDown) else _OUTCOMES[int(result)]  # type: ignore[call-overload]
+    def _outcome(self, key: str, result: object) -> SetOutcome:
+        """SET_IF_NEWER's answer (from a call or a pipeline), a refusal counted and logged by the guard."""
+        if isinstance(result, RedisDown):
+            return SetOutcome.FAILED
+        if isinstance(result, list):
+            self.guard.refusals.refused("set", key, result[1].decode(errors="replace"))
+            return SetOutcome.REFUSED
+        return _OUTCOMES[int(result)]  # type: ignore[call-overload]
 
     def _entry(self, key: str, item_id: str, fields: list[Any]) -> CacheEntry | _Miss:
         version, stored, load_ms, ttl_ms, remaining_ms = fields

@@ -132,6 +132,26 @@ def test_a_purged_log_past_the_position_flushes_the_cache_and_says_so(served, ca
     assert client.get("/items/g").json["v"] == 2
 
 
+def test_an_applied_position_evicted_again_and_again_is_a_warning_once_a_minute(served, caplog):
+    app, client, sql = served
+    clock = FakeClock()
+    follower = follower_for(app, timer=clock)
+    for n in range(6):  # under an allkeys-* maxmemory-policy Redis evicts the position, pass after pass
+        client.put(f"/items/e{n}", data=json.dumps({"v": n}), headers=JSON_HEADERS)
+        follower.run_once()
+        cache.state().redis.client.delete(follower.applied_key)
+        clock.tick(1.0)
+    follower.run_once()
+    lost = [r.levelname for r in caplog.records if "lost the log's applied position" in r.getMessage()]
+    assert lost[0] == "WARNING" and lost[1:] == ["INFO"] * (len(lost) - 1) and len(lost) >= 3  # each rewinds
+    clock.tick(follower_module.LOST_LOG_INTERVAL)
+    cache.state().redis.client.delete(follower.applied_key)
+    follower.run_once()
+    follower.run_once()
+    lost = [r for r in caplog.records if "lost the log's applied position" in r.getMessage()]
+    assert lost[-1].levelname == "WARNING"
+
+
 def test_redis_down_keeps_the_position_until_the_batch_is_applied(served, monkeypatch):
     """Judged by what reaches Redis, not by the cursor: on PostgreSQL the cursor also moves as transactions
     open anywhere on the server finish (its `pending`), which another process's tests did once here."""
@@ -210,7 +230,7 @@ class FailingPipeline:
     def __getattr__(self, name):
         return lambda *args, **kwargs: None  # queueing works...
 
-    def execute(self):
+    def execute(self, raise_on_error: bool = True):
         raise redis.ConnectionError("Connection refused")  # ...sending fails, as on a killed primary
 
 
