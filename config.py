@@ -154,6 +154,27 @@ def _metrics_dir(env: Mapping[str, str]) -> str | None:
     return path
 
 
+# What a platform (DYNO set: Heroku) must be given, and what each one's absence would cost there.
+PLATFORM_NEEDS = {
+    "DATABASE_URL": "items would go to SQLite on the dyno's ephemeral disk, lost at every restart",
+    "REDIS_URL": "each dyno would run its own embedded Redis, blind to the other dynos' writes",
+    "API_TOKEN": "anyone who can reach the service could write items",
+}
+
+
+def _platform_check(env: Mapping[str, str]) -> None:
+    """On a platform (DYNO set), each of PLATFORM_NEEDS must be set, or named in ALLOW_UNSET."""
+    if not env.get("DYNO", "").strip():
+        return  # a laptop: the defaults (SQLite, embedded Redis, open writes) are the quickstart
+    allowed = {name.strip() for name in env.get("ALLOW_UNSET", "").split(",") if name.strip()}
+    unknown = allowed - PLATFORM_NEEDS.keys()
+    if unknown:
+        raise ConfigError(f"ALLOW_UNSET may name {', '.join(PLATFORM_NEEDS)}, got {', '.join(sorted(unknown))}")
+    for name, cost in PLATFORM_NEEDS.items():
+        if not env.get(name, "").strip() and name not in allowed:
+            raise ConfigError(f"{name} is unset on a platform (DYNO is set): {cost}; set it, or ALLOW_UNSET={name}")
+
+
 def load_config_or_exit(environ: Mapping[str, str] | None = None, *, default_port: int = 5000) -> Config:
     """load_config, or exit 1 with the one line `configuration error: <VAR> ...` on stderr (no traceback)."""
     try:
@@ -185,6 +206,7 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
     """Read every setting from `environ` (default: os.environ); raise ConfigError naming a bad variable.
     `default_port`: PORT when unset (5000 for `python app.py`, 8000 for gunicorn)."""
     env = os.environ if environ is None else environ
+    _platform_check(env)
     log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")

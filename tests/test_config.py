@@ -105,3 +105,32 @@ def test_metrics_dir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match=f"{MULTIPROC}=.* is not a directory"):
         load_config({MULTIPROC: str(tmp_path / "file")})
+
+
+PLATFORM = {"DYNO": "web.1", "DATABASE_URL": "postgres://u@h/db", "REDIS_URL": "rediss://h:6380/0", "API_TOKEN": "t"}
+
+
+@pytest.mark.parametrize("name", ["DATABASE_URL", "REDIS_URL", "API_TOKEN"])
+def test_platform_refuses_each_unset_default_naming_it_and_the_way_to_allow_it(name):
+    env = {k: v for k, v in PLATFORM.items() if k != name}
+    with pytest.raises(ConfigError) as refused:
+        load_config(env)
+    message = str(refused.value)
+    assert message.startswith(f"{name} is unset on a platform (DYNO is set)") and "\n" not in message
+    assert message.endswith(f"ALLOW_UNSET={name}")
+    assert load_config({**env, "ALLOW_UNSET": name}).port == 5000  # allowed by one who means it
+    with pytest.raises(ConfigError, match=f"^{name} is unset"):
+        load_config({**env, name: "  "})  # blank is unset
+
+
+def test_platform_allow_unset_names_several_and_refuses_others():
+    config = load_config({"DYNO": "web.1", "ALLOW_UNSET": "DATABASE_URL, REDIS_URL,API_TOKEN"})
+    assert config.redis_url is None and config.api_token is None and config.database_url.startswith("sqlite:///")
+    with pytest.raises(ConfigError, match="ALLOW_UNSET may name DATABASE_URL, REDIS_URL, API_TOKEN, got PORT"):
+        load_config({**PLATFORM, "ALLOW_UNSET": "PORT"})
+
+
+def test_laptop_defaults_need_nothing():
+    """No DYNO: the quickstart's `gunicorn app:app` runs on SQLite, the embedded Redis and open writes."""
+    config = load_config({"DYNO": ""})
+    assert config.redis_url is None and config.api_token is None and config.database_url.startswith("sqlite:///")
