@@ -4,8 +4,9 @@ LOG_FORMAT picks: json, text, or auto (text when stderr is a terminal, else json
 
 A request's line (logger "access", written by the app itself rather than gunicorn, so both share one
 format) carries method, path, status, duration in ms, bytes, the X-Cache tier, the worker's pid and the
-request id. Item bodies and tokens are never logged. The formatter is a dozen lines of the standard
-library: no dependency earns its place for that.
+request id. Every other line written while a request is served carries that request's id too (REQUEST_ID),
+and a JSON line carries the fields a caller passed with `extra=`. Item bodies and tokens are never logged.
+The formatter is a dozen lines of the standard library: no dependency earns its place for that.
 
 The access line is written once per request, so its cost is every request's (BENCHMARKS.md "Fast path"):
 where `logging` would only turn it into a JSON line and write that to one stream (the production setup),
@@ -20,12 +21,18 @@ import logging
 import os
 import sys
 import time
+from contextvars import ContextVar
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
 TEXT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 REQUEST_FIELDS = ("method", "path", "status", "duration_ms", "bytes", "tier", "request_id")
 ACCESS = logging.getLogger("access")
+# The id of the request this thread is serving (routes/http_headers.py sets it, and clears it after), or None.
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+# A LogRecord's own attributes: whatever else a record holds came with `extra=`.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+NEVER_LOGGED = frozenset({"body", "token", "api_token", "authorization"})  # an `extra=` of these is left out
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)  # one, not one a line (json.dumps makes one)
 _second: tuple[int, str] = (-1, "")  # the last whole second iso_time formatted, and its text
@@ -54,10 +61,22 @@ def dumps(line: dict[str, Any]) -> str:
     return _ENCODER.encode(line)
 
 
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields `record` came with (`extra=`, NEVER_LOGGED left out), and the id of the request being served."""
+    fields = {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES and k not in NEVER_LOGGED}
+    if "request_id" not in fields:
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            fields["request_id"] = request_id
+    return fields
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        line = json_object(record.created, record.levelname, record.name, message, record.process, vars(record))
+        fields = extra_fields(record)
+        line = json_object(record.created, record.levelname, record.name, message, record.process, fields)
+        line.update((name, value) for name, value in fields.items() if name not in line)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return dumps(line)
@@ -124,11 +143,26 @@ def _sole_json_handler() -> logging.StreamHandler[Any] | None:
     return handler if type(handler.formatter) is JsonFormatter else None
 
 
+class TextFormatter(logging.Formatter):
+    """TEXT, and ` request_id=<id>` after the message of a line written while a request is served."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
+        if request_id is None:
+            return text
+        head, newline, rest = text.partition("\n")  # after the message, before a traceback
+        return f"{head} request_id={request_id}{newline}{rest}"
+
+
 def formatter(log_format: str) -> logging.Formatter:
     """The formatter LOG_FORMAT names ("auto": text on a terminal, JSON elsewhere)."""
     if log_format == "auto":
         log_format = "text" if sys.stderr.isatty() else "json"
-    return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT)
+    return JsonFormatter() if log_format == "json" else TextFormatter()
 
 
 def configure(level: str, log_format: str) -> None:
