@@ -16,6 +16,7 @@ def test_defaults():
     assert (config.negative_ttl, config.max_item_bytes, config.api_token) == (30, 65536, None)
     assert (config.web_concurrency, config.gunicorn_threads, config.database_pool_size) == (2, 4, 8)
     assert config.client_timeout == 10.0
+    assert config.l1_max_bytes == 64 * 2**20
     assert config.metrics_dir is None and load_config({}, default_port=8000).port == 8000
 
 
