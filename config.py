@@ -52,7 +52,8 @@ class Config:
     redis_tls_verify: bool  # verify a rediss:// server's certificate (Heroku Redis: self-signed, so false)
     cache_enabled: bool  # false: every read goes to the database (to measure what the cache buys)
     request_metrics: bool  # per-endpoint request counts and latencies (prometheus-flask-exporter)
-    database_pool_size: int  # PostgreSQL connections per worker, at most
+    database_max_connections: int  # PostgreSQL connections this instance opens, at most, in all
+    database_pool_size: int  # ... of which each worker's pool (database_pool_size())
     web_concurrency: int  # gunicorn worker processes
     gunicorn_threads: int  # threads per gunicorn worker
     client_timeout: float  # seconds a client may take to send a request before its connection is closed
@@ -119,6 +120,30 @@ def _database_url(env: Mapping[str, str]) -> str:
         "DATABASE_URL must start with postgres://, postgresql:// or sqlite:///, "
         f"got a URL starting {url.split(':', 1)[0]!r}"
     )
+
+
+# Each worker opens at most DATABASE_MAX_CONNECTIONS // WEB_CONCURRENCY connections: one for the change
+# follower's LISTEN, the rest its pool (requests, the follower's reads, the inspector, warming). The master
+# and the embedded Redis open none. 8: two dynos (16) and a one-off or release dyno fit a 20-connection plan.
+LISTEN_CONNECTIONS = 1
+
+
+def database_pool_size(max_connections: int, workers: int) -> int:
+    """Each worker's pool: its share of the instance's connections, less its LISTEN connection."""
+    return max_connections // workers - LISTEN_CONNECTIONS
+
+
+def _database_max_connections(env: Mapping[str, str], workers: int) -> int:
+    if env.get("DATABASE_POOL_SIZE", "").strip():
+        raise ConfigError("DATABASE_POOL_SIZE is replaced by DATABASE_MAX_CONNECTIONS (per instance, all workers)")
+    value = _int(env, "DATABASE_MAX_CONNECTIONS", 8, minimum=2, maximum=10_000)
+    least = (LISTEN_CONNECTIONS + 1) * workers
+    if value < least:
+        raise ConfigError(
+            f"DATABASE_MAX_CONNECTIONS must be at least {least} for WEB_CONCURRENCY={workers} "
+            f"(each worker needs {LISTEN_CONNECTIONS + 1}: its LISTEN connection and a pool of one), got {value}"
+        )
+    return value
 
 
 def _redis_url(env: Mapping[str, str]) -> str | None:
@@ -215,6 +240,8 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
     if len(prefix) > 64 or any(c.isspace() or c in "{}" for c in prefix):
         raise ConfigError("CACHE_KEY_PREFIX must be at most 64 characters with no spaces or braces")
     cache_ttl = _int(env, "CACHE_TTL", 300, minimum=1)
+    web_concurrency = _int(env, "WEB_CONCURRENCY", 2, minimum=1, maximum=256)
+    max_connections = _database_max_connections(env, web_concurrency)
     lock_ttl = _float(env, "CACHE_LOCK_TTL", 5.0, high=300)
     return Config(
         port=_int(env, "PORT", default_port, minimum=1, maximum=65535),
@@ -251,8 +278,9 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
         redis_tls_verify=_bool(env, "REDIS_TLS_VERIFY", default=True),
         cache_enabled=_bool(env, "CACHE_ENABLED", default=True),
         request_metrics=_bool(env, "REQUEST_METRICS", default=True),
-        database_pool_size=_int(env, "DATABASE_POOL_SIZE", 8, minimum=1, maximum=1000),
-        web_concurrency=_int(env, "WEB_CONCURRENCY", 2, minimum=1, maximum=256),
+        database_max_connections=max_connections,
+        database_pool_size=database_pool_size(max_connections, web_concurrency),
+        web_concurrency=web_concurrency,
         gunicorn_threads=_int(env, "GUNICORN_THREADS", 4, minimum=1, maximum=256),
         # A stalled client costs the poller a socket, not a thread, so this bounds how long it holds one
         # of worker_connections. 10 s: a head is one packet and a whole MAX_ITEM_BYTES body arrives in

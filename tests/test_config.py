@@ -14,7 +14,8 @@ def test_defaults():
     assert config.redis_url is None
     assert (config.cache_ttl, config.cache_long_ttl, config.l1_max_items, config.l1_ttl) == (300, 3600, 10000, 30.0)
     assert (config.negative_ttl, config.max_item_bytes, config.api_token) == (30, 65536, None)
-    assert (config.web_concurrency, config.gunicorn_threads, config.database_pool_size) == (2, 4, 8)
+    assert (config.web_concurrency, config.gunicorn_threads, config.database_pool_size) == (2, 4, 3)
+    assert config.database_max_connections == 8
     assert config.client_timeout == 10.0
     assert config.l1_max_bytes == 64 * 2**20
     assert config.metrics_dir is None and load_config({}, default_port=8000).port == 8000
@@ -67,6 +68,9 @@ def test_values_are_converted():
         ("CACHE_BLOOM", "sometimes"),
         ("DATABASE_POOL_SIZE", "abc"),
         ("DATABASE_POOL_SIZE", "0"),
+        ("DATABASE_POOL_SIZE", "8"),  # replaced by DATABASE_MAX_CONNECTIONS
+        ("DATABASE_MAX_CONNECTIONS", "3"),  # fewer than 2 a worker
+        ("DATABASE_MAX_CONNECTIONS", "many"),
         ("WEB_CONCURRENCY", "two"),
         ("WEB_CONCURRENCY", "0"),
         ("GUNICORN_THREADS", "0"),
@@ -82,8 +86,11 @@ def test_bad_values_fail_naming_the_variable(name, value):
 
 
 def test_gunicorn_and_pool_settings_are_converted():
-    config = load_config({"WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "8", "DATABASE_POOL_SIZE": "20"})
-    assert (config.web_concurrency, config.gunicorn_threads, config.database_pool_size) == (3, 8, 20)
+    config = load_config({"WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "8", "DATABASE_MAX_CONNECTIONS": "20"})
+    # 20 // 3 workers = 6 each: 1 LISTEN connection and a pool of 5; 3 x 6 = 18 <= 20
+    assert (config.web_concurrency, config.gunicorn_threads, config.database_pool_size) == (3, 8, 5)
+    with pytest.raises(ConfigError, match="DATABASE_MAX_CONNECTIONS must be at least 6 for WEB_CONCURRENCY=3"):
+        load_config({"WEB_CONCURRENCY": "3", "DATABASE_MAX_CONNECTIONS": "5"})
 
 
 def test_metrics_dir_new_empty_or_holding_only_metric_files_is_accepted(tmp_path):
