@@ -253,8 +253,8 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
         cache_ttl=cache_ttl,
         cache_long_ttl=max(cache_ttl, _int(env, "CACHE_LONG_TTL", 3600, minimum=1)),
         l1_max_items=_int(env, "CACHE_L1_MAX_ITEMS", 10000),
-        # 64 MiB: the default 2 workers' L1s (128 MiB) beside two workers' and the master's own memory (about
-        # 150 MB, BENCHMARKS.md "L1 memory") fit a 512 MB dyno with room to spare.
+        # 64 MiB: the default 2 workers' full L1s (with the allocator's share, about 160 MiB) beside the master
+        # and the workers at rest (about 115 MiB) come to about 280 MiB of a 512 MB dyno (BENCHMARKS.md "L1 memory").
         l1_max_bytes=_int(env, "CACHE_L1_MAX_BYTES", 64 * 1024 * 1024, maximum=2**40),
         l1_ttl=_float(env, "CACHE_L1_TTL", 30.0),
         negative_ttl=_int(env, "CACHE_NEGATIVE_TTL", 30, minimum=1),
