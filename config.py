@@ -29,6 +29,7 @@ class Config:
     cache_ttl: int
     cache_long_ttl: int
     l1_max_items: int
+    l1_max_bytes: int  # what L1's entries may hold in memory in all, per worker
     l1_ttl: float
     negative_ttl: int
     key_prefix: str
@@ -52,7 +53,8 @@ class Config:
     redis_tls_verify: bool  # verify a rediss:// server's certificate (Heroku Redis: self-signed, so false)
     cache_enabled: bool  # false: every read goes to the database (to measure what the cache buys)
     request_metrics: bool  # per-endpoint request counts and latencies (prometheus-flask-exporter)
-    database_pool_size: int  # PostgreSQL connections per worker, at most
+    database_max_connections: int  # PostgreSQL connections this instance opens, at most, in all
+    database_pool_size: int  # ... of which each worker's pool (database_pool_size())
     web_concurrency: int  # gunicorn worker processes
     gunicorn_threads: int  # threads per gunicorn worker
     client_timeout: float  # seconds a client may take to send a request before its connection is closed
@@ -122,6 +124,30 @@ def _database_url(env: Mapping[str, str]) -> str:
     )
 
 
+# Each worker opens at most DATABASE_MAX_CONNECTIONS // WEB_CONCURRENCY connections: one for the change
+# follower's LISTEN, the rest its pool (requests, the follower's reads, the inspector, warming). The master
+# and the embedded Redis open none. 8: two dynos (16) and a one-off or release dyno fit a 20-connection plan.
+LISTEN_CONNECTIONS = 1
+
+
+def database_pool_size(max_connections: int, workers: int) -> int:
+    """Each worker's pool: its share of the instance's connections, less its LISTEN connection."""
+    return max_connections // workers - LISTEN_CONNECTIONS
+
+
+def _database_max_connections(env: Mapping[str, str], workers: int) -> int:
+    if env.get("DATABASE_POOL_SIZE", "").strip():
+        raise ConfigError("DATABASE_POOL_SIZE is replaced by DATABASE_MAX_CONNECTIONS (per instance, all workers)")
+    value = _int(env, "DATABASE_MAX_CONNECTIONS", 8, minimum=2, maximum=10_000)
+    least = (LISTEN_CONNECTIONS + 1) * workers
+    if value < least:
+        raise ConfigError(
+            f"DATABASE_MAX_CONNECTIONS must be at least {least} for WEB_CONCURRENCY={workers} "
+            f"(each worker needs {LISTEN_CONNECTIONS + 1}: its LISTEN connection and a pool of one), got {value}"
+        )
+    return value
+
+
 def _redis_url(env: Mapping[str, str]) -> str | None:
     url = env.get("REDIS_URL", "").strip()
     if not url:
@@ -166,6 +192,27 @@ def _metrics_dir(env: Mapping[str, str]) -> str | None:
     return path
 
 
+# What a platform (DYNO set: Heroku) must be given, and what each one's absence would cost there.
+PLATFORM_NEEDS = {
+    "DATABASE_URL": "items would go to SQLite on the dyno's ephemeral disk, lost at every restart",
+    "REDIS_URL": "each dyno would run its own embedded Redis, blind to the other dynos' writes",
+    "API_TOKEN": "anyone who can reach the service could write items",
+}
+
+
+def _platform_check(env: Mapping[str, str]) -> None:
+    """On a platform (DYNO set), each of PLATFORM_NEEDS must be set, or named in ALLOW_UNSET."""
+    if not env.get("DYNO", "").strip():
+        return  # a laptop: the defaults (SQLite, embedded Redis, open writes) are the quickstart
+    allowed = {name.strip() for name in env.get("ALLOW_UNSET", "").split(",") if name.strip()}
+    unknown = allowed - PLATFORM_NEEDS.keys()
+    if unknown:
+        raise ConfigError(f"ALLOW_UNSET may name {', '.join(PLATFORM_NEEDS)}, got {', '.join(sorted(unknown))}")
+    for name, cost in PLATFORM_NEEDS.items():
+        if not env.get(name, "").strip() and name not in allowed:
+            raise ConfigError(f"{name} is unset on a platform (DYNO is set): {cost}; set it, or ALLOW_UNSET={name}")
+
+
 def load_config_or_exit(environ: Mapping[str, str] | None = None, *, default_port: int = 5000) -> Config:
     """load_config, or exit 1 with the one line `configuration error: <VAR> ...` on stderr (no traceback)."""
     try:
@@ -197,6 +244,7 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
     """Read every setting from `environ` (default: os.environ); raise ConfigError naming a bad variable.
     `default_port`: PORT when unset (5000 for `python app.py`, 8000 for gunicorn)."""
     env = os.environ if environ is None else environ
+    _platform_check(env)
     log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
@@ -204,6 +252,8 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
     if len(prefix) > 64 or any(c.isspace() or c in "{}" for c in prefix):
         raise ConfigError("CACHE_KEY_PREFIX must be at most 64 characters with no spaces or braces")
     cache_ttl = _int(env, "CACHE_TTL", 300, minimum=1)
+    web_concurrency = _int(env, "WEB_CONCURRENCY", 2, minimum=1, maximum=256)
+    max_connections = _database_max_connections(env, web_concurrency)
     lock_ttl = _float(env, "CACHE_LOCK_TTL", 5.0, high=300)
     return Config(
         port=_int(env, "PORT", default_port, minimum=1, maximum=65535),
@@ -215,6 +265,9 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
         cache_ttl=cache_ttl,
         cache_long_ttl=max(cache_ttl, _int(env, "CACHE_LONG_TTL", 3600, minimum=1)),
         l1_max_items=_int(env, "CACHE_L1_MAX_ITEMS", 10000),
+        # 64 MiB: the default 2 workers' full L1s (with the allocator's share, about 160 MiB) beside the master
+        # and the workers at rest (about 115 MiB) come to about 280 MiB of a 512 MB dyno (BENCHMARKS.md "L1 memory").
+        l1_max_bytes=_int(env, "CACHE_L1_MAX_BYTES", 64 * 1024 * 1024, maximum=2**40),
         l1_ttl=_float(env, "CACHE_L1_TTL", 30.0),
         negative_ttl=_int(env, "CACHE_NEGATIVE_TTL", 30, minimum=1),
         key_prefix=prefix,
@@ -238,8 +291,9 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
         redis_tls_verify=_bool(env, "REDIS_TLS_VERIFY", default=True),
         cache_enabled=_bool(env, "CACHE_ENABLED", default=True),
         request_metrics=_bool(env, "REQUEST_METRICS", default=True),
-        database_pool_size=_int(env, "DATABASE_POOL_SIZE", 8, minimum=1, maximum=1000),
-        web_concurrency=_int(env, "WEB_CONCURRENCY", 2, minimum=1, maximum=256),
+        database_max_connections=max_connections,
+        database_pool_size=database_pool_size(max_connections, web_concurrency),
+        web_concurrency=web_concurrency,
         gunicorn_threads=_int(env, "GUNICORN_THREADS", 4, minimum=1, maximum=256),
         # A stalled client costs the poller a socket, not a thread, so this bounds how long it holds one
         # of worker_connections. 10 s: a head is one packet and a whole MAX_ITEM_BYTES body arrives in

@@ -4,8 +4,9 @@ LOG_FORMAT picks: json, text, or auto (text when stderr is a terminal, else json
 
 A request's line (logger "access", written by the app itself rather than gunicorn, so both share one
 format) carries method, path, status, duration in ms, bytes, the X-Cache tier, the worker's pid and the
-request id. Item bodies and tokens are never logged. The formatter is a dozen lines of the standard
-library: no dependency earns its place for that.
+request id. Every other line written while a request is served carries that request's id too (REQUEST_ID),
+and a JSON line carries the fields a caller passed with `extra=`. Item bodies and tokens are never logged.
+The formatter is a dozen lines of the standard library: no dependency earns its place for that.
 
 The access line is written once per request, so its cost is every request's (BENCHMARKS.md "Fast path"):
 where `logging` would only turn it into a JSON line and write that to one stream (the production setup),
@@ -21,6 +22,7 @@ import os
 import re
 import sys
 import time
+from contextvars import ContextVar
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -30,6 +32,11 @@ TEXT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 REQUEST_FIELDS = ("method", "path", "status", "duration_ms", "bytes", "tier", "request_id")
 ACCESS = logging.getLogger("access")
+# The id of the request this thread is serving (routes/http_headers.py sets it, and clears it after), or None.
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+# A LogRecord's own attributes: whatever else a record holds came with `extra=`.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+NEVER_LOGGED = frozenset({"body", "token", "api_token", "authorization"})  # an `extra=` of these is left out
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)  # one, not one a line (json.dumps makes one)
 _second: tuple[int, str] = (-1, "")  # the last whole second iso_time formatted, and its text
@@ -58,10 +65,22 @@ def dumps(line: dict[str, Any]) -> str:
     return _ENCODER.encode(line)
 
 
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields `record` came with (`extra=`, NEVER_LOGGED left out), and the id of the request being served."""
+    fields = {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES and k not in NEVER_LOGGED}
+    if "request_id" not in fields:
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            fields["request_id"] = request_id
+    return fields
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        line = json_object(record.created, record.levelname, record.name, message, record.process, vars(record))
+        fields = extra_fields(record)
+        line = json_object(record.created, record.levelname, record.name, message, record.process, fields)
+        line.update((name, value) for name, value in fields.items() if name not in line)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return dumps(line)
@@ -130,13 +149,22 @@ def _sole_json_handler() -> logging.StreamHandler[Any] | None:
 
 class TextFormatter(logging.Formatter):
     """TEXT, one line per message: its control characters are escaped (\\n, \\x1b), so nothing a client
-    sends (a path with %0a) can start a line of its own. A traceback still follows on lines of its own."""
+    sends (a path with %0a) can start a line of its own; ` request_id=<id>` follows the message of a line
+    written while a request is served. A traceback still follows on lines of its own."""
 
     def __init__(self) -> None:
         super().__init__(TEXT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return CONTROL.sub(_escaped, super().formatMessage(record))
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
+        if request_id is None:
+            return text
+        head, newline, rest = text.partition("\n")  # after the message, before a traceback
+        return f"{head} request_id={request_id}{newline}{rest}"
 
 
 def _escaped(control: re.Match[str]) -> str:

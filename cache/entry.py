@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 
@@ -23,6 +24,11 @@ class CacheEntry:
     @property
     def exists(self) -> bool:
         return self.body is not None
+
+    def held_bytes(self) -> int:
+        """The memory this entry holds (itself, its body and ETag), as sys.getsizeof counts it."""
+        body = sys.getsizeof(self.body) if self.body is not None else 0
+        return sys.getsizeof(self) + body + sys.getsizeof(self.etag)
 
 
 def make_etag(item_id: str, version: int) -> str:

@@ -43,7 +43,7 @@ TOPOLOGY_INTERVAL = 1.0
 @dataclass
 class CacheProcess:
     config: Config
-    lru: LRUCache[CacheEntry]  # L1: CACHE_L1_MAX_ITEMS entries, each trusted for CACHE_L1_TTL at most
+    lru: LRUCache[CacheEntry]  # L1: CACHE_L1_MAX_ITEMS entries, CACHE_L1_MAX_BYTES, each trusted CACHE_L1_TTL at most
     redis: RedisTier
     lock: FleetLock
     bloom: BloomFilter | None
@@ -148,7 +148,7 @@ def build(config: Config, client: redis.Redis | None = None, store: ItemStore | 
     guard, origin = Guard(breaker), new_origin()
     process = CacheProcess(
         config=config,
-        lru=LRUCache(config.l1_max_items, config.l1_ttl),
+        lru=LRUCache(config.l1_max_items, config.l1_ttl, max_bytes=config.l1_max_bytes, weigh=CacheEntry.held_bytes),
         redis=RedisTier(client, guard, config.key_prefix + CHANNEL, origin, config.compress_min_bytes),
         lock=FleetLock(client, guard, int(config.lock_ttl * 1000), origin),
         bloom=BloomFilter(client, guard, config.key_prefix) if config.bloom else None,

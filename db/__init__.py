@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from db.base import CommitOutcomeUnknown, DatabaseUnavailable, Item, ItemStore, MalformedItem, WriteResult
+from db.base import (
+    CommitOutcomeUnknown,
+    ConnectionsRefused,
+    DatabaseUnavailable,
+    Item,
+    ItemStore,
+    MalformedItem,
+    WriteResult,
+)
 from db.changes import Change, ChangeBatch, ChangeCursor
 from db.deadline import Deadline, DeadlineExceeded
 from db.keys import (
@@ -65,6 +73,7 @@ __all__ = [
     "ChangeBatch",
     "ChangeCursor",
     "CommitOutcomeUnknown",
+    "ConnectionsRefused",
     "DatabaseUnavailable",
     "Item",
     "ItemStore",

@@ -21,6 +21,10 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached or refused the statement; nothing was written."""
 
 
+class ConnectionsRefused(DatabaseUnavailable):
+    """The database refused a new connection because it has too many (its, or the role's, limit)."""
+
+
 class CommitOutcomeUnknown(Exception):
     """The connection failed after COMMIT was sent and before its answer arrived: the write may or may not
     have been committed (unlike DatabaseUnavailable, where nothing was)."""

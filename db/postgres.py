@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import logging
 import math
 import os
 import threading
@@ -16,12 +17,14 @@ import psycopg_pool
 from psycopg_pool.base import AttemptWithBackoff
 
 from db import postgres_changes
-from db.base import CommitOutcomeUnknown, DatabaseUnavailable
+from db.base import CommitOutcomeUnknown, ConnectionsRefused, DatabaseUnavailable
 from db.changes import ChangeBatch, ChangeCursor
 from db.deadline import Deadline, DeadlineExceeded
 from db.migrate import ADVISORY_LOCK_KEY, migrations
 from db.postgres_sql import IS_APPLIED, KEY_STATEMENTS, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
 from db.sql import Fetch, Params, SQLStore
+
+logger = logging.getLogger(__name__)
 
 RECONNECT_FIRST, RECONNECT_MAX = 0.1, 0.5  # seconds between a lost pool's attempts to reconnect
 # While the pool's last attempt to connect failed, a checkout waits this long (one reconnect interval: a
@@ -29,6 +32,8 @@ RECONNECT_FIRST, RECONNECT_MAX = 0.1, 0.5  # seconds between a lost pool's attem
 DOWN_WAIT = RECONNECT_MAX
 # A COMMIT that fails with one of these (or no SQLSTATE: the connection was lost) may have committed.
 COMMIT_LOST_SQLSTATES = ("08", "57P01", "57P02")
+# How PostgreSQL words a refused connection when it has too many (libpq gives the error no SQLSTATE).
+TOO_MANY = ("too many connections", "too many clients", "remaining connection slots are reserved")
 
 
 class QuickReconnect(AttemptWithBackoff):
@@ -45,9 +50,11 @@ class QuickReconnect(AttemptWithBackoff):
 
 
 class _Pool(psycopg_pool.ConnectionPool):
-    """Reconnects quickly (QuickReconnect) and knows whether its last attempt to connect failed (`down`)."""
+    """Reconnects quickly (QuickReconnect) and knows whether its last attempt to connect failed (`down`),
+    and if the server refused it for having too many connections, its words (`refused`)."""
 
     down = False
+    refused: str | None = None
 
     def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
         super()._add_connection(attempt or QuickReconnect(timeout=self.reconnect_timeout), growing)
@@ -55,11 +62,30 @@ class _Pool(psycopg_pool.ConnectionPool):
     def _connect(self, timeout: float | None = None) -> psycopg.Connection[Any]:
         try:
             conn = super()._connect(timeout)
-        except BaseException:
+        except BaseException as exc:
             self.down = True
+            self._note_refusal(exc)
             raise
         self.down = False
+        self.refused = None
         return conn
+
+    def _note_refusal(self, exc: BaseException) -> None:
+        """Remember a refusal for too many connections, and log it once while it lasts (psycopg_pool's own
+        line for each attempt is dropped: _QuietRefusals)."""
+        text = str(exc) if isinstance(exc, psycopg.OperationalError) else ""
+        if not any(marker in text.lower() for marker in TOO_MANY):
+            self.refused = None
+            return
+        words = " ".join(text.rpartition("FATAL:")[2].split())  # the server's own words
+        if self.refused is None:
+            logger.error(
+                "PostgreSQL refuses new connections (%s): this worker's pool opens at most %d; "
+                "lower DATABASE_MAX_CONNECTIONS or raise the database's limit",
+                words,
+                self.max_size,
+            )
+        self.refused = words
 
     def checkout(self, wait: float) -> psycopg.Connection[Any]:
         """A connection within `wait` s; PoolTimeout within about DOWN_WAIT s instead while the pool's
@@ -87,6 +113,19 @@ class _Pool(psycopg_pool.ConnectionPool):
             self.putconn(conn)
 
 
+class _QuietRefusals(logging.Filter):
+    """Drops psycopg_pool's "error connecting" line (one per attempt, two a second) when the server refused
+    for too many connections: the pool's one line (_Pool._note_refusal) says it while it lasts."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("error connecting"):
+            return True
+        return not any(marker in str(record.args).lower() for marker in TOO_MANY)
+
+
+QUIET_REFUSALS = _QuietRefusals()
+
+
 class PostgresStore(SQLStore):
     sql = STATEMENTS
     keys = KEY_STATEMENTS
@@ -95,7 +134,7 @@ class PostgresStore(SQLStore):
         self, url: str, *, connect_timeout: float = 3.0, pool_timeout: float = 5.0, pool_size: int = 8
     ) -> None:
         self.url = url
-        self.pool_size = pool_size  # connections per process, at most (DATABASE_POOL_SIZE)
+        self.pool_size = pool_size  # connections per process, at most (config.database_pool_size)
         self.connect_timeout = connect_timeout
         self.pool_timeout = pool_timeout
         self._pool: _Pool | None = None
@@ -125,15 +164,19 @@ class PostgresStore(SQLStore):
                     open=True,
                     name="items",
                 )
+                pool_logger = logging.getLogger("psycopg.pool")
+                if QUIET_REFUSALS not in pool_logger.filters:
+                    pool_logger.addFilter(QUIET_REFUSALS)
             return self._pool
 
     @contextlib.contextmanager
     def _connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
+        pool = self._get_pool()
         try:
-            with self._get_pool().connection_within(self.pool_timeout if timeout is None else timeout) as conn:
+            with pool.connection_within(self.pool_timeout if timeout is None else timeout) as conn:
                 yield conn
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-            raise DatabaseUnavailable(f"postgresql: {type(exc).__name__}") from exc
+            raise _unavailable(pool, exc) from exc
 
     @contextlib.contextmanager
     def _within(self, deadline: Deadline) -> Iterator[Fetch]:
@@ -145,11 +188,11 @@ class PostgresStore(SQLStore):
         except psycopg_pool.PoolTimeout as exc:
             if wait < self.pool_timeout and not pool.down:
                 raise DeadlineExceeded("a database connection") from exc
-            raise DatabaseUnavailable("postgresql: PoolTimeout") from exc
+            raise _unavailable(pool, exc) from exc
         except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
             raise DeadlineExceeded("a database lock or statement") from exc
         except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(f"postgresql: {type(exc).__name__}") from exc
+            raise _unavailable(pool, exc) from exc
 
     def _fetch(self, sql: str, params: Params | None = None, timeout: float | None = None) -> list[Any]:
         with self._connection(timeout) as conn:
@@ -201,6 +244,15 @@ class PostgresStore(SQLStore):
             if self._pool is not None and self._pid == os.getpid():
                 self._pool.close()
             self._pool = None
+
+
+def _unavailable(pool: _Pool, exc: BaseException) -> DatabaseUnavailable:
+    """What a failed checkout or statement means: ConnectionsRefused while the server refuses the pool new
+    connections for having too many, else DatabaseUnavailable."""
+    refused = pool.refused
+    if refused is not None and isinstance(exc, psycopg_pool.PoolTimeout):
+        return ConnectionsRefused(f"postgresql refuses new connections: {refused}")
+    return DatabaseUnavailable(f"postgresql: {type(exc).__name__}")
 
 
 def _bounded_transaction(conn: psycopg.Connection[Any], deadline: Deadline) -> Iterator[Fetch]:

@@ -8,7 +8,7 @@ from flask import Flask, Response, current_app, json
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from cache.warm import CacheUnavailable, WarmInProgress
-from db import CommitOutcomeUnknown, DatabaseUnavailable, DeadlineExceeded, MalformedItem
+from db import CommitOutcomeUnknown, ConnectionsRefused, DatabaseUnavailable, DeadlineExceeded, MalformedItem
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,12 @@ def _http_error(exc: HTTPException) -> Response:
 
 
 def _database_down(exc: DatabaseUnavailable) -> Response:
+    if isinstance(exc, ConnectionsRefused):  # the pool logged the refusal once; the access line counts each 503
+        message = (
+            f"The database refused a new connection: it has too many ({exc}). This instance opens at most "
+            "DATABASE_MAX_CONNECTIONS; nothing was written. Retry shortly."
+        )
+        return error_response(503, "database_connections_refused", message, {"Retry-After": "5"})
     logger.error("database unavailable: %s", exc)
     return error_response(
         503,

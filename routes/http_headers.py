@@ -31,6 +31,7 @@ ALLOWED = ["Content-Type", "Authorization", "If-Match", "If-None-Match", "Idempo
 
 def register(app: Flask, config: Config) -> None:
     app.before_request(_start)
+    app.teardown_request(_end)
     app.after_request(_describe)
     if config.cors_origins:
         settings: dict[str, Any] = {
@@ -85,8 +86,13 @@ def _start() -> None:
     _take_request_id()  # (a before_request hook that returned a value would answer the request with it)
 
 
+def _end(_exc: BaseException | None) -> None:
+    logs.REQUEST_ID.set(None)  # the thread's next lines belong to no request, or to the next one
+
+
 def _take_request_id() -> str:
     g.request_id = new_request_id(request.headers.get("X-Request-ID", ""))
+    logs.REQUEST_ID.set(g.request_id)  # every line logged while serving it carries it (logs.py)
     return str(g.request_id)
 
 

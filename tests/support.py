@@ -327,8 +327,11 @@ def with_port(url: str, port: int) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def seed_items(database_url: str, n: int, prefix: str = "item") -> list[str]:
-    """Insert `n` items straight into the database (bulk: COPY or executemany), bypassing the cache."""
+def seed_items(
+    database_url: str, n: int, prefix: str = "item", fields: Callable[[int], str] = lambda i: '{"seeded":true}'
+) -> list[str]:
+    """Insert `n` items straight into the database (bulk: COPY or executemany), bypassing the cache; the
+    i-th item's fields are the JSON `fields(i)`."""
     from db import open_store
     from db.base import utc_now
 
@@ -337,7 +340,7 @@ def seed_items(database_url: str, n: int, prefix: str = "item") -> list[str]:
     store.close()
     ids = [f"{prefix}-{i}" for i in range(n)]
     now = utc_now()
-    rows = [(item_id, '{"seeded":true}', 1, 1, False, now) for item_id in ids]
+    rows = [(item_id, fields(i), 1, 1, False, now) for i, item_id in enumerate(ids)]
     if database_url.startswith(("postgres://", "postgresql://")):
         import psycopg
 

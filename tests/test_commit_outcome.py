@@ -35,6 +35,7 @@ class FakeConnection:
 
 class FakePool:
     down = False
+    refused = None
 
     def __init__(self, conn: FakeConnection) -> None:
         self.conn = conn

@@ -14,8 +14,10 @@ def test_defaults():
     assert config.redis_url is None
     assert (config.cache_ttl, config.cache_long_ttl, config.l1_max_items, config.l1_ttl) == (300, 3600, 10000, 30.0)
     assert (config.negative_ttl, config.max_item_bytes, config.api_token) == (30, 65536, None)
-    assert (config.web_concurrency, config.gunicorn_threads, config.database_pool_size) == (2, 4, 8)
+    assert (config.web_concurrency, config.gunicorn_threads, config.database_pool_size) == (2, 4, 3)
+    assert config.database_max_connections == 8
     assert config.client_timeout == 10.0
+    assert config.l1_max_bytes == 64 * 2**20
     assert config.metrics_dir is None and load_config({}, default_port=8000).port == 8000
 
 
@@ -66,6 +68,9 @@ def test_values_are_converted():
         ("CACHE_BLOOM", "sometimes"),
         ("DATABASE_POOL_SIZE", "abc"),
         ("DATABASE_POOL_SIZE", "0"),
+        ("DATABASE_POOL_SIZE", "8"),  # replaced by DATABASE_MAX_CONNECTIONS
+        ("DATABASE_MAX_CONNECTIONS", "3"),  # fewer than 2 a worker
+        ("DATABASE_MAX_CONNECTIONS", "many"),
         ("WEB_CONCURRENCY", "two"),
         ("WEB_CONCURRENCY", "0"),
         ("GUNICORN_THREADS", "0"),
@@ -83,8 +88,11 @@ def test_bad_values_fail_naming_the_variable(name, value):
 
 
 def test_gunicorn_and_pool_settings_are_converted():
-    config = load_config({"WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "8", "DATABASE_POOL_SIZE": "20"})
-    assert (config.web_concurrency, config.gunicorn_threads, config.database_pool_size) == (3, 8, 20)
+    config = load_config({"WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "8", "DATABASE_MAX_CONNECTIONS": "20"})
+    # 20 // 3 workers = 6 each: 1 LISTEN connection and a pool of 5; 3 x 6 = 18 <= 20
+    assert (config.web_concurrency, config.gunicorn_threads, config.database_pool_size) == (3, 8, 5)
+    with pytest.raises(ConfigError, match="DATABASE_MAX_CONNECTIONS must be at least 6 for WEB_CONCURRENCY=3"):
+        load_config({"WEB_CONCURRENCY": "3", "DATABASE_MAX_CONNECTIONS": "5"})
 
 
 def test_metrics_dir_new_empty_or_holding_only_metric_files_is_accepted(tmp_path):
@@ -107,3 +115,32 @@ def test_metrics_dir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match=f"{MULTIPROC}=.* is not a directory"):
         load_config({MULTIPROC: str(tmp_path / "file")})
+
+
+PLATFORM = {"DYNO": "web.1", "DATABASE_URL": "postgres://u@h/db", "REDIS_URL": "rediss://h:6380/0", "API_TOKEN": "t"}
+
+
+@pytest.mark.parametrize("name", ["DATABASE_URL", "REDIS_URL", "API_TOKEN"])
+def test_platform_refuses_each_unset_default_naming_it_and_the_way_to_allow_it(name):
+    env = {k: v for k, v in PLATFORM.items() if k != name}
+    with pytest.raises(ConfigError) as refused:
+        load_config(env)
+    message = str(refused.value)
+    assert message.startswith(f"{name} is unset on a platform (DYNO is set)") and "\n" not in message
+    assert message.endswith(f"ALLOW_UNSET={name}")
+    assert load_config({**env, "ALLOW_UNSET": name}).port == 5000  # allowed by one who means it
+    with pytest.raises(ConfigError, match=f"^{name} is unset"):
+        load_config({**env, name: "  "})  # blank is unset
+
+
+def test_platform_allow_unset_names_several_and_refuses_others():
+    config = load_config({"DYNO": "web.1", "ALLOW_UNSET": "DATABASE_URL, REDIS_URL,API_TOKEN"})
+    assert config.redis_url is None and config.api_token is None and config.database_url.startswith("sqlite:///")
+    with pytest.raises(ConfigError, match="ALLOW_UNSET may name DATABASE_URL, REDIS_URL, API_TOKEN, got PORT"):
+        load_config({**PLATFORM, "ALLOW_UNSET": "PORT"})
+
+
+def test_laptop_defaults_need_nothing():
+    """No DYNO: the quickstart's `gunicorn app:app` runs on SQLite, the embedded Redis and open writes."""
+    config = load_config({"DYNO": ""})
+    assert config.redis_url is None and config.api_token is None and config.database_url.startswith("sqlite:///")

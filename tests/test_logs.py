@@ -26,9 +26,11 @@ def record(message: str, **extra) -> logging.LogRecord:
     return entry
 
 
-def test_a_json_line_carries_the_request_fields_and_nothing_else():
-    line = json.loads(logs.JsonFormatter().format(record("GET /items/a 200", status=200, request_id="r-1", body="x")))
-    assert {"time", "level", "logger", "message", "pid", "status", "request_id"} == set(line)
+def test_a_json_line_carries_the_request_fields_and_the_extra_ones_but_never_a_body():
+    entry = record("GET /items/a 200", status=200, request_id="r-1", body="x", item_id="a", attempts=3)
+    line = json.loads(logs.JsonFormatter().format(entry))
+    assert {"time", "level", "logger", "message", "pid", "status", "request_id", "item_id", "attempts"} == set(line)
+    assert (line["item_id"], line["attempts"]) == ("a", 3)
     assert line["level"] == "INFO" and line["logger"] == "access" and line["status"] == 200
     assert line["time"].endswith("+00:00")  # UTC, milliseconds
 
@@ -184,3 +186,29 @@ def test_a_text_line_escapes_control_characters_so_a_path_cannot_forge_a_line(ma
     assert response.status_code == 400  # the id is refused; the request is still logged
     (line,) = stream.getvalue().splitlines()  # one line, however many newlines the path decoded to
     assert "GET /items/a\\n2026-12-07 12:00:00,000 INFO" in line and "200\\r\\x1b[2J 400" in line
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_a_line_logged_while_serving_a_request_carries_its_id(log_format, make_app):
+    app = make_app()
+
+    @app.get("/test-logs-warn")
+    def warn() -> str:
+        logging.getLogger("items.test").warning("inside the request")
+        return "ok"
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.formatter(log_format))
+    logging.getLogger("items.test").addHandler(handler)
+    try:
+        client = app.test_client()
+        assert client.get("/test-logs-warn", headers={"X-Request-ID": "trace-88"}).status_code == 200
+        logging.getLogger("items.test").warning("after the request")
+    finally:
+        logging.getLogger("items.test").removeHandler(handler)
+    inside, after = stream.getvalue().splitlines()
+    if log_format == "json":
+        assert json.loads(inside)["request_id"] == "trace-88" and "request_id" not in json.loads(after)
+    else:
+        assert inside.endswith("inside the request request_id=trace-88") and "request_id" not in after

@@ -77,3 +77,17 @@ def test_empty_metrics_dir_writes_no_metric_file_in_the_working_directory(comman
     before = set(ROOT.glob("*.db"))
     assert_refused(start(command, tmp_path, PROMETHEUS_MULTIPROC_DIR=""), "PROMETHEUS_MULTIPROC_DIR")
     assert set(ROOT.glob("*.db")) == before
+
+
+@pytest.mark.parametrize("name", ["DATABASE_URL", "REDIS_URL", "API_TOKEN"])
+def test_a_dyno_without_an_add_on_or_token_does_not_start(name, tmp_path):
+    """On a platform (DYNO set) SQLite on the dyno's disk, a per-dyno Redis and open writes are refused."""
+    platform = {"DYNO": "web.1", "REDIS_URL": "redis://127.0.0.1:1/0", "API_TOKEN": "t", name: ""}
+    run = start("gunicorn", tmp_path, **platform)
+    assert_refused(run, name)
+    assert f"ALLOW_UNSET={name}" in run.stderr
+
+
+def test_a_dyno_without_a_database_does_not_start_from_python_app_py(tmp_path):
+    run = start("python app.py", tmp_path, DYNO="web.1", DATABASE_URL="", REDIS_URL="redis://127.0.0.1:1/0")
+    assert_refused(run, "DATABASE_URL")
