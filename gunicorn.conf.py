@@ -140,7 +140,28 @@ def post_fork(server, worker):
     (or right now if the app was preloaded); a PubSub or thread made in the master would be shared or lost."""
     import cache
 
+    _large_allocations_mapped()
     cache.enable_listener()
+
+
+def _large_allocations_mapped() -> None:
+    """glibc serves an allocation under its mmap threshold (128 KiB, rising to 32 MiB as large blocks are
+    freed) from a heap arena, one per thread that allocates, and keeps what is freed there for reuse: L1's
+    large bodies, evicted under CACHE_L1_MAX_BYTES and refilled by other threads, left the worker's RSS
+    anywhere from the bound to three times it. Allocations of 32 KiB and more are mapped on their own and
+    returned when freed, so RSS follows what L1 counts. MALLOC_MMAP_THRESHOLD_ in the environment wins; on
+    a libc without mallopt nothing is done."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    m_mmap_threshold = -3  # M_MMAP_THRESHOLD, glibc's malloc.h
+    mallopt(m_mmap_threshold, 32 * 1024)
 
 
 def child_exit(server, worker):
