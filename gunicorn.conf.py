@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 # The hooks import the project's modules (config, cache) from beside this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -84,7 +84,7 @@ class GunicornLogger(glogging.Logger):
     """... and gunicorn's own access log off: given a logconfig_dict it turns it on (two more lines per
     request); the app writes that line itself (ACCESS_LOG). Here, not in logs.py: only gunicorn needs it."""
 
-    def access(self, resp, req, environ, request_time) -> None:  # type: ignore[no-untyped-def]
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
         return
 
 
