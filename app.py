@@ -100,6 +100,9 @@ def warm_cache_command() -> None:
     click.echo(f"warmed {result.items} items in {result.seconds:.1f}s (bloom filter rebuilt: {result.bloom_rebuilt})")
 
 
+app: Flask  # made by __getattr__ below, on first access
+
+
 def __getattr__(name: str) -> Any:
     """`app.app`, built on first access: gunicorn and `flask --app app` find it, tests that only import
     create_app do not build a second app from the environment."""

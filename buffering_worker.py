@@ -28,6 +28,7 @@ import errno
 import selectors
 import socket
 import time
+from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
@@ -62,7 +63,7 @@ class BufferOnly:
 class BufferedConn(TConn):
     """A connection whose request bytes the poller reads; the thread's parser gets them, and only them."""
 
-    def __init__(self, cfg, sock, client, server, timeout: float) -> None:
+    def __init__(self, cfg: Any, sock: socket.socket, client: Any, server: Any, timeout: float) -> None:
         super().__init__(cfg, sock, client, server)
         self.received = bytearray()  # read by the poller, not yet given to the parser
         self.framing: RequestFraming | None = None  # the request being received
@@ -84,7 +85,7 @@ class BufferedConn(TConn):
 class BufferingWorker(ThreadWorker):
     """gthread whose poller reads requests; see the module docstring."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         config = load_config(default_port=8000)  # checked by the master already (gunicorn.conf.py)
         self.client_timeout = config.client_timeout
@@ -94,12 +95,12 @@ class BufferingWorker(ThreadWorker):
         self.lingering: dict[BufferedConn, None] = {}
 
     @classmethod
-    def check_config(cls, cfg, log) -> None:
+    def check_config(cls, cfg: Any, log: Any) -> None:
         super().check_config(cfg, log)
         if cfg.is_ssl:  # the poller reads raw bytes: it would read TLS records as a request
             raise RuntimeError("BufferingWorker serves plain HTTP: end TLS at the router, or use gthread")
 
-    def accept(self, listener) -> None:
+    def accept(self, listener: socket.socket) -> None:
         accepted = accept_connection(listener)
         if accepted is None:
             return
@@ -107,7 +108,7 @@ class BufferingWorker(ThreadWorker):
         self.nr_conns += 1
         self.start_reading(BufferedConn(self.cfg, sock, client, listener.getsockname(), self.client_timeout))
 
-    def on_client_socket_readable(self, conn: BufferedConn, client) -> None:
+    def on_client_socket_readable(self, conn: BufferedConn, client: socket.socket) -> None:
         """A kept-alive connection has a new request coming: the poller reads it, not a thread."""
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
@@ -132,7 +133,7 @@ class BufferingWorker(ThreadWorker):
         self.reading[conn] = None
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_request_bytes, conn))
 
-    def on_request_bytes(self, conn: BufferedConn, sock) -> None:
+    def on_request_bytes(self, conn: BufferedConn, sock: socket.socket) -> None:
         if not self.receive(conn):
             self.stop_reading(conn)
             self.drop(conn)
@@ -172,7 +173,7 @@ class BufferingWorker(ThreadWorker):
         else:
             self.enqueue_req(conn)
 
-    def handle_request(self, req, conn):  # type: ignore[no-untyped-def]
+    def handle_request(self, req: Any, conn: BufferedConn) -> Any:
         """gthread's, less its `100 Continue`: the poller has sent it already, and the body has arrived."""
         req._expected_100_continue = False
         return super().handle_request(req, conn)
@@ -197,7 +198,7 @@ class BufferingWorker(ThreadWorker):
         self.lingering[conn] = None
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_lingering_bytes, conn))
 
-    def on_lingering_bytes(self, conn: BufferedConn, sock) -> None:
+    def on_lingering_bytes(self, conn: BufferedConn, sock: socket.socket) -> None:
         try:
             data = conn.sock.recv(RECV_BYTES)
         except BlockingIOError:
@@ -222,7 +223,7 @@ class BufferingWorker(ThreadWorker):
         self.poller.unregister(conn.sock)
         self.drop(conn)
 
-    def finish_request(self, conn: BufferedConn, fs) -> None:
+    def finish_request(self, conn: BufferedConn, fs: Future[bool]) -> None:
         """Pipelined bytes the parser read past the request go back to the poller with the connection
         (gthread would give them to a thread); a connection not kept alive is closed gracefully."""
         keep = not fs.cancelled() and fs.exception() is None and fs.result() is True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 # The hooks import the project's modules (config, cache) from beside this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -14,6 +15,10 @@ from gunicorn import glogging  # noqa: E402
 import logs  # noqa: E402  (needs the path above)
 import metrics_dir  # noqa: E402
 from config import load_config_or_exit  # noqa: E402
+
+if TYPE_CHECKING:
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.workers.base import Worker
 
 # Every setting, gunicorn's too, is read and checked in one place; a bad one stops start-up here with one
 # line naming it (exit 1), before a worker is forked.
@@ -79,7 +84,7 @@ class GunicornLogger(glogging.Logger):
     """... and gunicorn's own access log off: given a logconfig_dict it turns it on (two more lines per
     request); the app writes that line itself (ACCESS_LOG). Here, not in logs.py: only gunicorn needs it."""
 
-    def access(self, resp, req, environ, request_time) -> None:  # type: ignore[no-untyped-def]
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
         return
 
 
@@ -101,7 +106,7 @@ _embedded_redis = None
 logger = logging.getLogger("gunicorn.error")
 
 
-def on_starting(server):
+def on_starting(server: Arbiter) -> None:
     """In the master, before any fork: log format, the metrics directory (stale files removed), embedded Redis."""
     global _metrics_dir
     logs.configure(_config.log_level, _config.log_format)
@@ -111,7 +116,7 @@ def on_starting(server):
         _start_embedded_redis()
 
 
-def _start_embedded_redis():
+def _start_embedded_redis() -> None:
     """One fakeredis server for all workers, and for every other default instance on this database (found
     through a file beside it), so they never disagree; its URL reaches the workers via REDIS_URL."""
     global _embedded_redis
@@ -135,7 +140,7 @@ def _start_embedded_redis():
     )
 
 
-def post_fork(server, worker):
+def post_fork(server: Arbiter, worker: Worker) -> None:
     """In the new worker: ask for an invalidation listener thread. It starts when the app builds the cache
     (or right now if the app was preloaded); a PubSub or thread made in the master would be shared or lost."""
     import cache
@@ -164,14 +169,14 @@ def _large_allocations_mapped() -> None:
     mallopt(m_mmap_threshold, 32 * 1024)
 
 
-def child_exit(server, worker):
+def child_exit(server: Arbiter, worker: Worker) -> None:
     """A dead worker's live gauges must stop counting (prometheus_client multiprocess mode)."""
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
 
 
-def on_exit(server):
+def on_exit(server: Arbiter) -> None:
     """Leave the embedded Redis (stopped if no other instance uses it); remove the metric files (and the
     directory, if this master made it)."""
     if _embedded_redis is not None:

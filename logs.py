@@ -98,7 +98,7 @@ _ACCESS_LINE = (
 def _json_value(value: Any) -> str:
     kind = type(value)
     if kind is str:
-        return encode_basestring_ascii(value)  # type: ignore[no-any-return]
+        return encode_basestring_ascii(value)
     if kind is int:
         return int.__repr__(value)
     if kind is float and value - value == 0:  # finite (the encoder's NaN and Infinity are its own)

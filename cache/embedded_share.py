@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -180,7 +181,7 @@ def _create(path: Path, start: StartServer) -> SharedServer | None:
             os.unlink(tmp)
 
 
-def _remove_stale(path: Path, info: dict) -> None:
+def _remove_stale(path: Path, info: dict[str, Any]) -> None:
     """Remove the file of a server that no longer answers, unless an instance still holds it (refuse then)."""
     fd = _open_if_current(path, info["token"])
     if fd is None:
@@ -231,7 +232,7 @@ def _is_current(fd: int, path: Path) -> bool:
         return False
 
 
-def _read(fd: int) -> dict | None:
+def _read(fd: int) -> dict[str, Any] | None:
     """The file's fields, or None if it is not a file this service wrote (it is complete once at `path`)."""
     raw = os.pread(fd, 4096, 0)
     try:
@@ -246,7 +247,7 @@ def _read(fd: int) -> dict | None:
     return info
 
 
-def _answers(info: dict) -> bool:
+def _answers(info: dict[str, Any]) -> bool:
     """The server named in the file is up and is the one that wrote it (its token, not a stranger's port)."""
     try:
         no_retry = Retry(NoBackoff(), 0)  # a refused connection is the answer, not something to retry
@@ -254,7 +255,7 @@ def _answers(info: dict) -> bool:
             unix_socket_path=info["socket"], socket_timeout=1, socket_connect_timeout=1, retry=no_retry
         )
         with contextlib.closing(client):
-            return client.get(MARKER_KEY) == info["token"].encode()
+            return bool(client.get(MARKER_KEY) == info["token"].encode())
     except redis.RedisError:
         return False
 

@@ -253,12 +253,12 @@ class RedisTier:
         """Raise the announced position at `key` to `position`, unless it is below `expected`; what was there.
         Tried while the breaker is open too, as the change follower's other calls are."""
         held = self.guard.even_if_open("announce", key, self._announce_applied, keys=[key], args=[position, expected])
-        return held if isinstance(held, RedisDown) else int(held)  # type: ignore[call-overload]
+        return held if isinstance(held, RedisDown) else int(held)
 
     def applied_position(self, key: str) -> int | RedisDown:
         """The position the change follower announced at `key` (-1: none)."""
         held = self.guard("applied", key, self.client.get, key)
-        return held if isinstance(held, RedisDown) else int(held or -1)  # type: ignore[arg-type]
+        return held if isinstance(held, RedisDown) else int(held or -1)
 
     def ping(self) -> bool:
         return self.guard("ping", "-", self.client.ping) is True

@@ -20,9 +20,10 @@ from db import postgres_changes
 from db.base import CommitOutcomeUnknown, ConnectionsRefused, DatabaseUnavailable
 from db.changes import ChangeBatch, ChangeCursor
 from db.deadline import Deadline, DeadlineExceeded
+from db.keys import Fetch
 from db.migrate import ADVISORY_LOCK_KEY, migrations
 from db.postgres_sql import IS_APPLIED, KEY_STATEMENTS, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
-from db.sql import Fetch, Params, SQLStore
+from db.sql import Params, SQLStore
 
 logger = logging.getLogger(__name__)
 

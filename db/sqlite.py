@@ -16,8 +16,9 @@ from typing import Any
 from db.base import DatabaseUnavailable
 from db.changes import Change, ChangeBatch, ChangeCursor
 from db.deadline import Deadline, DeadlineExceeded
+from db.keys import Fetch
 from db.migrate import migrations, sqlite_statements
-from db.sql import Fetch, Params, SQLStore, end_cursor
+from db.sql import Params, SQLStore, end_cursor
 from db.sqlite_sql import IS_APPLIED, KEY_STATEMENTS, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
 
 

@@ -7,6 +7,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from demo.show import Metrics, Outcome, cmd, got, say
 from demo.stack import Stack, call, curl, lag_seconds
@@ -17,14 +18,14 @@ NEVER_EXISTED = 1000
 SLOW_LOAD = 0.3  # seconds: DEMO_DB_LOAD_DELAY for the stampede scene
 
 
-def put(server: Gunicorn, item_id: str, fields: dict) -> None:
+def put(server: Gunicorn, item_id: str, fields: dict[str, Any]) -> None:
     body = json.dumps(fields)
     cmd(curl(server, "PUT", f"/items/{item_id}", body, auth=True))
     response = call(server, "PUT", f"/items/{item_id}", body.encode(), auth=True)
     got(f"{response.status} {response.body.decode().strip()}")
 
 
-def get(server: Gunicorn, item_id: str, quiet: bool = False) -> tuple[int, str, dict]:
+def get(server: Gunicorn, item_id: str, quiet: bool = False) -> tuple[int, str, dict[str, Any]]:
     response = call(server, "GET", f"/items/{item_id}")
     if not quiet:
         cmd(curl(server, "GET", f"/items/{item_id}") + " | grep -E '^HTTP|X-Cache'")
@@ -112,7 +113,7 @@ def stampede(stack: Stack, a: Gunicorn, b: Gunicorn) -> Outcome:
     )
 
 
-def concurrent_gets(servers: list[Gunicorn], paths: list[str], threads: int, shown: str) -> Counter:
+def concurrent_gets(servers: list[Gunicorn], paths: list[str], threads: int, shown: str) -> Counter[str]:
     """GET every path (spread over `servers`) from `threads` threads released together: Counter of answers.
     `shown`: the path as the printed shell loop spells it ($i: the loop's number)."""
     ports = " ".join(str(s.port) for s in servers)

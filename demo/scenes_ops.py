@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections import Counter
+from functools import partial
 
 from demo.scenes import get
 from demo.show import Metrics, Outcome, cmd, got, say
@@ -23,7 +24,7 @@ class Traffic:
 
     def __init__(self, servers: list[Gunicorn]) -> None:
         self.servers, self.phase, self.writes = servers, "before", 0
-        self.answers: Counter = Counter()
+        self.answers: Counter[tuple[str, str, str]] = Counter()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -154,7 +155,7 @@ def sql(stack: Stack, a: Gunicorn, b: Gunicorn) -> Outcome:
             connection.execute(statement)
         written = time.monotonic()
         with contextlib.suppress(AssertionError):
-            wait_until(lambda e=expected: all(price(s) == e for s in (a, b)), timeout=10, interval=0.01)
+            wait_until(partial(prices_are, (a, b), expected), timeout=10, interval=0.01)
         lag_ms = (time.monotonic() - written) * 1000
         for server in (a, b):
             _, tier, body = get(server, "by-sql")
@@ -163,6 +164,10 @@ def sql(stack: Stack, a: Gunicorn, b: Gunicorn) -> Outcome:
     ok = all(fine for fine, _ in results)
     lags = " and ".join(f"{lag:.0f} ms" for _, lag in results)
     return Outcome(ok, f"a row inserted, then updated, with plain SQL was served by A and B after {lags}")
+
+
+def prices_are(servers: tuple[Gunicorn, ...], expected: int) -> bool:
+    return all(price(server) == expected for server in servers)
 
 
 def price(server: Gunicorn) -> object:

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import redis
@@ -82,7 +83,7 @@ class Stack:
         for server in group:
             server.launch()
         for server in group:
-            wait_until(lambda s=server: s.get("/health/ready")[0] == 200, timeout=60)
+            wait_until(partial(is_ready, server), timeout=60)
         return group
 
     def stop(self, group: list[Gunicorn]) -> None:
@@ -101,6 +102,10 @@ class Stack:
             leave(self.shared)
         self.schema.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def is_ready(server: Gunicorn) -> bool:
+    return server.get("/health/ready")[0] == 200
 
 
 def call(server: Gunicorn, method: str, path: str, body: bytes | None = None, auth: bool = False) -> Response:

@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 class ApiError(HTTPException):
     """An HTTP error with a machine-readable name and a message saying what to fix."""
 
+    code: int  # always given (HTTPException's may be None)
+
     def __init__(self, code: int, error: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.code = code

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask
-from prometheus_client import CollectorRegistry
 from werkzeug.datastructures import EnvironHeaders
 
 from cache import aside
 from config import Config
 from routes.http_headers import cors_headers, log_request, new_request_id
 from routes.item_read import STATUS, STATUS_LINE, found_headers
+from routes.metrics import RequestMetricsRegistry
 from routes.validation import ID_PATTERN
 
 logger = logging.getLogger(__name__)
@@ -38,8 +38,9 @@ ITEM_PATH = re.compile(f"{ITEM_PREFIX}({ID_PATTERN.pattern})")
 # tested one by one, not a tuple looped over: no generator per request, and no third name silently ignored.
 IF_NONE_MATCH, TRANSFER_ENCODING = "HTTP_IF_NONE_MATCH", "HTTP_TRANSFER_ENCODING"
 # prometheus-flask-exporter's default metrics (group_by="endpoint"): recorded here under the same labels.
+# Family names: prometheus_client names the counter flask_http_request_total without its _total.
 DURATION_METRIC = "flask_http_request_duration_seconds"
-TOTAL_METRIC = "flask_http_request_total"
+TOTAL_METRIC = "flask_http_request"
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -57,12 +58,10 @@ class RequestMetrics:
         self.total.inc()
 
 
-def request_metrics(registry: CollectorRegistry) -> RequestMetrics | None:
+def request_metrics(registry: RequestMetricsRegistry) -> RequestMetrics | None:
     """The exporter's request metrics in `registry`, labelled as its hooks label a 200 GET of the item view;
     None when it exports none there (REQUEST_METRICS=false) or under other names (an exporter upgrade)."""
-    # prometheus_client lists a registry's collectors only here; the exporter keeps its metrics to itself.
-    collectors = getattr(registry, "_names_to_collectors", {})
-    duration, total = collectors.get(DURATION_METRIC), collectors.get(TOTAL_METRIC)
+    duration, total = registry.collectors.get(DURATION_METRIC), registry.collectors.get(TOTAL_METRIC)
     if duration is None or total is None:
         return None
     return RequestMetrics(

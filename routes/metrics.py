@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from flask import Blueprint, Flask, Request, Response, current_app
 from flask.typing import ResponseReturnValue
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
 
 import cache
@@ -26,10 +28,28 @@ def endpoint(request: Request) -> str:
     return request.endpoint or UNROUTED
 
 
+class RequestMetricsRegistry(CollectorRegistry):
+    """A registry that also keeps each collector registered in it, under the family names it describes:
+    the exporter keeps its metric objects to itself, and the fast path records into the same ones."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_describe=True)
+        self.collectors: dict[str, Any] = {}
+
+    def register(self, collector: Collector) -> None:
+        super().register(collector)
+        for family in getattr(collector, "describe", list)():  # a metric object describes itself
+            self.collectors[family.name] = collector
+
+    def unregister(self, collector: Collector) -> None:
+        super().unregister(collector)
+        self.collectors = {name: kept for name, kept in self.collectors.items() if kept is not collector}
+
+
 def init_request_metrics(app: Flask) -> None:
     """Request counts and latencies per endpoint (not raw path: ids would explode the label set). Every
     label has a bounded set of values: endpoint (above), status (the app's), method (routes/methods.py)."""
-    registry = CollectorRegistry(auto_describe=True)  # per app, so tests can build many apps
+    registry = RequestMetricsRegistry()  # per app, so tests can build many apps
     if app.config["SERVICE_CONFIG"].request_metrics:
         PrometheusMetrics(app, path=None, group_by=endpoint, registry=registry)
     app.extensions["request_metrics_registry"] = registry

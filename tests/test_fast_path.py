@@ -343,3 +343,24 @@ def test_fast_path_setting_is_validated():
     with pytest.raises(ConfigError, match="FAST_PATH"):
         load_config({"FAST_PATH": "sometimes"})
     assert isinstance(load_config({"FAST_PATH": "0"}), Config)
+
+
+def test_the_exporters_metrics_are_found_without_prometheus_clients_private_names():
+    """The fast path records into the exporter's own metric objects, found through the registry's public
+    register(), not prometheus_client's private name map (here renamed away, as a release might)."""
+    from config import load_config
+    from routes.fast_path import request_metrics
+    from routes.metrics import init_request_metrics
+
+    app = Flask(__name__)
+    app.config["SERVICE_CONFIG"] = load_config({})
+    init_request_metrics(app)
+    registry = app.extensions["request_metrics_registry"]
+    vars(registry)["renamed"] = vars(registry).pop("_names_to_collectors")
+    metrics = request_metrics(registry)
+    assert metrics is not None
+    metrics.record(0.001)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for m in registry.collect() for s in m.samples}
+    assert samples[("flask_http_request_total", (("method", "GET"), ("status", "200")))] == 1
+    labels = (("endpoint", "items.get_item"), ("method", "GET"), ("status", "200"))
+    assert samples[("flask_http_request_duration_seconds_count", labels)] == 1
