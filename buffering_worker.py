@@ -32,6 +32,7 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
+from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from config import load_config
@@ -40,6 +41,16 @@ from request_framing import CONTINUE, Limits, Progress, Refusal, RequestFraming,
 RECV_BYTES = 64 * 1024
 LINGER_SECONDS = 2.0  # gunicorn's close_graceful waits as long
 LINGER_BYTES = 64 * 1024
+
+
+def write_json_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
+    """gunicorn's answer to what its own parser refuses (a request line or header too long, a bad method,
+    version or header): in JSON, like every other refusal, rather than gunicorn's HTML page."""
+    error = reason.lower().replace(" ", "_")
+    util.write_nonblock(sock, Refusal(status, reason, error, message or reason).response())
+
+
+util.write_error = write_json_error  # gunicorn's handle_error looks it up there on every call
 
 
 def accept_connection(listener: socket.socket) -> tuple[socket.socket, Any] | None:

@@ -20,18 +20,49 @@ from typing import Any, NoReturn
 
 # Run in every new runtime before fakeredis sets up its globals. `os.clock` is all of `os` a real Redis 7
 # script has; fakeredis' function engine needs `debug.getinfo` (error lines); `load`/`loadstring` stay (they
-# compile Lua against these same globals). No getregistry/getmetatable/upvalues: they lead back to Python.
+# compile Lua against these same globals) but take text only: Lua 5.1 runs bytecode unverified, and a crafted
+# chunk reads and writes memory (real Redis refuses it too). No getregistry/getmetatable/upvalues: they lead
+# back to Python.
 _STRIP = """
 package.loaded.python = nil
 python = nil
 os = {clock = os.clock}
 debug = {getinfo = debug.getinfo, traceback = debug.traceback}
 io, package, require, module, dofile, loadfile = nil, nil, nil, nil, nil, nil
+string.dump = nil
+local load_text = loadstring
+loadstring = function(chunk, name)
+    if type(chunk) == "string" and string.byte(chunk, 1) == 27 then
+        return nil, "binary chunks are not allowed"
+    end
+    return load_text(chunk, name)
+end
+load = function(reader, name)
+    local parts = {}
+    while type(reader) == "function" do
+        local part = reader()
+        if part == nil or part == "" then break end
+        if type(part) ~= "string" then return nil, "reader function must return a string" end
+        parts[#parts + 1] = part
+    end
+    if type(reader) ~= "function" then error("bad argument #1 to 'load' (function expected)", 2) end
+    return loadstring(table.concat(parts), name)
+end
 """
 
 # What a script must not see, each looked up through `loadstring`, which compiles against the runtime's
 # real globals even inside a function library (whose own globals are narrower): "nil" for each if sandboxed.
-_FORBIDDEN = ("python", "os.execute", "io", "debug.getregistry", "require", "package", "dofile", "loadfile")
+_FORBIDDEN = (
+    "python",
+    "os.execute",
+    "io",
+    "debug.getregistry",
+    "require",
+    "package",
+    "dofile",
+    "loadfile",
+    "string.dump",
+)
 _PROBE = (
     "local seen = '' "
     f"for _, name in ipairs({{{', '.join(repr(name) for name in _FORBIDDEN)}}}) do "

@@ -47,3 +47,17 @@ def test_fakeredis_still_builds_its_lua_through_the_name_the_sandbox_replaces(mo
     monkeypatch.delattr(scripting_mixin, "LUA_MODULE")
     with pytest.raises(RuntimeError, match="no longer builds Lua through scripting_mixin.LUA_MODULE"):
         lua_sandbox.install()
+
+
+def test_scripts_cannot_load_lua_bytecode():
+    """Lua 5.1 runs bytecode unverified: a crafted chunk reads and writes memory, out of any sandbox (the
+    reason real Redis refuses binary chunks, CVE-2015-4335)."""
+    client = embedded.client()
+    assert client.eval("return type(string.dump)", 0) == b"nil"
+    chunk = "\x1bLua\x51\x00" + "\x00" * 8  # a binary chunk's header: refused before it is read
+    refused = "local f, err = {load}; return {{type(f), tostring(err)}}"
+    for load in ("loadstring(ARGV[1])", "load(function() local c = ARGV[1]; ARGV[1] = nil; return c end)"):
+        kind, err = client.eval(refused.format(load=load), 0, chunk)
+        assert (kind, err) == (b"nil", b"binary chunks are not allowed"), load
+    assert client.eval("return loadstring('return 6 * 7')()", 0) == 42
+    assert client.eval("local n = 0; return load(function() n = n + 1; return ({'return ', '5'})[n] end)()", 0) == 5

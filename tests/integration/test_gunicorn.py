@@ -199,3 +199,30 @@ def test_two_default_instances_on_one_database_share_one_embedded_redis_and_leav
         second.close()
     assert not _running(server_pid)
     assert [name for name in os.listdir(tmp_path) if ".redis" in name] == []  # nor a temporary one
+
+
+def test_requests_gunicorns_parser_refuses_get_a_json_answer(tmp_path):
+    """A request line too long, a header too large, a bad method, version or header: gunicorn's parser
+    refuses them (status and log its own), answered in JSON like every other bad request, not an HTML page."""
+    import socket
+
+    env = {"REDIS_URL": "", "DATABASE_URL": f"sqlite:///{tmp_path / 'items.sqlite3'}", "ACCESS_LOG": "false"}
+    refused = {
+        b"GET /items/" + b"a" * 5000 + b" HTTP/1.1\r\nHost: t\r\n\r\n": 414,
+        b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"a" * 9000 + b"\r\n\r\n": 431,
+        b"GE<T> / HTTP/1.1\r\nHost: t\r\n\r\n": 400,
+        b"GET / HTTP/2.0\r\nHost: t\r\n\r\n": 400,
+        b"GET / HTTP/1.1\r\nHost: t\r\nX: a\x00b\r\n\r\n": 400,
+    }
+    with Gunicorn(env, workers=1) as server:
+        for request, status in refused.items():
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(request)
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 %d " % status), (request[:40], head)
+            assert b"Content-Type: application/json" in head, (request[:40], head)
+            assert set(json.loads(body)) == {"error", "message"}, body
+        assert server.get("/health/live")[0] == 200
