@@ -23,8 +23,12 @@ LOCK_TTL = 2.0
 
 
 def metric(server: Gunicorn, sample: str) -> float:
-    """One sample of the instance's /metrics (summed over its workers by the multiprocess collector)."""
-    match = re.search(rf"^{re.escape(sample)} (\S+)$", server.get("/metrics")[2].decode(), re.M)
+    """One sample of the instance's /metrics (summed over its workers by the multiprocess collector); 0.0
+    when the sample is not there yet. A /metrics that did not answer 200 fails, saying what it answered."""
+    status, _, body = server.get("/metrics")
+    if status != 200:
+        raise AssertionError(f"/metrics answered {status}: {body[:500]!r}")
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", body.decode(), re.M)
     return float(match.group(1)) if match else 0.0
 
 
