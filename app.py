@@ -25,7 +25,7 @@ from flask.cli import with_appcontext
 import cache
 import logs
 import routes
-from cache import warm
+from cache.changelog import warm
 from config import ConfigError, load_config
 from db import DatabaseUnavailable, ItemStore, open_store
 
@@ -117,7 +117,7 @@ def __getattr__(name: str) -> Any:
 
 
 if __name__ == "__main__":
-    from cache.embedded_share import leave, use_shared
+    from cache.embedded.share import leave, use_shared
 
     cache.enable_listener()  # one process, no fork: its listener starts with the cache
     # No REDIS_URL: the embedded Redis that `gunicorn app:app` instances on this database use too.

@@ -121,7 +121,7 @@ def _start_embedded_redis() -> None:
     through a file beside it), so they never disagree; its URL reaches the workers via REDIS_URL."""
     global _embedded_redis
     from cache.embedded import WARNING
-    from cache.embedded_share import use_shared
+    from cache.embedded.share import use_shared
 
     _embedded_redis = use_shared(_config.database_url)
     # Importing cache.embedded made the cache's metrics in this master too; its live gauges (0) would
@@ -180,7 +180,7 @@ def on_exit(server: Arbiter) -> None:
     """Leave the embedded Redis (stopped if no other instance uses it); remove the metric files (and the
     directory, if this master made it)."""
     if _embedded_redis is not None:
-        from cache.embedded_share import leave
+        from cache.embedded.share import leave
 
         leave(_embedded_redis)
     if _metrics_dir is not None:

@@ -20,8 +20,8 @@ from typing import Any
 
 from flask import Flask
 
-from cache.entry import CacheEntry
-from cache.metrics import REQUESTS_BY_TIER
+from cache.core.entry import CacheEntry
+from cache.core.metrics import REQUESTS_BY_TIER
 from config import load_config
 from routes.fast_path import request_metrics
 from routes.http_headers import log_request, new_request_id

@@ -4,7 +4,7 @@
 
 - files: the project files whose code runs during one request (sys.setprofile around one call of the
   Flask test client, L1 off so that a read goes to Redis): a Redis hit of GET /items/<id>, and a PUT;
-- imports: the modules (the project's, and all) that `import cache.lru` loads in a fresh interpreter,
+- imports: the modules (the project's, and all) that `import cache.core.lru` loads in a fresh interpreter,
   and whether Flask is among them;
 - cycles: import cycles among the project's modules (TYPE_CHECKING imports included), from the AST;
 - largest: the longest product modules.
@@ -145,13 +145,13 @@ def main() -> None:
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15"))
     args = parser.parse_args()
     hit, put = request_files(args.redis_url)
-    own, everything, flask = imports_of("cache.lru")
+    own, everything, flask = imports_of("cache.core.lru")
     found = cycles(import_graph())
     sizes = sorted(((len(path.read_text().splitlines()), module_name(path)) for path in product_files()), reverse=True)
     print("| measure | value |\n|---|---|")
     print(f"| project files run by a Redis hit of GET /items/<id> | {len(hit)} |")
     print(f"| project files run by a PUT | {len(put)} |")
-    print(f"| `import cache.lru`: project modules / all modules / Flask loaded | {own} / {everything} / {flask} |")
+    print(f"| `import cache.core.lru`: project modules / all modules / Flask loaded | {own} / {everything} / {flask} |")
     print(f"| import cycles (TYPE_CHECKING included) | {len(found)}: {'; '.join(' '.join(c) for c in found)} |")
     print(
         f"| product modules / over 400 lines / largest | {len(sizes)} / {sum(n > 400 for n, _ in sizes)} / "

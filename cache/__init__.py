@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import redis
 
-from cache.entry import MISS, CacheEntry, _Miss
-from cache.invalidation import new_origin
-from cache.lock import Acquired
+from cache.core.announce import new_origin
+from cache.core.entry import MISS, CacheEntry, _Miss
+from cache.core.redis_tier import SetOutcome
+from cache.core.lock import Acquired
 from cache.process import CacheProcess, build, start_listening, stop_listening
-from cache.redis_tier import SetOutcome
 from config import Config
 from db import ItemStore
 
@@ -67,14 +67,14 @@ def cache_key(item_id: str) -> str:
 
 
 def cache_get_l1(key: str) -> CacheEntry | None:
-    """L1 alone: its live entry for `key` while L1 is trusted, else None (cache/trust.py)."""
+    """L1 alone: its live entry for `key` while L1 is trusted, else None (cache/core/trust.py)."""
     s = _process or state()  # the attribute, not the call: this is the L1-hit path
     return s.lru.get(key) if s.trust.usable else None
 
 
 def cache_get(key: str) -> tuple[CacheEntry | _Miss, str | None]:
     """L1, then Redis (copied into L1). Returns (entry, "lru" | "redis") or (MISS, None); MISS while Redis
-    is doubted (cache/trust.py: it may lack writes made while it was away)."""
+    is doubted (cache/core/trust.py: it may lack writes made while it was away)."""
     entry = cache_get_l1(key)
     if entry is not None:
         return entry, "lru"
@@ -91,9 +91,9 @@ def cache_get(key: str) -> tuple[CacheEntry | _Miss, str | None]:
 def cache_set(key: str, entry: CacheEntry, ttl: float | None = None) -> SetOutcome:
     """The seed's cacheSet, for a change the database committed: Redis (unless it holds a newer version;
     announced to every process), then L1. Redis is tried even while this process's breaker is open: other
-    processes may trust Redis again already (cache/trust.py), and a change skipped here would reach it only
+    processes may trust Redis again already (cache/core/trust.py), and a change skipped here would reach it only
     at the change follower's next pass, while they served the version before it. A write Redis missed
-    reaches it through the change log (the follower applies it when Redis answers again; cache/follower.py)."""
+    reaches it through the change log (the follower applies it when Redis answers again; cache/changelog/follower.py)."""
     s = state()
     generation, ttl_ms = s.trust.generation, s.ttl_ms(entry, ttl)
     outcome = s.redis.set_committed(key, entry, ttl_ms)

@@ -2,7 +2,7 @@
 
 Everything that decides what a request sees lives here; the views only translate to HTTP.
 
-    read:   Redis doubted (it may lack writes made while it was away: cache/trust.py) -> DB, fill forward.
+    read:   Redis doubted (it may lack writes made while it was away: cache/core/trust.py) -> DB, fill forward.
             L1 hit -> answer.  Redis hit -> (refresh early if XFetch says so) -> answer.
             miss -> Bloom filter says "never existed" -> 404.
             miss -> one loader per key in this process (single-flight) and in the fleet (Redis lock);
@@ -14,9 +14,9 @@ Everything that decides what a request sees lives here; the views only translate
             and a reader's wait for another's load (after which it loads itself).
 
 Where to look next: the tiers and their settings (L1 size and TTL: CACHE_L1_MAX_ITEMS, CACHE_L1_TTL) are
-built in cache/process.py; an invalidation from another process is applied to L1 in cache/coherence.py;
-a Redis failure is absorbed by cache/guard.py (reads fall through to the DB, writes still succeed, and
-L1 is bypassed while Redis or the listener is down: cache/trust.py).
+built in cache/process.py; an invalidation from another process is applied to L1 in cache/coherence/apply.py;
+a Redis failure is absorbed by cache/core/guard.py (reads fall through to the DB, writes still succeed, and
+L1 is bypassed while Redis or the listener is down: cache/core/trust.py).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from cache import CacheEntry, cache_delete, cache_fill, cache_get, cache_get_l1, cache_refresh, cache_set, state
-from cache.guard import RedisDown
-from cache.lock import Acquired, FleetLock, HeldByOther
-from cache.metrics import DB_LOADS, REFRESH_FAILURES, REQUESTS_BY_TIER, STAMPEDE_WAITS, WRITES_BY_OUTCOME
+from cache.core.guard import RedisDown
+from cache.core.metrics import DB_LOADS, REFRESH_FAILURES, REQUESTS_BY_TIER, STAMPEDE_WAITS, WRITES_BY_OUTCOME
+from cache.core.redis_tier import Found
+from cache.core.stampede import SingleFlight, backoff_delays, should_refresh
+from cache.core.lock import Acquired, FleetLock, HeldByOther
 from cache.process import CacheProcess
-from cache.redis_tier import Found
-from cache.stampede import SingleFlight, backoff_delays, should_refresh
 from db import (
     CommitOutcomeUnknown,
     DatabaseUnavailable,

@@ -12,8 +12,8 @@ from typing import Any
 
 from cache import state
 from cache.aside import Written, write_through
-from cache.metrics import WRITES_BY_OUTCOME
-from cache.stampede import backoff_delays
+from cache.core.metrics import WRITES_BY_OUTCOME
+from cache.core.stampede import backoff_delays
 from db import (
     Claim,
     ClaimLost,

@@ -1,6 +1,6 @@
 """This process's cache, built once per process (in each gunicorn worker, after the fork) by `init_cache`.
-The public API over it is in cache/__init__.py; what its listener hears is applied in cache/coherence.py,
-its background chores run in cache/maintenance.py; when it trusts L1 and Redis is in cache/trust.py.
+The public API over it is in cache/__init__.py; what its listener hears is applied in cache/coherence/apply.py,
+its background chores run in cache/changelog/maintenance.py; when it trusts L1 and Redis is in cache/core/trust.py.
 """
 
 from __future__ import annotations
@@ -12,21 +12,22 @@ from typing import Any
 import redis
 from redis import Redis
 
-from cache.bloom import BloomFilter
-from cache.breaker import CircuitBreaker
-from cache.coherence import Coherence
-from cache.entry import CacheEntry
-from cache.follower import ChangeFollower
-from cache.guard import Guard
-from cache.inspector import Inspector
-from cache.invalidation import CHANNEL, Listener, Watchdog, new_origin
-from cache.lock import FleetLock
-from cache.lru import LRUCache
-from cache.maintenance import Maintenance
-from cache.metrics import L1_ENTRIES, L1_FLUSHES, REDIS_CATCHING_UP
-from cache.redis_tier import RedisTier, connect, connect_cluster
-from cache.stampede import FillNotifier, jittered
-from cache.trust import L1Trust
+from cache.core.bloom import BloomFilter
+from cache.core.breaker import CircuitBreaker
+from cache.changelog.follower import ChangeFollower
+from cache.changelog.inspector import Inspector
+from cache.changelog.maintenance import Maintenance
+from cache.coherence.apply import Coherence
+from cache.coherence.listener import Listener, Watchdog
+from cache.core.announce import CHANNEL, new_origin
+from cache.core.entry import CacheEntry
+from cache.core.guard import Guard
+from cache.core.metrics import L1_ENTRIES, L1_FLUSHES, REDIS_CATCHING_UP
+from cache.core.redis_tier import RedisTier, connect, connect_cluster
+from cache.core.stampede import FillNotifier, jittered
+from cache.core.lock import FleetLock
+from cache.core.lru import LRUCache
+from cache.core.trust import L1Trust
 from config import Config
 from db import ItemStore
 
@@ -125,7 +126,7 @@ class CacheProcess:
 
     def doubt_redis(self) -> None:
         """Redis may have missed writes (or lost them): read through to the database until the change
-        follower has applied the log up to where it stands once Redis answers (cache/trust.py). Only a
+        follower has applied the log up to where it stands once Redis answers (cache/core/trust.py). Only a
         process that follows the log (listening, with a database) can tell when that is."""
         if self.follower is None:
             return

@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 
 from cache.embedded import start_server
-from cache.embedded_share import SharedServer, file_for, join_or_start, leave
+from cache.embedded.share import SharedServer, file_for, join_or_start, leave
 from tests.support import Gunicorn, RedisServer, postgres_schema_url, wait_until
 
 TOKEN = "demo-token"
@@ -56,7 +56,7 @@ class Stack:
             self.redis_server = RedisServer()
             self.redis_server.start()
             self.redis_url = self.redis_server.url
-        else:  # the embedded server that default instances on this database would share (cache/embedded_share.py)
+        else:  # the embedded server that default instances on this database would share (cache/embedded/share.py)
             self.shared = join_or_start(file_for(self.database_url, self.tmp), start_server)
             self.redis_url = self.shared.url
         first, second = self.launch({}, {})

@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app
 from flask.typing import ResponseReturnValue
 
-from cache import state, warm
+from cache import state
+from cache.changelog import warm
 from routes.auth import require_token
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")

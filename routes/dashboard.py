@@ -18,7 +18,7 @@ from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 
 import cache
-from cache.redis_tier import info_summary
+from cache.core.redis_tier import info_summary
 from config import Config
 from routes.auth import require_metrics_token
 

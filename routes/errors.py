@@ -7,7 +7,7 @@ import logging
 from flask import Flask, Response, current_app, json
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
-from cache.warm import CacheUnavailable, WarmInProgress
+from cache.changelog.warm import CacheUnavailable, WarmInProgress
 from db import CommitOutcomeUnknown, ConnectionsRefused, DatabaseUnavailable, DeadlineExceeded, MalformedItem
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Response, request, url_for
 
-from cache.entry import make_etag
+from cache.core.entry import make_etag
 from db import KeyBusy, KeyReused, StoredResponse
 from routes.errors import ApiError, error_response
 

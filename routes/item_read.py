@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from flask import Response
 
-from cache.entry import CacheEntry
+from cache.core.entry import CacheEntry
 from config import Config
 from routes.errors import SECURITY_HEADERS
 from routes.http_headers import cache_status, item_cache_control

@@ -8,7 +8,7 @@ import secrets
 from flask import Blueprint, Response, current_app, g, request, url_for
 
 from cache import aside, idempotent
-from cache.entry import CacheEntry, make_etag
+from cache.core.entry import CacheEntry, make_etag
 from db import Deadline, ItemStore, KeyBusy, KeyedCreate, KeyReused, NotFound, PreconditionFailed, Replay
 from routes import idempotency
 from routes.auth import require_token

@@ -13,8 +13,8 @@ from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
 
 import cache
-from cache.metrics import TIERS
-from cache.redis_tier import info_summary
+from cache.core.metrics import TIERS
+from cache.core.redis_tier import info_summary
 from routes.auth import require_metrics_token
 
 bp = Blueprint("metrics", __name__, url_prefix="/metrics")

@@ -64,7 +64,7 @@ def entity_tags(value: str) -> list[tuple[bool, str]]:
 
 
 def _version(item_id: str, opaque: str) -> int | None:
-    """The version a strong ETag of this service names for `item_id` (see cache.entry.make_etag), or None."""
+    """The version a strong ETag of this service names for `item_id` (see cache.core.entry.make_etag), or None."""
     tag_id, _, version = opaque.rpartition(".")
     if tag_id != item_id or not version.isascii() or not version.isdigit() or len(version) > 18:
         return None

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from cache.core.bloom import BloomFilter, positions, size_for
+from cache.core.breaker import CircuitBreaker
 
-from cache.bloom import BloomFilter, positions, size_for
-from cache.breaker import CircuitBreaker
-from cache.guard import Guard
-from cache.redis_tier import connect
+from cache.core.guard import Guard
+from cache.core.redis_tier import connect
 from tests.support import free_port
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 
 import redis
+from cache.core.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 import cache
 from cache import CacheEntry, SetOutcome, cache_get, cache_key, cache_set
-from cache.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from cache.guard import REDIS_DOWN, Guard
-from cache.metrics import CIRCUIT_OPEN, REDIS_ERRORS
-from cache.redis_tier import connect
+from cache.core.guard import REDIS_DOWN, Guard
+from cache.core.metrics import CIRCUIT_OPEN, REDIS_ERRORS
+from cache.core.redis_tier import connect
 from config import load_config
 from tests.support import FakeClock, RedisServer, timing_out, wait_until
 
@@ -94,7 +94,7 @@ def test_a_call_past_an_open_breaker_changes_nothing_unless_it_is_the_probe(capl
     assert guard.even_if_open("set", "k", lambda: "OK") == "OK"  # tried, and Redis answered...
     assert breaker.state == OPEN and guard("get", "k", lambda: "hit") is REDIS_DOWN  # ...but one answer proves little
     caplog.clear()
-    with caplog.at_level(logging.DEBUG, logger="cache.guard"):
+    with caplog.at_level(logging.DEBUG, logger="cache.core.guard"):
         assert guard.even_if_open("set", "k", timing_out) is REDIS_DOWN
     assert [r.levelno for r in caplog.records] == [logging.DEBUG]  # the breaker's opening was the warning
     assert breaker.state == OPEN and breaker.opened_at == 0.0  # a failure does not stretch the cooldown

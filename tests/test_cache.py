@@ -7,8 +7,8 @@ import redis
 
 import cache
 from cache import MISS, CacheEntry, SetOutcome, cache_delete, cache_get, cache_key, cache_set
-from cache.metrics import REDIS_ERRORS
-from cache.redis_tier import connect
+from cache.core.metrics import REDIS_ERRORS
+from cache.core.redis_tier import connect
 from config import load_config
 from tests.support import free_port, open_breaker, timing_out
 

@@ -9,8 +9,9 @@ import string
 import pytest
 
 import cache
-from cache import CacheEntry, cache_get, cache_key, cache_set, codec
-from cache.metrics import COMPRESSION_SAVED, DECODE_ERRORS
+from cache import CacheEntry, cache_get, cache_key, cache_set
+from cache.core import codec
+from cache.core.metrics import COMPRESSION_SAVED, DECODE_ERRORS
 from config import load_config
 
 

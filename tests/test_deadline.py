@@ -7,10 +7,10 @@ import json
 import time
 
 import pytest
+from cache.core.lock import FleetLock
 
 import cache
 from cache import aside
-from cache.lock import FleetLock
 from config import ConfigError, load_config
 from db import UNCONDITIONAL, Deadline, DeadlineExceeded
 from tests.support import FakeClock, sql_connection

@@ -1,4 +1,4 @@
-"""Default instances share one embedded Redis through a file beside the database (cache/embedded_share.py)."""
+"""Default instances share one embedded Redis through a file beside the database (cache/embedded/share.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from cache.embedded import start_server
-from cache.embedded_share import SERVICE, EmbeddedConflict, _running, file_for, join_or_start, leave
+from cache.embedded.share import SERVICE, EmbeddedConflict, _running, file_for, join_or_start, leave
 from tests.embedded_access import NOBODY, connect_as, tcp_listeners
 from tests.support import wait_until
 

@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 from werkzeug.test import Client, TestResponse
 
 import cache
-from cache.metrics import L1_ENTRIES
+from cache.core.metrics import L1_ENTRIES
 from config import Config
 from logs import REQUEST_FIELDS
 from routes.fast_path import FastPath

@@ -8,15 +8,15 @@ import time
 
 import pytest
 import redis
+from cache.core.breaker import OPEN
 
 import cache
-from cache import follower as follower_module
-from cache import inspector as inspector_module
-from cache.breaker import OPEN
-from cache.follower import ChangeFollower
-from cache.inspector import Inspector
-from cache.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, INSPECTOR_CHECKED, INSPECTOR_STALE
-from cache.warm import CacheUnavailable
+from cache.changelog import follower as follower_module
+from cache.changelog import inspector as inspector_module
+from cache.changelog.follower import ChangeFollower
+from cache.changelog.inspector import Inspector
+from cache.changelog.warm import CacheUnavailable
+from cache.core.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, INSPECTOR_CHECKED, INSPECTOR_STALE
 from tests.support import FakeClock, open_breaker, sql_connection, wait_until
 
 JSON_HEADERS = {"Content-Type": "application/json"}

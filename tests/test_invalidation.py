@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import pytest
 import redis
+from cache.core.breaker import CircuitBreaker
 
 import cache
 from cache import CacheEntry, SetOutcome, cache_get, cache_key, cache_set
-from cache.breaker import CircuitBreaker
-from cache.guard import Guard
-from cache.invalidation import ConnectionSilent, Listener, Watchdog, decode_message, encode_message
-from cache.metrics import INVALIDATION_LAG, INVALIDATIONS, L1_FLUSHES
-from cache.redis_tier import RedisTier
+from cache.coherence.listener import ConnectionSilent, Listener, Watchdog
+from cache.core.announce import decode_message, encode_message
+from cache.core.guard import Guard
+from cache.core.metrics import INVALIDATION_LAG, INVALIDATIONS, L1_FLUSHES
+from cache.core.redis_tier import RedisTier
 from config import load_config
 from tests.support import FakeClock, wait_until
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from cache.core.breaker import CircuitBreaker
+from cache.core.lock import HELD_BY_OTHER, Acquired, FleetLock, Lease
 
-from cache.breaker import CircuitBreaker
-from cache.guard import REDIS_DOWN, Guard
-from cache.lock import HELD_BY_OTHER, Acquired, FleetLock, Lease
-from cache.redis_tier import connect
+from cache.core.guard import REDIS_DOWN, Guard
+from cache.core.redis_tier import connect
 from tests.support import free_port, wait_until
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from cache.lru import SLOT_BYTES, LRUCache
+from cache.core.lru import SLOT_BYTES, LRUCache
+
 from tests.support import FakeClock
 
 

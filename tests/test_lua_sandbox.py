@@ -1,5 +1,5 @@
 """Scripts run by fakeredis (the embedded Redis, in-process or its server) cannot reach Python or the host
-(cache/lua_sandbox.py); the server's side is in tests/test_embedded_share.py."""
+(cache/embedded/lua_sandbox.py); the server's side is in tests/test_embedded_share.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import redis
 from fakeredis.commands_mixins import scripting_mixin
 
-from cache import embedded, lua_sandbox
+from cache import embedded
+from cache.embedded import lua_sandbox
 from tests.test_embedded_share import hostile_scripts
 
 
@@ -38,7 +39,7 @@ def test_what_scripts_may_use_still_works():
 
 
 def test_fakeredis_still_builds_its_lua_through_the_name_the_sandbox_replaces(monkeypatch):
-    """If this fails, fakeredis changed how it builds its Lua runtimes: cache/lua_sandbox.py must follow."""
+    """If this fails, fakeredis changed how it builds its Lua runtimes: cache/embedded/lua_sandbox.py must follow."""
     lua_sandbox.install()
     assert isinstance(scripting_mixin.LUA_MODULE, lua_sandbox._SandboxedLupa)
     monkeypatch.setattr(scripting_mixin, "LUA_MODULE", scripting_mixin.LUA_MODULE.module)

@@ -10,14 +10,14 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from cache.core.breaker import CircuitBreaker
+from cache.core.lock import FleetLock, Lease
 
-from cache.breaker import CircuitBreaker
-from cache.entry import CacheEntry
-from cache.eviction import POLICIES_WARNED, policy_warning
-from cache.guard import REFUSAL_LOG_INTERVAL, Guard, Refusals
-from cache.lock import FleetLock, Lease
-from cache.metrics import REDIS_REFUSALS
-from cache.redis_tier import RedisTier, SetOutcome
+from cache.changelog.eviction import POLICIES_WARNED, policy_warning
+from cache.core.entry import CacheEntry
+from cache.core.guard import REFUSAL_LOG_INTERVAL, Guard, Refusals
+from cache.core.metrics import REDIS_REFUSALS
+from cache.core.redis_tier import RedisTier, SetOutcome
 from tests.integration.maxmemory import fill
 from tests.support import FakeClock, RedisServer, free_port, redis_server_available, wait_until
 
@@ -113,7 +113,7 @@ def test_refusals_are_each_counted_and_logged_at_most_once_an_interval(caplog):
     clock = FakeClock()
     refusals = Refusals(timer=clock)
     before = REDIS_REFUSALS.labels("set")._value.get()
-    with caplog.at_level(logging.DEBUG, logger="cache.guard"):
+    with caplog.at_level(logging.DEBUG, logger="cache.core.guard"):
         for _ in range(500):
             refusals.refused("set", "item:x", "OOM command not allowed")
         clock.tick(REFUSAL_LOG_INTERVAL)

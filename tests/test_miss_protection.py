@@ -6,11 +6,12 @@ import json
 import threading
 
 import pytest
+from cache.core.lock import Acquired
 
 import cache
-from cache import CacheEntry, warm
-from cache.lock import Acquired
-from cache.metrics import DB_LOADS, REQUESTS_BY_TIER, STAMPEDE_WAITS
+from cache import CacheEntry
+from cache.changelog import warm
+from cache.core.metrics import DB_LOADS, REQUESTS_BY_TIER, STAMPEDE_WAITS
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -252,7 +253,7 @@ def test_a_warm_while_another_runs_answers_409(make_app):
 
 def test_a_failed_early_refresh_serves_the_cached_copy(make_app, monkeypatch):
     from cache import aside
-    from cache.metrics import REFRESH_FAILURES
+    from cache.core.metrics import REFRESH_FAILURES
     from db import DatabaseUnavailable
 
     app = make_app(CACHE_L1_MAX_ITEMS="0")

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from cache.stampede import FillNotifier, SingleFlight, backoff_delays, jittered, should_refresh
+from cache.core.stampede import FillNotifier, SingleFlight, backoff_delays, jittered, should_refresh
 from tests.support import wait_until
 
 

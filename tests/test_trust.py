@@ -1,4 +1,4 @@
-"""When Redis is trusted again after a doubt (cache/trust.py), and what a doubted process serves meanwhile:
+"""When Redis is trusted again after a doubt (cache/core/trust.py), and what a doubted process serves meanwhile:
 the rule alone with a fake clock, then a process over a real store and its change follower, driven a pass
 at a time (no threads). Several processes and real outages: tests/integration/test_monotonic_reads.py."""
 
@@ -9,13 +9,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from cache.core.trust import CATCH_UP_LIMIT, L1Trust
 
 import cache
 from cache import CacheEntry, SetOutcome, aside
-from cache.follower import ChangeFollower
-from cache.maintenance import Maintenance
-from cache.metrics import REDIS_CATCH_UPS
-from cache.trust import CATCH_UP_LIMIT, L1Trust
+from cache.changelog.follower import ChangeFollower
+from cache.changelog.maintenance import Maintenance
+from cache.core.metrics import REDIS_CATCH_UPS
 from tests.support import FakeClock, sql_connection, wait_until
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -209,7 +209,7 @@ def read(client, path):
 
 def test_a_follower_that_finds_redis_restored_from_an_old_snapshot_applies_the_log_again_from_it(doubting, monkeypatch):
     client, s, chores, sql = doubting
-    monkeypatch.setattr("cache.follower.REWIND_SECONDS", 0)  # the snapshot is older than the usual rewind
+    monkeypatch.setattr("cache.changelog.follower.REWIND_SECONDS", 0)  # the snapshot is older than the usual rewind
     client.put("/items/e", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
     s.follower.run_once()
     snapshot_position = s.redis.applied_position(s.follower.applied_key)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cache.invalidation import Watchdog
+from cache.coherence.listener import Watchdog
 from tests.integration.faults import FaultRun
 from tests.integration.fleet import recovered
 from tests.pg_proxy import PgProxy

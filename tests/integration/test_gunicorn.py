@@ -177,7 +177,7 @@ def test_every_log_line_is_json_and_a_request_id_reaches_the_access_line(tmp_pat
 def test_two_default_instances_on_one_database_share_one_embedded_redis_and_leave_nothing_behind(tmp_path):
     """`PORT=8001 gunicorn app:app` and `PORT=8002 gunicorn app:app` (no REDIS_URL, one SQLite file): a
     write on either is read on the other, the starter may go first, and the last one out stops the server."""
-    from cache.embedded_share import _running
+    from cache.embedded.share import _running
 
     env = {"REDIS_URL": "", "DATABASE_URL": f"sqlite:///{tmp_path / 'items.sqlite3'}"}
     shared = tmp_path / "items.sqlite3.redis"

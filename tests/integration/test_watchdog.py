@@ -6,8 +6,8 @@ import time
 
 import cache
 from cache import CacheEntry, SetOutcome, cache_get, cache_key, cache_set
-from cache.metrics import L1_FLUSHES
-from cache.redis_tier import connect
+from cache.core.metrics import L1_FLUSHES
+from cache.core.redis_tier import connect
 from config import load_config
 from tests.support import RedisServer, TcpProxy, wait_until
 

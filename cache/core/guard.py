@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import redis
 
-from cache.breaker import CircuitBreaker
-from cache.metrics import REDIS_ERRORS, REDIS_REFUSALS
+from cache.core.breaker import CircuitBreaker
+from cache.core.metrics import REDIS_ERRORS, REDIS_REFUSALS
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from cache.metrics import CIRCUIT_OPEN
+from cache.core.metrics import CIRCUIT_OPEN
 
 logger = logging.getLogger(__name__)
 

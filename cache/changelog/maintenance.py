@@ -1,14 +1,14 @@
 """A listening process's chores, on a thread of their own: never a request's (a request must not pay for
 another's catch-up), never the listener's (a database call can take DATABASE_TIMEOUT, far past its pong
 deadline). While the listener is subscribed, each pass:
-- after a doubt about Redis (cache/trust.py), reads the change log's head from the database once Redis
+- after a doubt about Redis (cache/core/trust.py), reads the change log's head from the database once Redis
   answers, and trusts Redis again when the change follower announces the log applied up to it;
 - disables a Bloom filter that missed an add;
 and, while Redis is trusted too:
 - has a Bloom filter built when it finds none (first start, flushed, disabled), every 30 s at most.
 
 Writes Redis missed are not replayed from here: they are in the database's change log, which the follower
-applies for every process's writes, its own included, and whoever made them (cache/follower.py).
+applies for every process's writes, its own included, and whoever made them (cache/changelog/follower.py).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from cache import warm
-from cache.background import Background
-from cache.follower import applied_key
-from cache.guard import RedisDown
-from cache.metrics import REDIS_CATCH_UPS, REDIS_CATCHING_UP
+from cache.changelog import warm
+from cache.changelog.follower import applied_key
+from cache.core.background import Background
+from cache.core.guard import RedisDown
+from cache.core.metrics import REDIS_CATCH_UPS, REDIS_CATCHING_UP
 from db import DatabaseUnavailable
 
 if TYPE_CHECKING:

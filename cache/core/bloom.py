@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import redis
 
-from cache.guard import Guard, RedisDown
+from cache.core.guard import Guard, RedisDown
 
 logger = logging.getLogger(__name__)
 

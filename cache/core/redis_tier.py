@@ -1,5 +1,5 @@
 """The L2 tier: versioned entries in Redis hashes, written only forward in version by one Lua script that
-also announces the write to every process (pub/sub). Every call goes through the guard (cache/guard.py).
+also announces the write to every process (pub/sub). Every call goes through the guard (cache/core/guard.py).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cache import codec
-from cache.entry import MISS, CacheEntry, _Miss, make_etag
-from cache.guard import REDIS_DOWN, Guard, RedisDown
-from cache.invalidation import UNVERSIONED, encode_message
-from cache.lock import HELD_BY_OTHER, Acquired, FleetLock, HeldByOther, release_lua, take_lua
-from cache.metrics import DECODE_ERRORS
+from cache.core import codec
+from cache.core.announce import UNVERSIONED, encode_message
+from cache.core.entry import MISS, CacheEntry, _Miss, make_etag
+from cache.core.guard import REDIS_DOWN, Guard, RedisDown
+from cache.core.metrics import DECODE_ERRORS
+from cache.core.lock import HELD_BY_OTHER, Acquired, FleetLock, HeldByOther, release_lua, take_lua
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zlib
 
-from cache.metrics import COMPRESSION_SAVED
+from cache.core.metrics import COMPRESSION_SAVED
 
 COMPRESSED = b"\x01"
 JSON_OBJECT = b"{"

@@ -3,7 +3,7 @@
 Redis's copies: writes made while Redis was away (down, frozen, restarted empty, failed over) reached
 only the database, so after any doubt (a failed Redis call, a lost listener) Redis may serve versions
 older than this process has served from the database. It is trusted again once the change follower has
-applied the database's change log (cache/follower.py) up to where the log stood after Redis answered
+applied the database's change log (cache/changelog/follower.py) up to where the log stood after Redis answered
 again: every change committed before then has then reached Redis as a floor or a tombstone. Until then
 reads go to the database (cache/aside.py), and their fills, version-guarded, only move Redis forward.
 """

@@ -2,8 +2,8 @@
 follower's lease (one per fleet), when it first takes it.
 
 Safe: `noeviction`. At maxmemory Redis refuses writes, and the cache handles a refused write: the older copy
-becomes a floor and the write is announced (cache/redis_tier.py SET_IF_NEWER), leases and the follower's
-position are still written (cache/lock.py TAKE_LEASE). Every other policy may evict a tombstone or a floor
+becomes a floor and the write is announced (cache/core/redis_tier.py SET_IF_NEWER), leases and the follower's
+position are still written (cache/core/lock.py TAKE_LEASE). Every other policy may evict a tombstone or a floor
 while a reader that loaded the older row is still filling: the stale-set race is open again for that key.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from cache.guard import RedisDown
-from cache.redis_tier import RedisTier
+from cache.core.guard import RedisDown
+from cache.core.redis_tier import RedisTier
 
 logger = logging.getLogger(__name__)
 

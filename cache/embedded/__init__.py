@@ -1,7 +1,7 @@
 """The embedded Redis used when REDIS_URL is unset: fakeredis, for a demo or a laptop, never production.
 
 Under gunicorn (and `python app.py`), every worker of every default instance on this machine must see the
-SAME data, so the master finds or starts `python -m cache.embedded` (a fakeredis server; cache/embedded_share.py
+SAME data, so the master finds or starts `python -m cache.embedded` (a fakeredis server; cache/embedded/share.py
 says how instances share it) before forking and hands its URL to the workers through REDIS_URL. It runs in a
 process of its own rather than a thread of the master: threads in a process that forks can leave locks held
 in the children. In-process (`client()`): tests and tools.
@@ -9,7 +9,7 @@ in the children. In-process (`client()`): tests and tools.
 Who may talk to it: the server listens on a unix socket (0600) in a fresh 0700 directory of its own, never
 on TCP, so only processes of the service's user can connect; the kernel checks that, where a password
 would rely on fakeredis, which accepts every command before AUTH. Scripts run sandboxed, in the server and
-in `client()` alike (cache/lua_sandbox.py).
+in `client()` alike (cache/embedded/lua_sandbox.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 import fakeredis
 import redis
 
-from cache import lua_sandbox
+from cache.embedded import lua_sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def client() -> redis.Redis:
 
 def start_server(own_file: Path, shared_file: Path) -> tuple[str, str, int]:
     """Start the server in a process of its own (socket path, token, pid). It lives while any process holds a
-    shared lock on `own_file` (the file that becomes `shared_file`: cache/embedded_share.py), not with us."""
+    shared lock on `own_file` (the file that becomes `shared_file`: cache/embedded/share.py), not with us."""
     # It has no metrics to report: without the directory it writes no metric files, whose live gauges
     # (0 for "listener subscribed") would otherwise count as a worker's.
     env = {name: value for name, value in os.environ.items() if name != "PROMETHEUS_MULTIPROC_DIR"}
@@ -66,7 +66,7 @@ def start_server(own_file: Path, shared_file: Path) -> tuple[str, str, int]:
         [sys.executable, "-m", "cache.embedded", str(own_file), str(shared_file)],
         stdout=subprocess.PIPE,
         env=env,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=Path(__file__).resolve().parents[2],  # the project's folder: where `cache` is found
         start_new_session=True,  # Ctrl-C on the instance that started it must not stop it for the others
     )
     assert proc.stdout is not None
@@ -102,11 +102,11 @@ def listen(directory: str) -> UnixFakeServer:
     return server
 
 
-def _serve(own_file: str, shared_file: str) -> None:
+def serve(own_file: str, shared_file: str) -> None:
     """Serve until nobody holds a shared lock on our file (or SIGTERM); remove the file if it is still ours."""
     import fcntl  # here: the in-process client() must import on any platform
 
-    from cache.embedded_share import MARKER_KEY, POLL_SECONDS
+    from cache.embedded.share import MARKER_KEY, POLL_SECONDS
 
     fd = os.open(own_file, os.O_RDONLY)  # our own open file: its exclusive lock conflicts with every user's
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -148,7 +148,3 @@ def _remove(directory: str, fd: int, shared_file: str) -> None:
         named = False
     if not named:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    _serve(sys.argv[1], sys.argv[2])

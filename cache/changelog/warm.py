@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cache.entry import CacheEntry
-from cache.guard import REDIS_ERRORS_CAUGHT, RedisDown
-from cache.invalidation import FLUSH_ALL, encode_message
-from cache.lock import Acquired, HeldByOther
-from cache.stampede import jittered
+from cache.core.announce import FLUSH_ALL, encode_message
+from cache.core.entry import CacheEntry
+from cache.core.guard import REDIS_ERRORS_CAUGHT, RedisDown
+from cache.core.stampede import jittered
+from cache.core.lock import Acquired, HeldByOther
 from db import Item, ItemStore
 
 if TYPE_CHECKING:

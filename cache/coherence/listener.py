@@ -1,8 +1,7 @@
 """The pub/sub listener: one thread per process that hears other processes' writes and hands them to
-its `ListenerEvents` (cache/coherence.py applies them to L1).
+its `ListenerEvents` (cache/coherence/apply.py applies them to L1).
 
-Messages are published by the Redis write script itself (atomically with the write), as JSON:
-{"k": key, "v": version, "o": origin id of the sender, "t": sender's wall-clock time}.
+What it hears is an announcement (cache/core/announce.py), published by the Redis write scripts.
 
 Pub/sub is at-most-once, so the listener reports every doubt: until it is subscribed (and again whenever
 its connection fails) it says the connection is lost; and it PINGs on the subscribed connection, treating
@@ -11,11 +10,7 @@ a missing pong as a dead connection, since a half-open TCP connection is otherwi
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import secrets
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,33 +18,14 @@ from typing import Any, Protocol
 
 import redis
 
-from cache.background import Background
-from cache.guard import REDIS_ERRORS_CAUGHT
-from cache.metrics import LISTENER_SUBSCRIBED
+from cache.core.announce import Invalidation, decode_message
+from cache.core.background import Background
+from cache.core.guard import REDIS_ERRORS_CAUGHT
+from cache.core.metrics import LISTENER_SUBSCRIBED
 
 logger = logging.getLogger(__name__)
 
-CHANNEL = "cache-invalidate"
-FLUSH_ALL = "*"  # the key of a message that tells every process to flush its whole L1
-UNVERSIONED = -1  # the version of a message that drops a key whatever version a process holds
 RECONNECT_MIN, RECONNECT_MAX = 0.05, 0.5  # seconds between attempts: fast first, then twice a second
-
-
-def new_origin() -> str:
-    """An id for this process's messages, so it can recognise (and ignore) its own."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def encode_message(key: str, version: int, origin: str) -> bytes:
-    return json.dumps({"k": key, "v": version, "o": origin, "t": time.time()}, separators=(",", ":")).encode()
-
-
-@dataclass(frozen=True, slots=True)
-class Invalidation:
-    key: str
-    version: int
-    origin: str
-    sent_at: float  # the sender's wall clock
 
 
 class ListenerEvents(Protocol):
@@ -145,16 +121,6 @@ class Listener(Background):
             parsed = decode_message(message["data"])
             if parsed is not None:
                 self.events.on_message(parsed)
-
-
-def decode_message(data: bytes) -> Invalidation | None:
-    """The message, or None (logged) when it is malformed."""
-    try:
-        payload = json.loads(data)
-        return Invalidation(str(payload["k"]), int(payload["v"]), str(payload["o"]), float(payload["t"]))
-    except (ValueError, KeyError, TypeError):
-        logger.warning("ignored a malformed invalidation message (%d bytes)", len(data))
-        return None
 
 
 def _close_quietly(pubsub: Any) -> None:

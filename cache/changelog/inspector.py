@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cache.background import Background
-from cache.guard import RedisDown
-from cache.lock import Lease
-from cache.metrics import INSPECTOR_CHECKED, INSPECTOR_STALE
+from cache.core.background import Background
+from cache.core.guard import RedisDown
+from cache.core.metrics import INSPECTOR_CHECKED, INSPECTOR_STALE
+from cache.core.lock import Lease
 from db import DatabaseUnavailable, ItemStore
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """What the invalidation listener hears, applied to this process's L1: the one place that happens.
 
 A (re)subscribe flushes L1 (messages may have been lost while away) and trusts it again once Redis has
-caught up with the change log (cache/trust.py); a lost connection stops trusting L1 and Redis; a message
+caught up with the change log (cache/core/trust.py); a lost connection stops trusting L1 and Redis; a message
 drops the copy it makes stale (leaving a floor, so no slower reader puts the older version back) and wakes
 any reader here waiting for that key's fill.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from cache.invalidation import FLUSH_ALL, UNVERSIONED, Invalidation
-from cache.metrics import INVALIDATION_LAG, INVALIDATIONS
+from cache.core.announce import FLUSH_ALL, UNVERSIONED, Invalidation
+from cache.core.metrics import INVALIDATION_LAG, INVALIDATIONS
 
 if TYPE_CHECKING:
     from cache.process import CacheProcess

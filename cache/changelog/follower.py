@@ -14,7 +14,7 @@ instance was down. PostgreSQL wakes it within milliseconds (LISTEN/NOTIFY); SQLi
 
 After each pass that reached the end of the log it announces in Redis how far the log is applied there
 (`applied_key`): a process that doubted Redis waits for that to pass the log's head before trusting Redis
-again (cache/trust.py). Redis that lost writes (restarted empty, or failed over to a replica that had not
+again (cache/core/trust.py). Redis that lost writes (restarted empty, or failed over to a replica that had not
 received them) is found out by that announcement going missing or backwards, and by this follower's own
 calls failing or its lease lapsing; each time the follower rewinds REWIND_SECONDS into the log and applies
 it again, so no copy older than a recent change can come back (a fill read before the change, a write
@@ -28,13 +28,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from cache import eviction, warm
-from cache.background import Background
-from cache.entry import CacheEntry
-from cache.guard import RedisDown
-from cache.lock import Lease
-from cache.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, CHANGELOG_LAG
-from cache.stampede import jittered
+from cache.changelog import eviction, warm
+from cache.core.background import Background
+from cache.core.entry import CacheEntry
+from cache.core.guard import RedisDown
+from cache.core.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, CHANGELOG_LAG
+from cache.core.stampede import jittered
+from cache.core.lock import Lease
 from db import KEY_LIFETIME, DatabaseUnavailable, ItemStore
 from db.changes import Change, ChangeCursor
 
@@ -81,7 +81,9 @@ class ChangeFollower(Background):
         self.rewind_due = False  # Redis may have lost or missed writes: apply the recent log again
         self.rewind_to = -1  # ... from at most here too: the position a Redis restored from a snapshot held
         self.caught_up_at = timer()
-        self.policy_checked = False  # Redis's maxmemory-policy, said once by the first holder (cache/eviction.py)
+        self.policy_checked = (
+            False  # Redis's maxmemory-policy, said once by the first holder (cache/changelog/eviction.py)
+        )
         self._next_purge = self._next_save = self._quiet_until = float("-inf")
         self._saved: ChangeCursor | None = None
 

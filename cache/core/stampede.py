@@ -1,5 +1,5 @@
 """Miss protection in one process: one load per key (single-flight), readers woken by another process's
-fill, TTL jitter, and probabilistic early refresh of hot keys (XFetch). The fleet-wide lock: cache/lock.py.
+fill, TTL jitter, and probabilistic early refresh of hot keys (XFetch). The fleet-wide lock: cache/core/lock.py.
 """
 
 from __future__ import annotations

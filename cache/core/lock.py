@@ -2,7 +2,7 @@
 
 `SET key token NX PX ttl`; released and renewed only by compare-and-act on the token, so a holder whose
 lock expired never frees or extends someone else's. A crashed holder's lock frees itself after its TTL.
-The Lua below is the protocol's one definition: the miss path's scripts (cache/redis_tier.py) embed the
+The Lua below is the protocol's one definition: the miss path's scripts (cache/core/redis_tier.py) embed the
 same snippets to look-and-lock or fill-and-release in one step.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import redis
 
-from cache.guard import REDIS_DOWN, Guard, PastBreaker, RedisDown
+from cache.core.guard import REDIS_DOWN, Guard, PastBreaker, RedisDown
 
 
 def take_lua(key: str, token: str, ttl_ms: str) -> str:
