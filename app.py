@@ -15,25 +15,30 @@ if __name__ == "__main__" or "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         metrics_dir.prepare(_settings.metrics_dir)  # `python app.py`; under gunicorn, on_starting does it
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
+import redis
 from flask import Flask
 from flask.cli import with_appcontext
 
-import cache
 import logs
 import routes
+from cache import service
 from cache.changelog import warm
+from cache.core.item_cache import ItemCache
 from config import ConfigError, load_config
 from db import DatabaseUnavailable, ItemStore, open_store
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
-    """Build the app from the environment, with `overrides` (same names as the variables) on top."""
+def create_app(
+    overrides: Mapping[str, str] | None = None, wrap_store: Callable[[ItemStore], ItemStore] | None = None
+) -> Flask:
+    """Build the app from the environment, with `overrides` (same names as the variables) on top;
+    `wrap_store` wraps the database the cache loads from (the demo's slow database: demo/slow_app.py)."""
     config = load_config({**os.environ, **(overrides or {})})
     logs.configure(config.log_level, config.log_format)
     app = Flask(__name__)
@@ -46,13 +51,12 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     except DatabaseUnavailable as exc:  # keep serving cached reads; readiness reports the database
         logger.error("could not create the schema at start-up: %s", exc)
     app.extensions["item_store"] = store
-    # The store lists cache writes Redis missed (repaired by any process) and rebuilds the Bloom filter.
-    cache.init_cache(config, store=store)
+    # No REDIS_URL: the embedded Redis, in this process (gunicorn's instances share a server: gunicorn.conf.py).
+    client, bulk = (None, None) if config.redis_url else (_embedded_client(), _embedded_client())
+    item_cache = service.init_cache(config, client, wrap_store(store) if wrap_store else store, bulk)
+    app.extensions["item_cache"] = item_cache
     if config.warm_on_start:
-        _warm_on_start(store)
-    if config.demo_db_load_delay:
-        delay = config.demo_db_load_delay
-        logger.warning("DEMO_DB_LOAD_DELAY=%g: every database load of an item is slowed on purpose (demo only)", delay)
+        _warm_on_start(item_cache, store)
     if config.api_token is None:
         logger.warning("API_TOKEN is not set: anyone who can reach this service can write items")
 
@@ -62,9 +66,15 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     return app
 
 
-def _warm_on_start(store: ItemStore) -> None:
+def _embedded_client() -> redis.Redis:
+    from cache import embedded
+
+    return embedded.client()
+
+
+def _warm_on_start(item_cache: ItemCache, store: ItemStore) -> None:
     try:
-        warm.warm_in_background(cache.state(), store)
+        warm.warm_in_background(item_cache, store)
     except (warm.WarmInProgress, warm.CacheUnavailable) as exc:
         logger.info("warm on start skipped: %s", exc)
 
@@ -87,7 +97,7 @@ def warm_cache_command() -> None:
 
     from flask import current_app
 
-    store, process = current_app.extensions["item_store"], cache.state()
+    store, process = current_app.extensions["item_store"], current_app.extensions["item_cache"]
     try:
         hold = warm.take_lock(process)
         if sys.stderr.isatty():
@@ -119,7 +129,7 @@ def __getattr__(name: str) -> Any:
 if __name__ == "__main__":
     from cache.embedded.share import leave, use_shared
 
-    cache.enable_listener()  # one process, no fork: its listener starts with the cache
+    service.enable_listener()  # one process, no fork: its listener starts with the cache
     # No REDIS_URL: the embedded Redis that `gunicorn app:app` instances on this database use too.
     shared = use_shared(_settings.database_url) if _settings.redis_url is None else None
     try:

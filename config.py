@@ -65,7 +65,6 @@ class Config:
     request_timeout: float  # seconds a request may wait in all (database, locks, other loads) before it gives up
     idempotency_keys_max: int  # Idempotency-Key records kept, at most (the oldest claimed go first)
     fast_path: bool  # answer a plain GET /items/<id> that L1 holds before Flask's routing (routes/fast_path.py)
-    demo_db_load_delay: float  # seconds added to every item load from the database: demo and tests only (0: off)
 
     @property
     def fakeredis(self) -> bool:
@@ -309,5 +308,4 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
         fast_path=_bool(env, "FAST_PATH", default=True),
         # A slow database on purpose, so that `python -m demo` can show a stampede on SQLite (whose loads
         # take microseconds and never collide). Logged loudly at start-up; never set it in production.
-        demo_db_load_delay=_float(env, "DEMO_DB_LOAD_DELAY", 0.0, high=5, zero_ok=True),
     )

@@ -143,10 +143,10 @@ def _start_embedded_redis() -> None:
 def post_fork(server: Arbiter, worker: Worker) -> None:
     """In the new worker: ask for an invalidation listener thread. It starts when the app builds the cache
     (or right now if the app was preloaded); a PubSub or thread made in the master would be shared or lost."""
-    import cache
+    from cache import service
 
     _large_allocations_mapped()
-    cache.enable_listener()
+    service.enable_listener()
 
 
 def _large_allocations_mapped() -> None:

@@ -14,9 +14,9 @@ from collections import OrderedDict
 import cachetools
 import fakeredis
 
-import cache
 from bench.report import machine, publish
 from cache import CacheEntry, cache_get, cache_key, cache_set
+from cache import service as cache_service
 from config import load_config
 
 N = 200_000
@@ -27,7 +27,7 @@ def per_op_ns(statement, repeat: int = 7) -> float:
 
 
 def main() -> None:
-    cache.init_cache(load_config({"CACHE_BLOOM": "false"}), client=fakeredis.FakeRedis(protocol=2))
+    cache_service.init_cache(load_config({"CACHE_BLOOM": "false"}), client=fakeredis.FakeRedis(protocol=2))
     key = cache_key("hot")
     cache_set(key, CacheEntry.build("hot", 1, b'{"id":"hot"}'))
     assert cache_get(key)[1] == "lru"
@@ -46,7 +46,7 @@ def main() -> None:
         ("cachetools.TTLCache hit (no lock)", per_op_ns(lambda: ttl_cache[key])),
         ("cache_get L1 hit (lock, TTL check, trust check)", per_op_ns(lambda: cache_get(key))),
     ]
-    cache.reset()
+    cache_service.reset()
     reference = rows[1][1]
     lines = [
         "## Micro: an L1 hit in one process",

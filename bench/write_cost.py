@@ -24,9 +24,9 @@ import time
 import uuid
 from collections.abc import Callable
 
-import cache
 from app import create_app
 from bench.report import machine, update_section
+from cache import service as cache_service
 from db import UNCONDITIONAL, Deadline, IfVersionIn, KeyedCreate, open_store
 from db.base import ItemStore, WriteResult
 from tests.support import RedisServer, postgres_schema_url
@@ -156,7 +156,7 @@ def run(database_url: str, redis_url: str, rounds: int, writes: int) -> tuple[di
     baselines = {name: "POST" if name.startswith("POST") else "PUT (plain write)" for name in arms}
     http_results = measure(arms, rounds, writes, baselines)
     app.extensions["item_store"].close()
-    cache.reset()
+    cache_service.reset()
     return store_results, http_results
 
 

@@ -87,10 +87,11 @@ def coherence(stack: Stack, a: Gunicorn, b: Gunicorn) -> Outcome:
 
 def stampede(stack: Stack, a: Gunicorn, b: Gunicorn) -> Outcome:
     say("The database is made slow ON PURPOSE for this scene: two more instances start with")
-    say(f"DEMO_DB_LOAD_DELAY={SLOW_LOAD} (a demo/test-only setting: every item load from the database sleeps")
+    say(f"DEMO_DB_LOAD_DELAY={SLOW_LOAD} (demo/slow_app.py, the demo's own: every item load from the database sleeps")
     say(f"{SLOW_LOAD} s first), so that {COLD_READS} concurrent reads of one cold key really collide.")
     loads = {}
-    say(f"$ CACHE_STAMPEDE_PROTECTION=true|false DEMO_DB_LOAD_DELAY={SLOW_LOAD} gunicorn app:app   (two of each)")
+    say(f"$ CACHE_STAMPEDE_PROTECTION=true|false DEMO_DB_LOAD_DELAY={SLOW_LOAD} gunicorn demo.slow_app:app")
+    say("  (two of each)")
     on, off = (
         {"DEMO_DB_LOAD_DELAY": str(SLOW_LOAD)},
         {"DEMO_DB_LOAD_DELAY": str(SLOW_LOAD), "CACHE_STAMPEDE_PROTECTION": "false"},

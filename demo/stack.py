@@ -79,6 +79,9 @@ class Stack:
     def launch(self, *extras: dict[str, str]) -> list[Gunicorn]:
         """One instance (2 workers) per dict of `extras`: the stack's settings and those; started side by side."""
         group = [Gunicorn(self.env(**extra), workers=2) for extra in extras]
+        for server, extra in zip(group, extras, strict=True):
+            if "DEMO_DB_LOAD_DELAY" in extra:
+                server.app = "demo.slow_app:app"  # the service over a slowed database (demo only)
         self.instances += group
         for server in group:
             server.launch()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from flask import Blueprint, current_app
 from flask.typing import ResponseReturnValue
 
-from cache import state
 from cache.changelog import warm
 from routes.auth import require_token
 
@@ -21,11 +20,11 @@ def _authenticate() -> None:
 def warm_cache() -> ResponseReturnValue:
     """Start a warm in the background: 202; 409 while one is already running; 503 when Redis is down."""
     store = current_app.extensions["item_store"]
-    warm.warm_in_background(state(), store)
+    warm.warm_in_background(current_app.extensions["item_cache"], store)
     return {"status": "warming", "items": store.count()}, 202
 
 
 @bp.delete("/cache")
 def flush_cache() -> ResponseReturnValue:
     """Delete this service's cached items from Redis and empty every worker's L1."""
-    return {"status": "flushed", "redis_keys_deleted": warm.flush(state())}, 200
+    return {"status": "flushed", "redis_keys_deleted": warm.flush(current_app.extensions["item_cache"])}, 200

@@ -17,7 +17,6 @@ from flask import Blueprint, Response, current_app
 from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 
-import cache
 from cache.core.redis_tier import info_summary
 from config import Config
 from routes.auth import require_metrics_token
@@ -96,9 +95,9 @@ def status() -> ResponseReturnValue:
     "redis", still a 200."""
     require_metrics_token()
     config: Config = current_app.config["SERVICE_CONFIG"]
-    state = cache.state()
+    item_cache = current_app.extensions["item_cache"]
     redis = current_app.extensions["dashboard_redis_info"].get(
-        lambda: info_summary(state.redis, embedded=config.fakeredis)
+        lambda: info_summary(item_cache.redis, embedded=config.fakeredis)
     )
     return {
         "redis": redis,

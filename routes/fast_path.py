@@ -3,7 +3,7 @@
 An L1 hit does almost no work of its own; routing, the request object, hooks and middleware around it
 cost more than the hit. This WSGI wrapper, in front of Flask (`app.wsgi_app`), answers exactly one kind of
 request itself: a plain `GET /items/<id>` (a valid id, no query string, no body, no `If-None-Match`)
-whose item L1 holds, fresh and trusted (cache/aside.py `read_l1_hit`).
+whose item L1 holds, fresh and trusted (ItemCache.read_l1_hit).
 Its answer is the routed view's, built by the same function (routes/item_read.py), counted in the same
 tier counter and per-endpoint request metrics, logged in the same access line. Everything else (a miss, a
 404, a 304, HEAD, an odd path, a disabled or untrusted L1) goes to Flask untouched: the wrapper decides
@@ -22,7 +22,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.datastructures import EnvironHeaders
 
-from cache import aside
+from cache.core.item_cache import ItemCache
 from config import Config
 from routes.http_headers import cors_headers, log_request, new_request_id
 from routes.item_read import STATUS, STATUS_LINE, found_headers
@@ -72,8 +72,11 @@ def request_metrics(registry: RequestMetricsRegistry) -> RequestMetrics | None:
 class FastPath:
     """WSGI middleware: an L1 hit of a plain GET /items/<id> answered here, everything else by `app`."""
 
-    def __init__(self, app: WSGIApp, config: Config, metrics: RequestMetrics | None, cors_options: Any) -> None:
+    def __init__(
+        self, app: WSGIApp, item_cache: ItemCache, config: Config, metrics: RequestMetrics | None, cors_options: Any
+    ) -> None:
         self.app = app
+        self.item_cache = item_cache
         self.config = config
         self.metrics = metrics
         self.cors_options = cors_options  # flask-cors's, as http_headers resolved them; None: CORS off
@@ -86,7 +89,7 @@ class FastPath:
         match = self._plain_item_get(environ, path)
         if match is None:
             return self.app(environ, start_response)
-        entry = aside.read_l1_hit(match.group(1))
+        entry = self.item_cache.read_l1_hit(match.group(1))
         if entry is None or entry.body is None:
             return self.app(environ, start_response)
         request_id = new_request_id(environ.get("HTTP_X_REQUEST_ID", ""))
@@ -118,4 +121,6 @@ def install(app: Flask, config: Config) -> None:
         if metrics is None:  # it could not count what the view counts: answer nothing rather than differ
             logger.error("fast path off: prometheus-flask-exporter's request metrics were not found")
             return
-    app.wsgi_app = FastPath(app.wsgi_app, config, metrics, app.extensions.get("cors_options"))  # type: ignore[method-assign]
+    cors_options = app.extensions.get("cors_options")
+    fast = FastPath(app.wsgi_app, app.extensions["item_cache"], config, metrics, cors_options)
+    app.wsgi_app = fast  # type: ignore[method-assign]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
-import cache
 from db import DatabaseUnavailable, ItemStore
 
 bp = Blueprint("health", __name__, url_prefix="/health")
@@ -25,7 +24,7 @@ def ready() -> ResponseReturnValue:
         store.ping()
     except DatabaseUnavailable as exc:
         checks["database"] = f"unavailable: {exc}"
-    if not cache.state().redis.ping():
+    if not current_app.extensions["item_cache"].redis.ping():
         checks["redis"] = "unavailable"
     if checks["database"] != "ok":
         return jsonify(status="unavailable", checks=checks), 503

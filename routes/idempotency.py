@@ -1,19 +1,40 @@
-"""The Idempotency-Key header on POST /items (IETF httpapi draft): parsed, fingerprinted, and the HTTP
-answers for a key that is replayed, reused for another request, or still running."""
+"""Idempotent creates: the Idempotency-Key header on POST /items (IETF httpapi draft), parsed and
+fingerprinted; the key claimed in the database, the item written and the key's outcome recorded in one
+transaction; the HTTP answers for a key that is replayed, reused for another request, or still running."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+import time
 from typing import Any
 
-from flask import Response, request, url_for
+from flask import Response, current_app, request, url_for
 
 from cache.core.entry import make_etag
-from db import KeyBusy, KeyReused, StoredResponse
+from cache.core.item_cache import ItemCache, Written
+from cache.core.metrics import WRITES_BY_OUTCOME
+from cache.core.stampede import backoff_delays
+from db import (
+    Claim,
+    ClaimLost,
+    DatabaseUnavailable,
+    Deadline,
+    DeadlineExceeded,
+    ItemStore,
+    KeyBusy,
+    KeyedCreate,
+    KeyReused,
+    Precondition,
+    PreconditionFailed,
+    Replay,
+    StoredResponse,
+)
 from routes.errors import ApiError, error_response
 
+logger = logging.getLogger(__name__)
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
 # Printable ASCII, capped: keys are stored and indexed, and a UUID (the draft's example) is 36.
@@ -68,3 +89,55 @@ def key_reused(_: KeyReused) -> Response:
 def key_busy(_: KeyBusy) -> Response:
     message = f"a request with this {HEADER} is still running; retry shortly to get its answer"
     return error_response(409, "idempotency_key_in_use", message, {"Retry-After": "1"})
+
+
+KEY_BUSY_WAIT = 2.0  # seconds a duplicate waits for the first request with its key
+LEASE_MARGIN = 1.0  # a claim's request has ended REQUEST_TIMEOUT after it claimed; this covers the commit
+
+
+def create_once(
+    item_cache: ItemCache,
+    store: ItemStore,
+    create: KeyedCreate,
+    fields: dict[str, Any],
+    expect: Precondition,
+    deadline: Deadline,
+) -> Written | PreconditionFailed | Replay | KeyReused | KeyBusy:
+    """Write `create.item_id` once per key: the first request writes, its retries get Replay. A request
+    finding its key still running waits a little (KEY_BUSY_WAIT, never past its deadline) for the first to
+    finish, since a client's retry often races its own first attempt; then it is KeyBusy (409)."""
+    outcome = _claim(store, create, deadline)
+    if isinstance(outcome, Replay):
+        WRITES_BY_OUTCOME["replayed"].inc()
+    if not isinstance(outcome, Claim):
+        return outcome
+    claim = outcome
+    try:
+        result = item_cache.write_through(claim.item_id, lambda: store.upsert_claimed(claim, fields, expect, deadline))
+    except ClaimLost:
+        return KeyBusy(claim.item_id)  # our request outlived its lease and another took the key over
+    except BaseException:
+        _release(store, claim)
+        raise
+    if isinstance(result, PreconditionFailed):
+        _release(store, claim)  # nothing was written: a retry (say, with a fresh ETag) runs again
+    return result
+
+
+def _claim(store: ItemStore, create: KeyedCreate, deadline: Deadline) -> Claim | Replay | KeyReused | KeyBusy:
+    config = current_app.config["SERVICE_CONFIG"]
+    lease, max_keys = config.request_timeout + LEASE_MARGIN, config.idempotency_keys_max
+    outcome = store.claim_key(create, lease, deadline, max_keys)
+    for delay in backoff_delays(deadline.cap(KEY_BUSY_WAIT)):
+        if not isinstance(outcome, KeyBusy) or deadline.remaining() <= delay:
+            break
+        time.sleep(delay)
+        outcome = store.claim_key(create, lease, deadline, max_keys)
+    return outcome
+
+
+def _release(store: ItemStore, claim: Claim) -> None:
+    try:
+        store.release_key(claim)
+    except (DatabaseUnavailable, DeadlineExceeded) as exc:  # the lease frees it instead
+        logger.warning("could not release idempotency key claim for %s: %s", claim.item_id, exc)

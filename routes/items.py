@@ -1,4 +1,4 @@
-"""The items API. Views translate HTTP to the cache-aside flow in cache/aside.py and back."""
+"""The items API. Views translate HTTP to the cache-aside flow (cache/core/item_cache.py) and back."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import secrets
 
 from flask import Blueprint, Response, current_app, g, request, url_for
 
-from cache import aside, idempotent
 from cache.core.entry import CacheEntry, make_etag
+from cache.core.item_cache import ItemCache, Written
 from db import Deadline, ItemStore, KeyBusy, KeyedCreate, KeyReused, NotFound, PreconditionFailed, Replay
 from routes import idempotency
 from routes.auth import require_token
@@ -44,13 +44,18 @@ def _store() -> ItemStore:
     return store
 
 
+def _cache() -> ItemCache:
+    item_cache: ItemCache = current_app.extensions["item_cache"]
+    return item_cache
+
+
 def _item_response(entry: CacheEntry, status: int) -> Response:
     return Response(entry.body, status=status, headers={"ETag": entry.etag}, content_type=JSON)
 
 
 @bp.get("/<item_id>")
 def get_item(item_id: str) -> Response:
-    read = aside.read_item(_store(), check_id(item_id), _deadline())
+    read = _cache().read_item(check_id(item_id), _deadline())
     entry, tier = read.entry, read.tier
     if not entry.exists:
         return error_response(404, "not_found", f"no item with id {item_id!r}", {"X-Cache": tier})
@@ -84,9 +89,9 @@ def create_item() -> Response:
         return error_response(400, "invalid_id", "id must be a string (or left out, to have one made up)")
     expect = write_precondition(check_id(item_id))
     if key is None:
-        return _written(aside.write_item(_store(), item_id, body, expect, _deadline()))
+        return _written(_cache().write_item(item_id, body, expect, _deadline()))
     create = KeyedCreate(key, fingerprint, item_id)
-    match idempotent.create_once(_store(), create, body, expect, _deadline()):
+    match idempotency.create_once(_cache(), _store(), create, body, expect, _deadline()):
         case Replay(stored):
             return idempotency.replayed(stored)
         case KeyReused() as reused:
@@ -103,10 +108,10 @@ def put_item(item_id: str) -> Response:
     body = parse_item_body()
     if body.pop("id", item_id) != item_id:
         return error_response(400, "id_mismatch", "the body's id differs from the URL's; drop it or make them equal")
-    return _written(aside.write_item(_store(), item_id, body, expect, _deadline()))
+    return _written(_cache().write_item(item_id, body, expect, _deadline()))
 
 
-def _written(result: aside.Written | PreconditionFailed) -> Response:
+def _written(result: Written | PreconditionFailed) -> Response:
     if isinstance(result, PreconditionFailed):
         return _precondition_failed(result)
     response = _item_response(result.entry, 201 if result.created else 200)
@@ -128,7 +133,7 @@ def _precondition_failed(failed: PreconditionFailed) -> Response:
 @bp.delete("/<item_id>")
 def delete_item(item_id: str) -> Response:
     expect = write_precondition(check_id(item_id))
-    result = aside.remove_item(_store(), item_id, expect, _deadline())
+    result = _cache().remove_item(item_id, expect, _deadline())
     if isinstance(result, PreconditionFailed):
         return _precondition_failed(result)
     if isinstance(result, NotFound):

@@ -12,7 +12,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
 
-import cache
 from cache.core.metrics import TIERS
 from cache.core.redis_tier import info_summary
 from routes.auth import require_metrics_token
@@ -91,7 +90,8 @@ def _ratio(part: int, whole: int) -> float | None:
 
 @bp.get("/cache")
 def summary() -> ResponseReturnValue:
-    state = cache.state()
+    item_cache = current_app.extensions["item_cache"]
+    config = current_app.config["SERVICE_CONFIG"]
     totals = _totals(
         {
             "cache_requests": "tier",
@@ -109,10 +109,10 @@ def summary() -> ResponseReturnValue:
     hits = sum(requests[tier] for tier in HIT_TIERS)
     return {
         "l1": {
-            "entries_this_worker": len(state.lru),
+            "entries_this_worker": len(item_cache.lru),
             "entries_all_workers": int(totals["cache_l1_entries"].get("", 0)),
-            "capacity_per_worker": state.config.l1_max_items,
-            "ttl_seconds": state.config.l1_ttl,
+            "capacity_per_worker": config.l1_max_items,
+            "ttl_seconds": config.l1_ttl,
         },
         "requests": requests,
         "hit_ratio": round(hits / total, 4) if total else None,
@@ -131,6 +131,6 @@ def summary() -> ResponseReturnValue:
             "checked": {tier: int(n) for tier, n in totals["cache_inspector_checked"].items()},
             "stale": {tier: int(n) for tier, n in totals["cache_inspector_stale"].items()},
         },
-        "redis": info_summary(state.redis, embedded=state.config.fakeredis),
+        "redis": info_summary(item_cache.redis, embedded=config.fakeredis),
         "worker_pid": os.getpid(),
     }

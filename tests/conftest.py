@@ -15,8 +15,8 @@ import fakeredis
 import pytest
 import redis
 
-import cache
 from app import create_app
+from cache import service as cache_service
 from db import open_store
 from tests.support import RedisClusterServers, RedisServer, postgres_schema_url, redis_server_available
 
@@ -140,7 +140,7 @@ def make_app(stack):
     yield make
     for application in built:
         application.extensions["item_store"].close()
-    cache.reset()
+    cache_service.reset()
 
 
 @pytest.fixture

@@ -25,6 +25,9 @@ from typing import Any, NoReturn
 
 import redis
 
+from cache import service as cache_service
+from cache.core.item_cache import ItemCache
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -539,3 +542,8 @@ def sql_connection(database_url: str) -> Iterator[Any]:
 
     with contextlib.closing(sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)) as conn:
         yield conn
+
+
+def running_cache() -> ItemCache:
+    """This process's ItemCache, as the composition root built it (create_app or init_cache)."""
+    return cache_service.running().cache

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from cache.core.bloom import BloomFilter, positions, size_for
-from cache.core.breaker import CircuitBreaker
 
-from cache.core.guard import Guard
+from cache.core.bloom import BloomFilter, positions, size_for
+from cache.core.guard import CircuitBreaker, Guard
 from cache.core.redis_tier import connect
 from tests.support import free_port
 

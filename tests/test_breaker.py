@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 
 import redis
-from cache.core.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 import cache
 from cache import CacheEntry, SetOutcome, cache_get, cache_key, cache_set
-from cache.core.guard import REDIS_DOWN, Guard
+from cache import service as cache_service
+from cache.core.guard import CLOSED, HALF_OPEN, OPEN, REDIS_DOWN, CircuitBreaker, Guard
 from cache.core.metrics import CIRCUIT_OPEN, REDIS_ERRORS
 from cache.core.redis_tier import connect
 from config import load_config
-from tests.support import FakeClock, RedisServer, timing_out, wait_until
+from tests.support import FakeClock, RedisServer, running_cache, timing_out, wait_until
 
 
 def test_opens_after_threshold_failures_in_a_row():
@@ -49,8 +49,8 @@ def test_a_stopped_redis_opens_the_breaker_and_reads_stop_calling_it(key_prefix)
     with RedisServer() as server:
         client = connect(server.url, socket_timeout=0.2)
         env = {"CACHE_KEY_PREFIX": key_prefix, "REDIS_BREAKER_FAILURES": "3", "REDIS_BREAKER_COOLDOWN": "0.5"}
-        cache.init_cache(load_config(env), client=client)
-        s = cache.state()
+        cache_service.init_cache(load_config(env), client=client)
+        s = running_cache()
         s.breaker.timer = timer = FakeClock(0.0)
         try:
             key = cache_key("a")
@@ -72,18 +72,20 @@ def test_a_stopped_redis_opens_the_breaker_and_reads_stop_calling_it(key_prefix)
             assert s.breaker.state == CLOSED and CIRCUIT_OPEN._value.get() == 0 and s.trust.usable
         finally:
             server.resume()
-            cache.reset()
+            cache_service.reset()
 
 
 def test_a_wrong_command_is_not_an_outage(redis_client, key_prefix):
-    cache.init_cache(load_config({"CACHE_KEY_PREFIX": key_prefix, "REDIS_BREAKER_FAILURES": "1"}), client=redis_client)
+    cache_service.init_cache(
+        load_config({"CACHE_KEY_PREFIX": key_prefix, "REDIS_BREAKER_FAILURES": "1"}), client=redis_client
+    )
     try:
         key = cache_key("a")
         redis_client.set(key, "not a hash")  # HMGET on a string: WRONGTYPE, Redis is fine
         assert cache_get(key) == (cache.MISS, None)
-        assert cache.state().breaker.state == CLOSED
+        assert running_cache().breaker.state == CLOSED
     finally:
-        cache.reset()
+        cache_service.reset()
 
 
 def test_a_call_past_an_open_breaker_changes_nothing_unless_it_is_the_probe(caplog):
@@ -124,8 +126,8 @@ def test_a_write_tries_redis_past_an_open_breaker(key_prefix, caplog):
     with RedisServer() as server:
         client = connect(server.url, socket_timeout=0.2)
         env = {"CACHE_KEY_PREFIX": key_prefix, "REDIS_BREAKER_FAILURES": "3", "REDIS_BREAKER_COOLDOWN": "60"}
-        cache.init_cache(load_config(env), client=client)
-        s, key, observer = cache.state(), cache_key("a"), connect(server.url, socket_timeout=2.0)
+        cache_service.init_cache(load_config(env), client=client)
+        s, key, observer = running_cache(), cache_key("a"), connect(server.url, socket_timeout=2.0)
         try:
             cache_set(key, CacheEntry.build("a", 1, b'{"v":1}'))
             s.lru.clear()
@@ -146,4 +148,4 @@ def test_a_write_tries_redis_past_an_open_breaker(key_prefix, caplog):
         finally:
             server.resume()
             observer.close()
-            cache.reset()
+            cache_service.reset()

@@ -5,22 +5,22 @@ from __future__ import annotations
 import pytest
 import redis
 
-import cache
 from cache import MISS, CacheEntry, SetOutcome, cache_delete, cache_get, cache_key, cache_set
+from cache import service as cache_service
 from cache.core.metrics import REDIS_ERRORS
 from cache.core.redis_tier import connect
 from config import load_config
-from tests.support import free_port, open_breaker, timing_out
+from tests.support import free_port, open_breaker, running_cache, timing_out
 
 
 @pytest.fixture
 def cache_on(redis_client, key_prefix):
     def init(**env: str) -> redis.Redis:
-        cache.init_cache(load_config({"CACHE_KEY_PREFIX": key_prefix, **env}), client=redis_client)
+        cache_service.init_cache(load_config({"CACHE_KEY_PREFIX": key_prefix, **env}), client=redis_client)
         return redis_client
 
     yield init
-    cache.reset()
+    cache_service.reset()
 
 
 def entry(item_id: str, version: int, body: bytes | None = b'{"id":"x"}') -> CacheEntry:
@@ -44,7 +44,7 @@ def test_redis_hit_is_promoted_into_lru(cache_on):
     client = cache_on()
     key = cache_key("a")
     cache_set(key, entry("a", 3, b'{"v":3}'))
-    cache.state().lru.clear()  # as if another process had written it
+    running_cache().lru.clear()  # as if another process had written it
     assert cache_get(key) == (entry("a", 3, b'{"v":3}'), "redis")
     assert cache_get(key)[1] == "lru"
     assert client.hget(key, "v") == b"3" and client.hget(key, "b") == b'{"v":3}'
@@ -67,7 +67,7 @@ def test_redis_value_keeps_version_body_load_time_and_ttl(cache_on):
     cache_set(key, CacheEntry.build("a", 1, b'{"id":"a"}', load_ms=7))
     assert client.hgetall(key) == {b"v": b"1", b"b": b'{"id":"a"}', b"d": b"7", b"t": b"120000"}
     assert 110_000 < client.pttl(key) <= 120_000
-    found = cache.state().redis.get(key, "a")
+    found = running_cache().redis.get(key, "a")
     assert (found.load_ms, found.ttl_ms) == (7, 120_000) and 110_000 < found.remaining_ms <= 120_000
 
 
@@ -75,7 +75,7 @@ def test_older_version_never_replaces_newer(cache_on):
     client = cache_on()
     key = cache_key("a")
     assert cache_set(key, entry("a", 5, b'{"v":"new"}')) is SetOutcome.WRITTEN
-    cache.state().lru.clear()
+    running_cache().lru.clear()
     assert cache_set(key, entry("a", 4, b'{"v":"old"}')) is SetOutcome.NEWER  # the slow reader loses
     assert client.hget(key, "b") == b'{"v":"new"}'
     assert cache_get(key)[0].body == b'{"v":"new"}'
@@ -89,7 +89,7 @@ def test_delete_leaves_versioned_tombstone_that_blocks_older_fills(cache_on):
     found, tier = cache_get(key)
     assert found.version == 3 and not found.exists and tier == "lru"
     assert 0 < client.pttl(key) <= 7700  # CACHE_NEGATIVE_TTL, +-10% jitter
-    cache.state().lru.clear()
+    running_cache().lru.clear()
     assert cache_set(key, entry("a", 2)) is SetOutcome.NEWER  # a reader that loaded v2 before the delete
     assert not cache_get(key)[0].exists
     assert cache_set(key, entry("a", 4, b'{"v":"reborn"}')) is SetOutcome.WRITTEN  # a re-create wins
@@ -115,7 +115,7 @@ def test_l1_disabled_reads_from_redis_every_time(cache_on):
 
 def test_redis_down_is_absorbed_and_counted(key_prefix):
     dead = connect(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.2)  # the service's own client policy
-    cache.init_cache(load_config({"CACHE_KEY_PREFIX": key_prefix}), client=dead)
+    cache_service.init_cache(load_config({"CACHE_KEY_PREFIX": key_prefix}), client=dead)
     try:
         before = REDIS_ERRORS.labels("get")._value.get()
         key = cache_key("a")
@@ -124,7 +124,7 @@ def test_redis_down_is_absorbed_and_counted(key_prefix):
         assert cache_set(key, entry("a", 1)) is SetOutcome.FAILED  # L1 still takes it
         assert cache_get(key)[1] == "lru"
     finally:
-        cache.reset()
+        cache_service.reset()
 
 
 def test_redis_copy_older_than_a_version_this_process_has_seen_is_a_miss(cache_on):
@@ -132,7 +132,7 @@ def test_redis_copy_older_than_a_version_this_process_has_seen_is_a_miss(cache_o
     client = cache_on()
     key = cache_key("a")
     cache_set(key, entry("a", 5))
-    cache.state().lru.invalidate(key, 6)  # version 6 was announced...
+    running_cache().lru.invalidate(key, 6)  # version 6 was announced...
     assert cache_get(key) == (MISS, None)  # ...so Redis' version 5 is not served
     cache_set(key, entry("a", 6, b'{"v":6}'))  # the reload repairs Redis
     assert client.hget(key, "v") == b"6"
@@ -142,7 +142,7 @@ def test_own_write_redis_missed_while_l1_untrusted_never_lets_the_older_copy_bac
     """The worker that acknowledged a write must not serve the version before it once its breaker closes
     (its own announcement never reaches its L1, and an untrusted L1 takes no entry)."""
     cache_on(REDIS_BREAKER_COOLDOWN="60")
-    s, key = cache.state(), cache_key("a")
+    s, key = running_cache(), cache_key("a")
     cache_set(key, entry("a", 1))
     assert cache_get(key) == (entry("a", 1), "lru")
     open_breaker(s.breaker)  # Redis is down for this process: L1 bypassed

@@ -10,9 +10,11 @@ import pytest
 
 import cache
 from cache import CacheEntry, cache_get, cache_key, cache_set
+from cache import service as cache_service
 from cache.core import codec
 from cache.core.metrics import COMPRESSION_SAVED, DECODE_ERRORS
 from config import load_config
+from tests.support import running_cache
 
 
 def item_body(size: int) -> bytes:
@@ -30,11 +32,11 @@ def item_body(size: int) -> bytes:
 @pytest.fixture
 def cache_with(redis_client, key_prefix):
     def init(**env: str):
-        cache.init_cache(load_config({"CACHE_KEY_PREFIX": key_prefix, **env}), client=redis_client)
+        cache_service.init_cache(load_config({"CACHE_KEY_PREFIX": key_prefix, **env}), client=redis_client)
         return redis_client
 
     yield init
-    cache.reset()
+    cache_service.reset()
 
 
 def test_20_kib_item_is_stored_smaller_and_reads_back_identical(cache_with, capsys):
@@ -46,7 +48,7 @@ def test_20_kib_item_is_stored_smaller_and_reads_back_identical(cache_with, caps
     stored = client.hget(key, "b")
     assert stored[:1] == codec.COMPRESSED and len(stored) < len(body)
     assert COMPRESSION_SAVED._value.get() - saved == len(body) - len(stored)
-    cache.state().lru.clear()
+    running_cache().lru.clear()
     assert cache_get(key)[0].body == body
     with capsys.disabled():
         print(f"\n[compression] {len(body)} bytes of JSON stored as {len(stored)} ({len(stored) / len(body):.1%})")
@@ -61,21 +63,21 @@ def test_small_values_stay_plain_json(cache_with):
 
 def test_entries_written_either_way_decode_after_the_threshold_changes(redis_client, key_prefix):
     body = item_body(4096)
-    cache.init_cache(
+    cache_service.init_cache(
         load_config({"CACHE_KEY_PREFIX": key_prefix, "CACHE_COMPRESS_MIN_BYTES": "0"}), client=redis_client
     )
     cache_set(cache_key("plain"), CacheEntry.build("plain", 1, body))
-    cache.init_cache(
+    cache_service.init_cache(
         load_config({"CACHE_KEY_PREFIX": key_prefix, "CACHE_COMPRESS_MIN_BYTES": "1024"}), client=redis_client
     )
     cache_set(cache_key("packed"), CacheEntry.build("packed", 1, body))
     assert redis_client.hget(cache_key("plain"), "b") == body
     assert cache_get(cache_key("plain"))[0].body == body and cache_get(cache_key("packed"))[0].body == body
-    cache.init_cache(
+    cache_service.init_cache(
         load_config({"CACHE_KEY_PREFIX": key_prefix, "CACHE_COMPRESS_MIN_BYTES": "0"}), client=redis_client
     )
     assert cache_get(cache_key("packed"))[0].body == body  # turning compression off keeps old entries readable
-    cache.reset()
+    cache_service.reset()
 
 
 @pytest.mark.parametrize("garbage", [b"\x02binary", b"\x01not zlib at all", b"plain text", b"\x01" + b"x\x9c\x03\x00"])
@@ -92,7 +94,7 @@ def test_a_corrupt_value_is_served_from_the_database_not_a_500(make_app):
     app = make_app()
     client = app.test_client()
     client.put("/items/c1", data='{"n": 1}', headers={"Content-Type": "application/json"})
-    cache.state().redis.client.hset(cache_key("c1"), "b", b"\x01garbage")
-    cache.state().lru.clear()
+    running_cache().redis.client.hset(cache_key("c1"), "b", b"\x01garbage")
+    running_cache().lru.clear()
     response = client.get("/items/c1")
     assert response.status_code == 200 and response.json["n"] == 1 and response.headers["X-Cache"] == "db"

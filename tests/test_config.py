@@ -55,8 +55,6 @@ def test_values_are_converted():
         ("REDIS_CLUSTER", "maybe"),
         ("DATABASE_URL", "mysql://x"),
         ("REDIS_URL", "http://x"),
-        ("DEMO_DB_LOAD_DELAY", "-0.1"),
-        ("DEMO_DB_LOAD_DELAY", "60"),
         ("LOG_LEVEL", "LOUD"),
         ("MAX_ITEM_BYTES", "10"),
         ("CACHE_KEY_PREFIX", "has space"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-import cache
 from app import create_app
+from cache import service as cache_service
 from routes.dashboard import POLICY, RecentRedisInfo
 from tests.support import FakeClock, free_port
 
@@ -67,7 +67,7 @@ def test_status_says_redis_is_unavailable_and_still_answers(tmp_path):
         assert response.get_json()["redis"] == {"embedded": False, "error": "redis unavailable"}
     finally:
         app.extensions["item_store"].close()
-        cache.reset()
+        cache_service.reset()
 
 
 def test_redis_info_is_read_at_most_once_a_second():

@@ -7,13 +7,11 @@ import json
 import time
 
 import pytest
-from cache.core.lock import FleetLock
 
-import cache
-from cache import aside
+from cache.core.lock import FleetLock
 from config import ConfigError, load_config
 from db import UNCONDITIONAL, Deadline, DeadlineExceeded
-from tests.support import FakeClock, sql_connection
+from tests.support import FakeClock, running_cache, sql_connection
 
 
 def test_deadline_counts_down_on_its_clock():
@@ -75,7 +73,7 @@ def test_a_write_with_no_time_left_touches_nothing(make_app, stack):
     app = make_app()
     store = app.extensions["item_store"]
     with pytest.raises(DeadlineExceeded):
-        aside.write_item(store, "late", {}, UNCONDITIONAL, Deadline(0.0, clock=lambda: 1.0))
+        app.extensions["item_cache"].write_item("late", {}, UNCONDITIONAL, Deadline(0.0, clock=lambda: 1.0))
     assert store.get("late") is None
 
 
@@ -83,11 +81,11 @@ def test_a_write_with_no_time_left_touches_nothing(make_app, stack):
 def test_a_read_stops_waiting_for_another_load_when_its_deadline_runs_out(make_app, monkeypatch):
     app = make_app(CACHE_BLOOM="false", CACHE_LOCK_WAIT="5")
     app.extensions["item_store"].upsert("slow", {"n": 1})
-    s = cache.state()
+    s = running_cache()
     held = s.lock.acquire(FleetLock.for_item(s.key("slow")))  # another process is loading it, and never fills
     assert held is not None
     waits: list[float] = []
     monkeypatch.setattr(s.fills, "wait", lambda key, timeout: waits.append(timeout) or False)
-    read = aside.read_item(app.extensions["item_store"], "slow", Deadline(0.0, clock=lambda: 1.0))
+    read = s.read_item("slow", Deadline(0.0, clock=lambda: 1.0))
     assert read.tier == "db" and read.entry.version == 1
     assert waits == []  # no time left: loaded at once instead of waiting CACHE_LOCK_WAIT for the other

@@ -22,12 +22,11 @@ from flask import Flask
 from prometheus_client import REGISTRY
 from werkzeug.test import Client, TestResponse
 
-import cache
 from cache.core.metrics import L1_ENTRIES
 from config import Config
 from logs import REQUEST_FIELDS
 from routes.fast_path import FastPath
-from tests.support import FakeClock, free_port
+from tests.support import FakeClock, free_port, running_cache
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 ORIGIN = "https://app.example.com"
@@ -150,7 +149,7 @@ def put(app: Flask, item_id: str, body: dict, headers: dict[str, str] | None = N
 
 def matrix(app: Flask, write_headers: dict[str, str] | None = None) -> list[Case]:
     """Items in every state the read path knows, and the requests to ask about them."""
-    s, clock = cache.state(), FakeClock()
+    s, clock = running_cache(), FakeClock()
     s.lru.timer = clock
     for item_id in ("hot", "in-redis", "in-db", "stale-l1", "untrusted", "gone", LONGEST_ID):
         put(app, item_id, {"name": item_id, "tags": ["a", "b"]}, write_headers)
@@ -187,7 +186,7 @@ def matrix(app: Flask, write_headers: dict[str, str] | None = None) -> list[Case
         if stale_entry is not None:
             s.lru.set(key("stale-l1"), stale_entry)
         L1_ENTRIES.set(len(s.lru))
-        clock.tick(s.config.l1_ttl + 1)
+        clock.tick(s.lru.ttl + 1)
 
     def untrusted() -> None:
         in_l1("untrusted")()
@@ -275,7 +274,7 @@ def test_the_fast_path_answers_as_the_view_does(make_app, access_lines, settings
 def test_with_redis_down_nothing_is_answered_before_routing(make_app, access_lines):
     dead = f"redis://127.0.0.1:{free_port()}/0"
     app = make_app(**PARITY, REDIS_URL=dead, REDIS_CLUSTER="false", REDIS_BREAKER_FAILURES="1")
-    s = cache.state()
+    s = running_cache()
     for item_id in ("a", "b"):
         put(app, item_id, {"name": item_id})
     assert not s.trust.usable  # the breaker opened: L1 is bypassed until Redis answers again

@@ -8,16 +8,17 @@ import time
 
 import pytest
 import redis
-from cache.core.breaker import OPEN
 
 import cache
+from cache import service as cache_service
 from cache.changelog import follower as follower_module
 from cache.changelog import inspector as inspector_module
 from cache.changelog.follower import ChangeFollower
 from cache.changelog.inspector import Inspector
 from cache.changelog.warm import CacheUnavailable
+from cache.core.guard import OPEN
 from cache.core.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, INSPECTOR_CHECKED, INSPECTOR_STALE
-from tests.support import FakeClock, open_breaker, sql_connection, wait_until
+from tests.support import FakeClock, open_breaker, running_cache, sql_connection, wait_until
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -36,7 +37,7 @@ def served(make_app, stack):
 
 def follower_for(app, timer=time.monotonic) -> ChangeFollower:
     """A follower that holds the lease, as the one at work in the fleet would."""
-    follower = ChangeFollower(cache.state(), app.extensions["item_store"], timer=timer)
+    follower = ChangeFollower(running_cache(), app.extensions["item_store"], timer=timer)
     assert follower.hold_lease()
     return follower
 
@@ -50,7 +51,7 @@ def test_a_row_inserted_by_sql_is_served_even_after_its_id_was_cached_as_absent(
     sql.execute("""INSERT INTO items (id, fields) VALUES ('from-sql', '{"by": "psql"}')""")
     applied = value(CHANGELOG_APPLIED)
     assert follower.run_once() == 1 and value(CHANGELOG_APPLIED) == applied + 1
-    cache.state().lru.delete(cache.cache_key("from-sql"))  # this test has no listener to hear the floor
+    running_cache().lru.delete(cache.cache_key("from-sql"))  # this test has no listener to hear the floor
     got = client.get("/items/from-sql")
     assert got.status_code == 200 and got.json["by"] == "psql" and got.headers["X-Cache"] == "db"
 
@@ -65,7 +66,7 @@ def test_rows_updated_and_deleted_by_sql_replace_what_is_cached(served):
     sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'a'""")  # version not touched: bumped
     sql.execute("DELETE FROM items WHERE id = 'b'")
     assert follower.run_once() == 4  # the service's two creates, then the two outside writes
-    cache.state().lru.clear()  # no listener in this test: L1s are the listener's business (tested below)
+    running_cache().lru.clear()  # no listener in this test: L1s are the listener's business (tested below)
     updated = client.get("/items/a")
     assert updated.json == {**updated.json, "v": 2, "version": 2} and updated.headers["X-Cache"] == "db"
     deleted = client.get("/items/b")
@@ -75,8 +76,11 @@ def test_rows_updated_and_deleted_by_sql_replace_what_is_cached(served):
 
 def test_a_listening_process_serves_outside_writes_from_every_tier(served):
     app, client, sql = served
-    cache.start_listener()  # listener + follower threads, as in a gunicorn worker
-    wait_until(lambda: cache.state().trust.usable and cache.state().follower.lease.held is not None, timeout=10)
+    cache_service.start_listener()  # listener + follower threads, as in a gunicorn worker
+    wait_until(
+        lambda: running_cache().trust.usable and cache_service.running().follower.lease.held is not None,
+        timeout=10,
+    )
     client.put("/items/hot", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
     wait_until(lambda: client.get("/items/hot").headers["X-Cache"] == "lru", timeout=5)
     sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'hot'""")
@@ -94,7 +98,7 @@ def test_a_slow_reader_cannot_put_the_pre_commit_row_back(served):
     sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'r'""")
     follower.run_once()
     assert cache.cache_fill(cache.cache_key("r"), before) is cache.SetOutcome.NEWER  # the floor refuses it
-    cache.state().lru.clear()
+    running_cache().lru.clear()
     assert client.get("/items/r").json["v"] == 2
 
 
@@ -107,7 +111,7 @@ def test_the_position_survives_a_restart_and_changes_made_meanwhile_are_caught_u
     sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'k'""")  # while no follower runs
     successor = follower_for(app)
     assert successor.run_once() == 2  # resumes from the saved position: the create, then the update
-    cache.state().lru.clear()
+    running_cache().lru.clear()
     assert client.get("/items/k").json["v"] == 2
 
 
@@ -120,7 +124,7 @@ def test_a_purged_log_past_the_position_flushes_the_cache_and_says_so(served, ca
     sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'g'""")
     store.purge_changes(10**9, older_than_s=0)  # the log is gone past the follower's position
     gaps, position = value(CHANGELOG_GAPS), follower.cursor
-    breaker = cache.state().breaker
+    breaker = running_cache().breaker
     open_breaker(breaker)  # Redis is skipped: the flush cannot happen yet...
     with pytest.raises(CacheUnavailable):
         follower.run_once()
@@ -128,7 +132,7 @@ def test_a_purged_log_past_the_position_flushes_the_cache_and_says_so(served, ca
     breaker.success()
     follower.run_once()
     assert value(CHANGELOG_GAPS) == gaps + 1 and "purged past this cache's position" in caplog.text
-    assert cache.state().redis.client.exists(cache.cache_key("g")) == 0 and len(cache.state().lru) == 0
+    assert running_cache().redis.client.exists(cache.cache_key("g")) == 0 and len(running_cache().lru) == 0
     assert client.get("/items/g").json["v"] == 2
 
 
@@ -139,13 +143,13 @@ def test_an_applied_position_evicted_again_and_again_is_a_warning_once_a_minute(
     for n in range(6):  # under an allkeys-* maxmemory-policy Redis evicts the position, pass after pass
         client.put(f"/items/e{n}", data=json.dumps({"v": n}), headers=JSON_HEADERS)
         follower.run_once()
-        cache.state().redis.client.delete(follower.applied_key)
+        running_cache().redis.client.delete(follower.applied_key)
         clock.tick(1.0)
     follower.run_once()
     lost = [r.levelname for r in caplog.records if "lost the log's applied position" in r.getMessage()]
     assert lost[0] == "WARNING" and lost[1:] == ["INFO"] * (len(lost) - 1) and len(lost) >= 3  # each rewinds
     clock.tick(follower_module.LOST_LOG_INTERVAL)
-    cache.state().redis.client.delete(follower.applied_key)
+    running_cache().redis.client.delete(follower.applied_key)
     follower.run_once()
     follower.run_once()
     lost = [r for r in caplog.records if "lost the log's applied position" in r.getMessage()]
@@ -158,10 +162,10 @@ def test_redis_down_keeps_the_position_until_the_batch_is_applied(served, monkey
     app, client, sql = served
     follower = follower_for(app)
     follower.run_once()
-    key, redis_client = cache.cache_key("x"), cache.state().redis.client
+    key, redis_client = cache.cache_key("x"), running_cache().redis.client
     monkeypatch.setattr(follower_module, "REWIND_SECONDS", 0.0)  # a rewind must not hide a change skipped
     with monkeypatch.context() as down:
-        down.setattr(cache.state().bulk, "pipeline", FailingPipeline)  # Redis is down
+        down.setattr(running_cache().bulk, "pipeline", FailingPipeline)  # Redis is down
         sql.execute("""INSERT INTO items (id, fields) VALUES ('x', '{}')""")
         applied = value(CHANGELOG_APPLIED)
         for _ in range(3):
@@ -174,7 +178,7 @@ def test_redis_down_keeps_the_position_until_the_batch_is_applied(served, monkey
 def test_the_inspector_counts_an_entry_still_stale_after_the_bound(served, monkeypatch):
     app, client, sql = served
     clock = FakeClock(0.0)
-    inspector = Inspector(cache.state(), app.extensions["item_store"], timer=clock)
+    inspector = Inspector(running_cache(), app.extensions["item_store"], timer=clock)
     client.put("/items/s", data=json.dumps({"v": 1}), headers=JSON_HEADERS)  # Redis and L1 at version 1
     client.put("/items/fresh", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
     sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 's'""")  # and no follower applies it
@@ -190,7 +194,7 @@ def test_the_inspector_counts_an_entry_still_stale_after_the_bound(served, monke
 def test_the_inspector_does_not_count_a_change_applied_within_the_bound(served):
     app, client, sql = served
     clock = FakeClock(0.0)
-    inspector = Inspector(cache.state(), app.extensions["item_store"], timer=clock)
+    inspector = Inspector(running_cache(), app.extensions["item_store"], timer=clock)
     follower = follower_for(app)
     follower.run_once()
     client.put("/items/s", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
@@ -206,7 +210,7 @@ def test_the_inspector_does_not_count_a_change_applied_within_the_bound(served):
 def test_only_one_follower_works_at_a_time(served):
     app, _, _ = served
     first = follower_for(app)
-    second = ChangeFollower(cache.state(), app.extensions["item_store"])
+    second = ChangeFollower(running_cache(), app.extensions["item_store"])
     assert not second.hold_lease()
     first.stop()
     assert second.hold_lease()
@@ -240,14 +244,14 @@ def behind_a_failing_pipeline(served, monkeypatch) -> tuple[ChangeFollower, Fake
     clock = FakeClock()
     follower = follower_for(app, timer=clock)
     follower.run_once()
-    monkeypatch.setattr(cache.state().bulk, "pipeline", FailingPipeline)
+    monkeypatch.setattr(running_cache().bulk, "pipeline", FailingPipeline)
     sql.execute("""INSERT INTO items (id, fields) VALUES ('x', '{}')""")
     return follower, clock
 
 
 def test_a_failing_pipeline_has_both_cluster_clients_ask_for_the_slots_at_most_once_a_second(served, monkeypatch):
     follower, clock = behind_a_failing_pipeline(served, monkeypatch)
-    state = cache.state()
+    state = running_cache()
     requests_view, batches_view = Topology(), Topology()
     monkeypatch.setattr(state.redis.client, "nodes_manager", requests_view, raising=False)
     monkeypatch.setattr(state.bulk, "nodes_manager", batches_view, raising=False)
@@ -268,7 +272,7 @@ def test_a_failing_pipeline_has_both_cluster_clients_ask_for_the_slots_at_most_o
 def test_a_failing_pipeline_outside_a_cluster_opens_the_breaker_like_any_failure(served, monkeypatch):
     """No topology to refresh: nothing may count as a success between the pipeline's failures."""
     follower, clock = behind_a_failing_pipeline(served, monkeypatch)
-    state = cache.state()
+    state = running_cache()
     for _ in range(state.breaker.threshold):
         assert follower.run_once() == 0
         clock.tick(1.0)  # past the topology interval each time
@@ -280,7 +284,7 @@ def test_the_follower_applies_changes_while_its_process_breaker_is_open(make_app
     up on its own): what the follower brings must reach Redis then, as a write's update does, not a
     cooldown later."""
     app = make_app(REDIS_BREAKER_COOLDOWN="60")
-    client, s = app.test_client(), cache.state()
+    client, s = app.test_client(), running_cache()
     client.put("/items/a", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
     follower = follower_for(app)
     follower.run_once()
@@ -300,7 +304,7 @@ def test_with_the_breaker_open_the_holder_keeps_its_lease_and_no_other_follower_
     """The holder renews past an open breaker (what it brings must not wait for its cooldown); a follower
     that does not hold the lease takes nothing then, and calls nothing: the lease goes to a healthy process."""
     app = make_app(REDIS_BREAKER_COOLDOWN="60")
-    s = cache.state()
+    s = running_cache()
     holder = follower_for(app)
     standby = ChangeFollower(s, app.extensions["item_store"])  # another process's, as far as the lease knows
     open_breaker(s.breaker)

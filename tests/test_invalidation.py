@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import pytest
 import redis
-from cache.core.breaker import CircuitBreaker
 
 import cache
 from cache import CacheEntry, SetOutcome, cache_get, cache_key, cache_set
+from cache import service as cache_service
 from cache.coherence.listener import ConnectionSilent, Listener, Watchdog
 from cache.core.announce import decode_message, encode_message
-from cache.core.guard import Guard
+from cache.core.guard import CircuitBreaker, Guard
+from cache.core.item_cache import ItemCache
 from cache.core.metrics import INVALIDATION_LAG, INVALIDATIONS, L1_FLUSHES
 from cache.core.redis_tier import RedisTier
 from config import load_config
-from tests.support import FakeClock, wait_until
+from tests.support import FakeClock, running_cache, wait_until
 
 
 def counter(metric, *labels) -> float:
@@ -31,19 +32,19 @@ def lag_count() -> float:
 
 @pytest.fixture
 def listening(key_prefix):
-    def start(client: redis.Redis, **env: str) -> cache.CacheProcess:
+    def start(client: redis.Redis, **env: str) -> ItemCache:
         config = load_config({"CACHE_KEY_PREFIX": key_prefix, "REDIS_SOCKET_TIMEOUT": "0.25", **env})
-        cache.init_cache(config, client=client)
-        cache.start_listener()
-        wait_until(lambda: cache.state().trust.usable, timeout=5)
-        return cache.state()
+        cache_service.init_cache(config, client=client)
+        cache_service.start_listener()
+        wait_until(lambda: running_cache().trust.usable, timeout=5)
+        return running_cache()
 
     yield start
-    cache.reset()
+    cache_service.reset()
 
 
 def other_process_writes(client: redis.Redis, key: str, version: int, body: bytes = b"{}") -> None:
-    s = cache.state()
+    s = running_cache()
     entry = CacheEntry.build(s.item_id(key), version, body)
     other = RedisTier(client, Guard(CircuitBreaker()), s.redis.channel, "another-process", 1024)
     assert other.set_if_newer(key, entry, 60_000) is SetOutcome.WRITTEN
@@ -51,8 +52,8 @@ def other_process_writes(client: redis.Redis, key: str, version: int, body: byte
 
 def test_subscribing_flushes_and_enables_l1(redis_client, listening):
     flushes = counter(L1_FLUSHES, "subscribe")
-    s = listening(redis_client)
-    assert s.listener.subscribed and counter(L1_FLUSHES, "subscribe") == flushes + 1
+    listening(redis_client)
+    assert cache_service.running().listener.subscribed and counter(L1_FLUSHES, "subscribe") == flushes + 1
 
 
 def test_write_by_another_process_invalidates_l1(redis_client, listening):
@@ -74,7 +75,7 @@ def test_own_and_stale_messages_leave_l1_alone(redis_client, listening):
     own, stale = counter(INVALIDATIONS, "own"), counter(INVALIDATIONS, "stale")
     cache_set(key, CacheEntry.build("a", 5, b'{"v":"five"}'))
     wait_until(lambda: counter(INVALIDATIONS, "own") == own + 1, timeout=5)
-    s = cache.state()
+    s = running_cache()
     redis_client.publish(s.redis.channel, encode_message(key, 4, "another-process"))  # an old, late message
     wait_until(lambda: counter(INVALIDATIONS, "stale") == stale + 1, timeout=5)
     assert cache_get(key) == (CacheEntry.build("a", 5, b'{"v":"five"}'), "lru")
@@ -158,7 +159,7 @@ def test_an_unversioned_delete_drops_every_other_processs_copy(redis_client, lis
     cache_set(key, CacheEntry.build("a", 7, b'{"v":7}'))
     assert cache_get(key)[1] == "lru"
     applied = counter(INVALIDATIONS, "applied")
-    other = RedisTier(redis_client, Guard(CircuitBreaker()), cache.state().redis.channel, "another-process", 1024)
+    other = RedisTier(redis_client, Guard(CircuitBreaker()), running_cache().redis.channel, "another-process", 1024)
     assert other.delete(key) is True
     wait_until(lambda: counter(INVALIDATIONS, "applied") == applied + 1, timeout=5)
     assert cache_get(key) == (cache.MISS, None)  # gone from Redis and from this process's L1

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from cache.core.breaker import CircuitBreaker
-from cache.core.lock import HELD_BY_OTHER, Acquired, FleetLock, Lease
 
-from cache.core.guard import REDIS_DOWN, Guard
+from cache.core.guard import REDIS_DOWN, CircuitBreaker, Guard
+from cache.core.lock import HELD_BY_OTHER, Acquired, FleetLock, Lease
 from cache.core.redis_tier import connect
 from tests.support import free_port, wait_until
 

@@ -4,7 +4,6 @@ import sys
 from dataclasses import dataclass
 
 from cache.core.lru import SLOT_BYTES, LRUCache
-
 from tests.support import FakeClock
 
 

@@ -10,12 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from cache.core.breaker import CircuitBreaker
-from cache.core.lock import FleetLock, Lease
 
 from cache.changelog.eviction import POLICIES_WARNED, policy_warning
 from cache.core.entry import CacheEntry
-from cache.core.guard import REFUSAL_LOG_INTERVAL, Guard, Refusals
+from cache.core.guard import REFUSAL_LOG_INTERVAL, CircuitBreaker, Guard, Refusals
+from cache.core.lock import FleetLock, Lease
 from cache.core.metrics import REDIS_REFUSALS
 from cache.core.redis_tier import RedisTier, SetOutcome
 from tests.integration.maxmemory import fill

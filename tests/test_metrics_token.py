@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-import cache
 from app import create_app
+from cache import service as cache_service
 
 TOKEN = "metrics-token-0123456789"
 GUARDED = ("/metrics", "/metrics/cache", "/dashboard/status.json")
@@ -23,7 +23,7 @@ def make_client(tmp_path):
     yield make
     for app in apps:
         app.extensions["item_store"].close()
-    cache.reset()
+    cache_service.reset()
 
 
 @pytest.mark.parametrize("path", GUARDED)

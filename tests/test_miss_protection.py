@@ -6,12 +6,13 @@ import json
 import threading
 
 import pytest
-from cache.core.lock import Acquired
 
 import cache
 from cache import CacheEntry
 from cache.changelog import warm
+from cache.core.lock import Acquired
 from cache.core.metrics import DB_LOADS, REQUESTS_BY_TIER, STAMPEDE_WAITS
+from tests.support import running_cache
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -31,7 +32,7 @@ def seed(app, n: int, prefix: str = "item") -> list[str]:
 
 
 def _warm(store) -> warm.WarmResult:
-    return warm.warm(cache.state(), store, warm.take_lock(cache.state()))
+    return warm.warm(running_cache(), store, warm.take_lock(running_cache()))
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ def test_bloom_filter_answers_never_existing_ids_without_the_database(make_app, 
     created = client.put("/items/brand-new", data="{}", headers=JSON_HEADERS)
     assert created.status_code == 201
     assert client.get("/items/brand-new").status_code == 200  # never a false 404
-    cache.state().lru.clear()
+    running_cache().lru.clear()
     assert client.get("/items/brand-new").status_code == 200
 
 
@@ -113,7 +114,7 @@ def test_warm_fills_redis_with_long_ttl_and_reads_skip_the_database(make_app, qu
     loads = value(DB_LOADS)
     assert all(client.get(f"/items/{i}").headers["X-Cache"] == "redis" for i in ids[::100])
     assert value(DB_LOADS) == loads
-    redis_client = cache.state().redis.client
+    redis_client = running_cache().redis.client
     assert 7_100_000 < redis_client.pttl(cache.cache_key(ids[0])) <= 7_200_000
 
 
@@ -125,13 +126,12 @@ def test_warm_never_replaces_a_newer_cached_version(make_app, quick_bloom):
     store = app.extensions["item_store"]
     old = store.get("item-0")
     store.get = lambda item_id: old  # noqa: ARG005 - as if the scan had read the row before the write
-    cache.state().lru.clear()
+    running_cache().lru.clear()
     _warm(store)
     assert client.get("/items/item-0").json["n"] == "newer"
 
 
 def test_early_refresh_of_a_hot_key_doubles_its_ttl(make_app, monkeypatch):
-    from cache import aside
 
     app = make_app(CACHE_TTL="100", CACHE_LONG_TTL="1000", CACHE_TTL_JITTER="0", CACHE_L1_MAX_ITEMS="0")
     seed(app, 1)
@@ -139,11 +139,11 @@ def test_early_refresh_of_a_hot_key_doubles_its_ttl(make_app, monkeypatch):
     assert client.get("/items/item-0").headers["X-Cache"] == "db"
     assert client.get("/items/item-0").headers["X-Cache"] == "redis"
     # XFetch's draw (tested on its own in test_stampede) says "refresh now": one reader reloads it early.
-    monkeypatch.setattr(aside, "_refresh_due", lambda s, entry: True)
+    monkeypatch.setattr(CacheEntry, "refresh_due", lambda entry, beta: True)
     loads = value(DB_LOADS)
     assert client.get("/items/item-0").headers["X-Cache"] == "db"
     assert value(DB_LOADS) == loads + 1
-    redis_client = cache.state().redis.client
+    redis_client = running_cache().redis.client
     assert redis_client.hget(cache.cache_key("item-0"), "t") == b"200000"
     assert 190_000 < redis_client.pttl(cache.cache_key("item-0")) <= 200_000
     client.get("/items/item-0")
@@ -155,14 +155,13 @@ def test_early_refresh_of_a_hot_key_doubles_its_ttl(make_app, monkeypatch):
 def test_an_early_refresh_that_landed_since_the_look_is_not_done_again(make_app, monkeypatch):
     """A reader saw the copy near its expiry; before it takes the lock, another process refreshes the key
     and frees the lock. The reader must find that refresh, not load the key a second time."""
-    from cache import aside
 
     app = make_app(CACHE_TTL="100", CACHE_LONG_TTL="1000", CACHE_TTL_JITTER="0", CACHE_L1_MAX_ITEMS="0")
     seed(app, 1)
     client = app.test_client()
     assert client.get("/items/item-0").headers["X-Cache"] == "db"
-    monkeypatch.setattr(aside, "_refresh_due", lambda s, entry: True)
-    s, key = cache.state(), cache.cache_key("item-0")
+    monkeypatch.setattr(CacheEntry, "refresh_due", lambda entry, beta: True)
+    s, key = running_cache(), cache.cache_key("item-0")
     item = app.extensions["item_store"].get("item-0")
     refreshed = CacheEntry.build("item-0", item.version, item.to_json())
     real_acquire = s.lock.acquire
@@ -198,11 +197,11 @@ def test_admin_warm_then_flush(make_app, quick_bloom):
     client = app.test_client()
     started = client.post("/admin/cache/warm", headers=AUTH)
     assert started.status_code == 202 and started.json == {"status": "warming", "items": 50}
-    redis_client = cache.state().redis.client
+    redis_client = running_cache().redis.client
     from tests.support import wait_until
 
     wait_until(lambda: all(redis_client.exists(cache.cache_key(i)) for i in ids), timeout=10)
-    wait_until(lambda: cache.state().bloom.is_built() is True, timeout=10)
+    wait_until(lambda: running_cache().bloom.is_built() is True, timeout=10)
     assert client.get(f"/items/{ids[0]}").headers["X-Cache"] == "redis"
     flushed = client.delete("/admin/cache", headers=AUTH)
     assert flushed.status_code == 200 and flushed.json["redis_keys_deleted"] >= 50
@@ -224,7 +223,7 @@ def test_warm_cache_cli(make_app, quick_bloom):
     seed(app, 30)
     result = app.test_cli_runner().invoke(args=["warm-cache"])
     assert result.exit_code == 0 and "warmed 30 items" in result.output
-    assert cache.state().bloom.is_built() is True
+    assert running_cache().bloom.is_built() is True
 
 
 def test_init_db_cli(make_app):
@@ -245,14 +244,13 @@ def test_admin_answers_a_json_503_while_redis_is_down(make_app):
 
 def test_a_warm_while_another_runs_answers_409(make_app):
     app = make_app(API_TOKEN=TOKEN)
-    hold = warm.take_lock(cache.state())  # another process is warming
+    hold = warm.take_lock(running_cache())  # another process is warming
     response = app.test_client().post("/admin/cache/warm", headers=AUTH)
     assert response.status_code == 409 and response.json["error"] == "warm_in_progress"
-    assert cache.state().lock.release(warm.lock_key(cache.state()), hold.token) is True
+    assert running_cache().lock.release(warm.lock_key(running_cache()), hold.token) is True
 
 
 def test_a_failed_early_refresh_serves_the_cached_copy(make_app, monkeypatch):
-    from cache import aside
     from cache.core.metrics import REFRESH_FAILURES
     from db import DatabaseUnavailable
 
@@ -266,26 +264,34 @@ def test_a_failed_early_refresh_serves_the_cached_copy(make_app, monkeypatch):
         raise DatabaseUnavailable("postgresql: OperationalError")
 
     monkeypatch.setattr(store, "get", database_down)
-    monkeypatch.setattr(aside, "_refresh_due", lambda s, entry: True)  # XFetch says "refresh now"
+    monkeypatch.setattr(CacheEntry, "refresh_due", lambda entry, beta: True)  # XFetch says "refresh now"
     failures = value(REFRESH_FAILURES)
     answer = client.get("/items/item-0")
     assert answer.status_code == 200 and answer.headers["X-Cache"] == "redis" and answer.json["n"] == "item-0"
     assert value(REFRESH_FAILURES) == failures + 1
-    lock = cache.state().lock
-    assert not cache.state().redis.client.exists(lock.for_item(cache.cache_key("item-0")))  # lock released
+    lock = running_cache().lock
+    assert not running_cache().redis.client.exists(lock.for_item(cache.cache_key("item-0")))  # lock released
 
 
-def test_demo_db_load_delay_slows_database_loads_and_nothing_else(make_app, monkeypatch):
-    """DEMO_DB_LOAD_DELAY (the demo's slow database): a sleep before each load from the database only."""
-    from cache import aside
+def test_demo_db_load_delay_slows_database_loads_and_nothing_else(stack):
+    """DEMO_DB_LOAD_DELAY (the demo's slow database, demo/slow_app.py): a sleep before each load only."""
+    from app import create_app
+    from demo.slow_app import SlowLoads
 
-    app = make_app(DEMO_DB_LOAD_DELAY="0.25")
-    seed(app, 1)
     slept: list[float] = []
-    monkeypatch.setattr(aside, "_sleep", slept.append)
+    app = create_app(stack, wrap_store=lambda store: SlowLoads(store, 0.25, sleep=slept.append))
+    seed(app, 1)
     client = app.test_client()
     tiers = [client.get("/items/item-0").headers["X-Cache"] for _ in range(2)]
     assert tiers == ["db", "lru"] and slept == [0.25]
+
+
+@pytest.mark.parametrize("raw", ["-0.1", "60", "soon"])
+def test_a_bad_demo_db_load_delay_names_the_variable(raw):
+    from demo.slow_app import load_delay
+
+    with pytest.raises(ValueError, match="DEMO_DB_LOAD_DELAY"):
+        load_delay({"DEMO_DB_LOAD_DELAY": raw})
 
 
 def test_a_fill_landing_between_a_waiters_looks_is_served_not_loaded_again(make_app, monkeypatch):
@@ -295,7 +301,7 @@ def test_a_fill_landing_between_a_waiters_looks_is_served_not_loaded_again(make_
     cold reads)."""
     app = make_app(CACHE_L1_MAX_ITEMS="0")
     seed(app, 1)
-    s = cache.state()
+    s = running_cache()
     key = cache.cache_key("item-0")
     other = s.lock.acquire(s.lock.for_item(key))  # as another process: the lock is its own
     assert isinstance(other, Acquired)

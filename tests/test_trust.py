@@ -9,14 +9,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from cache.core.trust import CATCH_UP_LIMIT, L1Trust
 
 import cache
-from cache import CacheEntry, SetOutcome, aside
+from cache import CacheEntry, SetOutcome
 from cache.changelog.follower import ChangeFollower
 from cache.changelog.maintenance import Maintenance
 from cache.core.metrics import REDIS_CATCH_UPS
-from tests.support import FakeClock, sql_connection, wait_until
+from cache.core.trust import CATCH_UP_LIMIT, L1Trust
+from tests.support import FakeClock, running_cache, sql_connection, wait_until
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -75,30 +75,31 @@ def doubting(make_app, stack):
     """An app whose process follows the log (a follower, not started: the test runs its passes), its
     chores (not started either), and an outside writer's connection to its database."""
     app = make_app()
-    s = cache.state()
-    s.follower = ChangeFollower(s, app.extensions["item_store"])
-    assert s.follower.hold_lease()
-    s.follower.run_once()
+    s = running_cache()
+    s.trust.follows_log = True
+    follower = ChangeFollower(s, app.extensions["item_store"])
+    assert follower.hold_lease()
+    follower.run_once()
     with sql_connection(stack["DATABASE_URL"]) as sql:
-        yield app.test_client(), s, Maintenance(s), sql
+        yield app.test_client(), s, Maintenance(s), sql, follower
 
 
 def test_a_doubted_process_reads_the_database_until_the_follower_announces_the_head(doubting):
-    client, s, chores, sql = doubting
+    client, s, chores, sql, follower = doubting
     client.put("/items/a", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
-    s.follower.run_once()
+    follower.run_once()
     chores.catch_up()
     assert s.trust.redis_current
     # Redis misses version 2 (down at the write, or restarted since): Redis still holds version 1.
     sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'a'""")
-    s.doubt_redis()
+    s.trust.doubt_redis()
     for _ in range(2):
         got = client.get("/items/a")
         assert (got.json["v"], got.headers["X-Cache"]) == (2, "db")  # never version 1 from Redis
         chores.catch_up()  # the head is taken: the log up to version 2's change
         assert not s.trust.redis_current
     applied = REDIS_CATCH_UPS.labels("applied")._value.get()
-    s.follower.run_once()  # applies the change, announces it
+    follower.run_once()  # applies the change, announces it
     chores.catch_up()
     assert s.trust.redis_current and REDIS_CATCH_UPS.labels("applied")._value.get() == applied + 1
     got = client.get("/items/a")
@@ -106,25 +107,25 @@ def test_a_doubted_process_reads_the_database_until_the_follower_announces_the_h
 
 
 def test_a_follower_that_finds_redis_emptied_applies_the_recent_log_again(doubting):
-    client, s, chores, sql = doubting
+    client, s, chores, sql, follower = doubting
     client.put("/items/b", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
     client.put("/items/b", data=json.dumps({"v": 2}), headers=JSON_HEADERS)
-    s.follower.run_once()
+    follower.run_once()
     key = cache.cache_key("b")
-    for name in (key, s.follower.applied_key):  # Redis restarted empty (this prefix's keys: a shared server)
+    for name in (key, follower.applied_key):  # Redis restarted empty (this prefix's keys: a shared server)
         s.redis.client.delete(name)
     old = CacheEntry.build("b", 1, b'{"id":"b","v":1}')  # a slow reader's load from before version 2
-    s.follower.run_once()  # finds its announcement gone: Redis lost writes
-    assert s.follower.rewind_due
-    s.follower.run_once()  # applies the last seconds of the log again: version 2's floor is back
+    follower.run_once()  # finds its announcement gone: Redis lost writes
+    assert follower.rewind_due
+    follower.run_once()  # applies the last seconds of the log again: version 2's floor is back
     assert s.redis.set_if_newer(key, old, 60_000) is SetOutcome.NEWER
-    assert s.redis.applied_position(s.follower.applied_key) >= 0
+    assert s.redis.applied_position(follower.applied_key) >= 0
 
 
 def test_a_doubted_read_falls_back_on_redis_while_the_database_is_down_too(doubting):
-    client, s, chores, sql = doubting
+    client, s, chores, sql, follower = doubting
     client.put("/items/c", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
-    s.doubt_redis()
+    s.trust.doubt_redis()
     store = s.store
 
     def down(item_id):
@@ -141,9 +142,9 @@ def test_a_doubted_read_falls_back_on_redis_while_the_database_is_down_too(doubt
 
 
 def test_a_failed_redis_call_puts_redis_in_doubt_in_a_process_that_follows_the_log(doubting):
-    client, s, chores, sql = doubting
+    client, s, chores, sql, follower = doubting
     chores.catch_up()
-    s.follower.run_once()
+    follower.run_once()
     chores.catch_up()
     assert s.trust.redis_current
     s.breaker.failure()  # one timeout: a write of this process may have missed Redis
@@ -151,21 +152,21 @@ def test_a_failed_redis_call_puts_redis_in_doubt_in_a_process_that_follows_the_l
 
 
 def test_a_follower_whose_redis_call_failed_applies_the_recent_log_again(doubting, monkeypatch):
-    client, s, chores, sql = doubting
+    client, s, chores, sql, follower = doubting
     client.put("/items/d", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
-    monkeypatch.setattr(s.follower, "apply", lambda changes: False)  # Redis failed under the batch
-    assert s.follower.run_once() == 0 and s.follower.rewind_due
+    monkeypatch.setattr(follower, "apply", lambda changes: False)  # Redis failed under the batch
+    assert follower.run_once() == 0 and follower.rewind_due
     monkeypatch.undo()
-    before = s.follower.cursor
-    s.follower.run_once()  # rewinds (at most to where it was), then applies from there
-    assert not s.follower.rewind_due and s.follower.cursor.seq >= before.seq
-    assert s.redis.applied_position(s.follower.applied_key) >= before.seq
+    before = follower.cursor
+    follower.run_once()  # rewinds (at most to where it was), then applies from there
+    assert not follower.rewind_due and follower.cursor.seq >= before.seq
+    assert s.redis.applied_position(follower.applied_key) >= before.seq
 
 
 def test_a_doubted_read_serves_redis_at_once_while_the_store_knows_the_database_is_down(doubting):
-    client, s, chores, sql = doubting
+    client, s, chores, sql, follower = doubting
     client.put("/items/d", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
-    s.doubt_redis()
+    s.trust.doubt_redis()
     store, asked = s.store, []
     store.known_down, store.get = (lambda: True), (lambda item_id: asked.append(item_id))
     try:
@@ -177,9 +178,9 @@ def test_a_doubted_read_serves_redis_at_once_while_the_store_knows_the_database_
 
 
 def test_a_doubted_process_loads_a_hot_key_once_for_its_concurrent_readers(doubting):
-    client, s, chores, sql = doubting
+    client, s, chores, sql, follower = doubting
     client.put("/items/hot", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
-    s.doubt_redis()
+    s.trust.doubt_redis()
     store, loads, release = s.store, [], threading.Event()
     real = store.get
 
@@ -192,7 +193,9 @@ def test_a_doubted_process_loads_a_hot_key_once_for_its_concurrent_readers(doubt
     try:
         with ThreadPoolExecutor(8) as pool:
             answers = [pool.submit(read, client, "/items/hot") for _ in range(8)]
-            wait_until(lambda: aside._db_reads.waiting(cache.cache_key("hot")) == 7, timeout=10)  # all arrived
+            wait_until(
+                lambda: running_cache()._db_reads.waiting(cache.cache_key("hot")) == 7, timeout=10
+            )  # all arrived
             release.set()
             results = [a.result(timeout=10) for a in answers]
     finally:
@@ -208,20 +211,20 @@ def read(client, path):
 
 
 def test_a_follower_that_finds_redis_restored_from_an_old_snapshot_applies_the_log_again_from_it(doubting, monkeypatch):
-    client, s, chores, sql = doubting
+    client, s, chores, sql, follower = doubting
     monkeypatch.setattr("cache.changelog.follower.REWIND_SECONDS", 0)  # the snapshot is older than the usual rewind
     client.put("/items/e", data=json.dumps({"v": 1}), headers=JSON_HEADERS)
-    s.follower.run_once()
-    snapshot_position = s.redis.applied_position(s.follower.applied_key)
+    follower.run_once()
+    snapshot_position = s.redis.applied_position(follower.applied_key)
     client.put("/items/e", data=json.dumps({"v": 2}), headers=JSON_HEADERS)
-    s.follower.run_once()
-    assert s.redis.applied_position(s.follower.applied_key) > snapshot_position
+    follower.run_once()
+    assert s.redis.applied_position(follower.applied_key) > snapshot_position
     # Redis restarts from its snapshot: the position and the item as they were before version 2.
     key, old = cache.cache_key("e"), CacheEntry.build("e", 1, b'{"id":"e","v":1}')
     s.redis.client.delete(key)
     assert s.redis.set_if_newer(key, old, 60_000) is SetOutcome.WRITTEN
-    s.redis.client.set(s.follower.applied_key, snapshot_position)
-    s.follower.run_once()  # finds the position gone back: Redis lost what came after it
-    assert s.follower.rewind_due
-    s.follower.run_once()  # applies the log again from the snapshot's position: version 2's floor is back
+    s.redis.client.set(follower.applied_key, snapshot_position)
+    follower.run_once()  # finds the position gone back: Redis lost what came after it
+    assert follower.rewind_due
+    follower.run_once()  # applies the log again from the snapshot's position: version 2's floor is back
     assert s.redis.set_if_newer(key, old, 60_000) is SetOutcome.NEWER

@@ -26,20 +26,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from cache.changelog import eviction, warm
 from cache.core.background import Background
 from cache.core.entry import CacheEntry
 from cache.core.guard import RedisDown
+from cache.core.item_cache import ItemCache
+from cache.core.lock import Lease
 from cache.core.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, CHANGELOG_LAG
 from cache.core.stampede import jittered
-from cache.core.lock import Lease
 from db import KEY_LIFETIME, DatabaseUnavailable, ItemStore
 from db.changes import Change, ChangeCursor
-
-if TYPE_CHECKING:
-    from cache.process import CacheProcess
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +63,19 @@ def applied_key(prefix: str) -> str:
 class ChangeFollower(Background):
     thread_name = "cache-change-follower"
 
-    def __init__(self, cache: CacheProcess, store: ItemStore, timer: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        cache: ItemCache,
+        store: ItemStore,
+        check_eviction_policy: bool = True,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`check_eviction_policy`: the first lease holder warns of an unsupported maxmemory-policy (off for
+        the embedded Redis, which has no INFO)."""
         super().__init__()
         self.cache, self.store, self.timer = cache, store, timer
-        prefix = cache.config.key_prefix
+        self.check_eviction_policy = check_eviction_policy
+        prefix = cache.settings.key_prefix
         self.name = f"cache:{prefix}"  # the position's name in the database: one per cache namespace
         # The holder's calls are tried past an open breaker, as a write's are (cache_set): other processes may
         # trust Redis again before this one's cooldown ends, and the changes it brings must not wait for it.
@@ -118,7 +124,7 @@ class ChangeFollower(Background):
             if self.lease.held is not held_before:  # taken anew (first, or after it lapsed: Redis away?)
                 logger.info("change follower: this process follows the database's change log now")
                 self.cursor, self.announced, self.rewind_due = None, -1, True
-                if not self.policy_checked and not self.cache.config.fakeredis:  # the fleet's first holder
+                if not self.policy_checked and self.check_eviction_policy:  # the fleet's first holder
                     eviction.warn_if_unsupported(self.cache.redis)
             self.policy_checked = True
             return True
@@ -162,7 +168,7 @@ class ChangeFollower(Background):
         cache = self.cache
         pipe = cache.bulk.pipeline(transaction=False)
         # A floor outlives any read that began before its commit: such a read fills within CACHE_TTL.
-        floor_ttl_ms = jittered(cache.config.cache_ttl, cache.config.ttl_jitter)
+        floor_ttl_ms = jittered(cache.settings.ttl, cache.settings.ttl_jitter)
         queued: list[str] = []  # per queued command, its item's key ("" for a Bloom filter add)
         for change in changes:
             key = cache.key(change.id)
@@ -247,11 +253,11 @@ class ChangeFollower(Background):
         if self.timer() < self._next_purge or self.cursor is None:
             return
         self._next_purge = self.timer() + PURGE_INTERVAL
-        config = self.cache.config
+        settings = self.cache.settings
         purged = self.store.purge_changes(self.cursor.safe_seq, LOG_RETENTION)
         # No cached copy of a tombstone outlives the longest TTL (+ jitter): past it, it can be forgotten.
-        longest = max(config.cache_ttl, config.cache_long_ttl, config.negative_ttl) * (1 + config.ttl_jitter)
-        tombstones = self.store.purge_tombstones(longest + config.l1_ttl)
+        longest = max(settings.ttl, settings.long_ttl, settings.negative_ttl) * (1 + settings.ttl_jitter)
+        tombstones = self.store.purge_tombstones(longest + self.cache.lru.ttl)
         # Here, not on the request path: one process of the fleet (the lease holder) purges, once a minute.
         keys = self.store.purge_keys(KEY_LIFETIME)
         if purged or tombstones or keys:

@@ -14,16 +14,14 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cache.core.background import Background
 from cache.core.guard import RedisDown
-from cache.core.metrics import INSPECTOR_CHECKED, INSPECTOR_STALE
+from cache.core.item_cache import ItemCache
 from cache.core.lock import Lease
+from cache.core.metrics import INSPECTOR_CHECKED, INSPECTOR_STALE
 from db import DatabaseUnavailable, ItemStore
-
-if TYPE_CHECKING:
-    from cache.process import CacheProcess
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +50,10 @@ class Suspect:
 class Inspector(Background):
     thread_name = "cache-inspector"
 
-    def __init__(self, cache: CacheProcess, store: ItemStore, timer: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, cache: ItemCache, store: ItemStore, timer: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.cache, self.store, self.timer = cache, store, timer
-        self.lease = Lease(cache.lock, f"{cache.config.key_prefix}{{inspector}}:lease", LEASE_MS)
+        self.lease = Lease(cache.lock, f"{cache.settings.key_prefix}{{inspector}}:lease", LEASE_MS)
         self.suspects: list[Suspect] = []
         self._keys: Iterator[Any] = iter(())
 
@@ -99,7 +97,7 @@ class Inspector(Background):
     def _sample_redis(self) -> list[Cached]:
         keys = list(itertools.islice(self._keys, SAMPLE))
         if not keys:  # a full walk of the keyspace is done: start another
-            pattern = f"{self.cache.config.key_prefix}item:*"
+            pattern = f"{self.cache.settings.key_prefix}item:*"
             self._keys = self.cache.bulk.scan_iter(match=pattern, count=SAMPLE)
             keys = list(itertools.islice(self._keys, SAMPLE))
         return self._read_redis([k.decode() if isinstance(k, bytes) else k for k in keys])

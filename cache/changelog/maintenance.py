@@ -14,20 +14,16 @@ applies for every process's writes, its own included, and whoever made them (cac
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from cache.changelog import warm
 from cache.changelog.follower import applied_key
 from cache.core.background import Background
 from cache.core.guard import RedisDown
+from cache.core.item_cache import ItemCache
 from cache.core.metrics import REDIS_CATCH_UPS, REDIS_CATCHING_UP
 from db import DatabaseUnavailable
-
-if TYPE_CHECKING:
-    from cache.process import CacheProcess
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +35,10 @@ BLOOM_CHECK_INTERVAL = 30.0  # seconds between checks that the Bloom filter exis
 class Maintenance(Background):
     thread_name = "cache-maintenance"
 
-    def __init__(self, cache: CacheProcess, timer: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, cache: ItemCache, timer: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.cache, self.timer = cache, timer
-        self._wake = threading.Event()
+        self._wake = cache.trust.chores_due  # set by a doubt about Redis and by a subscribe (cache/core/trust.py)
         self._next_bloom_check = float("-inf")
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -80,7 +76,7 @@ class Maintenance(Background):
         REDIS_CATCHING_UP.set(0 if trust.redis_current else 1)
         if trust.redis_current or cache.store is None:
             return
-        epoch, key = trust.epoch, applied_key(cache.config.key_prefix)
+        epoch, key = trust.epoch, applied_key(cache.settings.key_prefix)
         position = cache.redis.applied_position(key)
         if isinstance(position, RedisDown):
             cache.refresh_topology_soon(self.timer())  # our catch-up waits on a client that may not know of a failover

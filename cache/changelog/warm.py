@@ -10,17 +10,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cache.core.announce import FLUSH_ALL, encode_message
 from cache.core.entry import CacheEntry
 from cache.core.guard import REDIS_ERRORS_CAUGHT, RedisDown
-from cache.core.stampede import jittered
+from cache.core.item_cache import ItemCache
 from cache.core.lock import Acquired, HeldByOther
+from cache.core.stampede import jittered
 from db import Item, ItemStore
-
-if TYPE_CHECKING:
-    from cache.process import CacheProcess
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +46,12 @@ class WarmResult:
     bloom_rebuilt: bool
 
 
-def lock_key(cache: CacheProcess) -> str:
+def lock_key(cache: ItemCache) -> str:
     """The key that lets one warm (or Bloom filter rebuild) run at a time across the fleet."""
-    return cache.bloom.build_lock if cache.bloom else f"{cache.config.key_prefix}warm-lock"
+    return cache.bloom.build_lock if cache.bloom else f"{cache.settings.key_prefix}warm-lock"
 
 
-def take_lock(cache: CacheProcess) -> Acquired:
+def take_lock(cache: ItemCache) -> Acquired:
     """The builder's lock, or WarmInProgress / CacheUnavailable."""
     held = cache.lock.acquire(lock_key(cache), BUILD_LOCK_MS)
     if isinstance(held, RedisDown):
@@ -63,24 +61,24 @@ def take_lock(cache: CacheProcess) -> Acquired:
     return held
 
 
-def warm(cache: CacheProcess, store: ItemStore, hold: Acquired, progress: Progress | None = None) -> WarmResult:
+def warm(cache: ItemCache, store: ItemStore, hold: Acquired, progress: Progress | None = None) -> WarmResult:
     """Write every item to Redis with CACHE_LONG_TTL (jittered; never over a newer version) and rebuild
     the Bloom filter from the same scan, under `hold` (from take_lock), which is released at the end."""
     return _build(cache, store, hold, functools.partial(_queue_items, cache), progress)
 
 
-def rebuild_bloom(cache: CacheProcess, store: ItemStore, hold: Acquired) -> WarmResult:
+def rebuild_bloom(cache: ItemCache, store: ItemStore, hold: Acquired) -> WarmResult:
     """Rebuild only the Bloom filter, under `hold`."""
     return _build(cache, store, hold, None, None)
 
 
-def warm_in_background(cache: CacheProcess, store: ItemStore) -> threading.Thread:
+def warm_in_background(cache: ItemCache, store: ItemStore) -> threading.Thread:
     """Take the lock now (WarmInProgress / CacheUnavailable to the caller), warm in a daemon thread."""
     hold = take_lock(cache)
     return _in_background(functools.partial(warm, cache, store, hold, log_progress()))
 
 
-def rebuild_bloom_in_background(cache: CacheProcess, store: ItemStore) -> threading.Thread | None:
+def rebuild_bloom_in_background(cache: ItemCache, store: ItemStore) -> threading.Thread | None:
     """Rebuild the Bloom filter in a daemon thread, unless another process is already building one."""
     try:
         hold = take_lock(cache)
@@ -102,7 +100,7 @@ def log_progress() -> Progress:
     return report
 
 
-def flush(cache: CacheProcess) -> int:
+def flush(cache: ItemCache) -> int:
     """Delete this service's item keys (under its prefix: never FLUSHDB) and every process's L1.
     Returns how many Redis keys were deleted; CacheUnavailable when Redis does not answer."""
     deleted = cache.redis.guard("flush", "-", _unlink_items, cache)
@@ -115,7 +113,7 @@ def flush(cache: CacheProcess) -> int:
 
 
 def _build(
-    cache: CacheProcess,
+    cache: ItemCache,
     store: ItemStore,
     hold: Acquired,
     queue_items: Callable[[Any, list[Item]], None] | None,
@@ -153,16 +151,16 @@ def _build(
     return result
 
 
-def _queue_items(cache: CacheProcess, pipe: Any, batch: list[Item]) -> None:
+def _queue_items(cache: ItemCache, pipe: Any, batch: list[Item]) -> None:
     for item in batch:
         entry = CacheEntry.build(item.id, item.version, item.to_json())
-        ttl_ms = jittered(cache.config.cache_long_ttl, cache.config.ttl_jitter)
+        ttl_ms = jittered(cache.settings.long_ttl, cache.settings.ttl_jitter)
         cache.redis.queue_warm(pipe, cache.key(item.id), entry, ttl_ms)
 
 
-def _unlink_items(cache: CacheProcess) -> int:
+def _unlink_items(cache: ItemCache) -> int:
     client, deleted, batch = cache.bulk, 0, []
-    for key in client.scan_iter(match=f"{cache.config.key_prefix}item:*", count=1000):
+    for key in client.scan_iter(match=f"{cache.settings.key_prefix}item:*", count=1000):
         batch.append(key)
         if len(batch) >= 1000:
             deleted += client.unlink(*batch)

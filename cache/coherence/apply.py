@@ -9,19 +9,16 @@ any reader here waiting for that key's fill.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from cache.core.announce import FLUSH_ALL, UNVERSIONED, Invalidation
+from cache.core.item_cache import ItemCache
 from cache.core.metrics import INVALIDATION_LAG, INVALIDATIONS
-
-if TYPE_CHECKING:
-    from cache.process import CacheProcess
 
 
 class Coherence:
     """The listener's events (cache/invalidation.py ListenerEvents) for one process's cache."""
 
-    def __init__(self, cache: CacheProcess) -> None:
+    def __init__(self, cache: ItemCache) -> None:
         self.cache = cache
         self.lost = False  # the connection was lost since this process started: Redis may have missed writes
 
@@ -31,17 +28,15 @@ class Coherence:
     def on_subscribed(self, reason: str) -> None:
         cache = self.cache
         if self.lost:  # first: writes made while we were away may not have reached Redis yet
-            cache.doubt_redis()
+            cache.trust.doubt_redis()
         cache.flush_l1(reason)
         cache.breaker.success()  # Redis just answered our SUBSCRIBE: no need to wait out the cooldown
-        cache.trust.set_subscribed(True)
-        if cache.chores is not None:
-            cache.chores.wake()  # its first pass now: the catch-up, or the Bloom filter's upkeep at start
+        cache.trust.set_subscribed(True)  # also wakes the chores: the catch-up, or the Bloom filter's upkeep
 
     def on_lost(self) -> None:
         self.lost = True
         self.cache.trust.set_subscribed(False)
-        self.cache.doubt_redis()
+        self.cache.trust.doubt_redis()
 
     def on_message(self, message: Invalidation) -> None:
         cache = self.cache

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -25,10 +28,23 @@ class CacheEntry:
     def exists(self) -> bool:
         return self.body is not None
 
+    def refresh_due(self, beta: float) -> bool:
+        """Whether a reader should refresh this copy early (XFetch: should_refresh)."""
+        return should_refresh(self.load_ms, self.remaining_ms, beta)
+
     def held_bytes(self) -> int:
         """The memory this entry holds (itself, its body and ETag), as sys.getsizeof counts it."""
         body = sys.getsizeof(self.body) if self.body is not None else 0
         return sys.getsizeof(self) + body + sys.getsizeof(self.etag)
+
+
+def should_refresh(load_ms: int, remaining_ms: int, beta: float, rand: Callable[[], float] = random.random) -> bool:
+    """XFetch (Vattani et al., VLDB 2015): refresh early when now - delta * beta * ln(rand()) >= expiry,
+    i.e. when -delta * beta * ln(rand()) >= the TTL left. Hot keys, read often near expiry, get refreshed
+    by one reader before they expire; cold ones rarely. No TTL (-1) or an unknown load time: never."""
+    if beta <= 0 or load_ms <= 0 or remaining_ms < 0:
+        return False
+    return -load_ms * beta * math.log(max(rand(), 1e-300)) >= remaining_ms
 
 
 def make_etag(item_id: str, version: int) -> str:

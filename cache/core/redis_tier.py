@@ -17,8 +17,8 @@ from cache.core import codec
 from cache.core.announce import UNVERSIONED, encode_message
 from cache.core.entry import MISS, CacheEntry, _Miss, make_etag
 from cache.core.guard import REDIS_DOWN, Guard, RedisDown
-from cache.core.metrics import DECODE_ERRORS
 from cache.core.lock import HELD_BY_OTHER, Acquired, FleetLock, HeldByOther, release_lua, take_lua
+from cache.core.metrics import DECODE_ERRORS
 
 logger = logging.getLogger(__name__)
 

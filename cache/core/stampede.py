@@ -4,7 +4,6 @@ fill, TTL jitter, and probabilistic early refresh of hot keys (XFetch). The flee
 
 from __future__ import annotations
 
-import math
 import random
 import threading
 import time
@@ -103,15 +102,6 @@ def backoff_delays(total: float, first: float = 0.002, cap: float = 0.05) -> lis
 def jittered(ttl_seconds: float, jitter: float, rand: Callable[[], float] = random.random) -> int:
     """The TTL in ms, spread by +-`jitter` (0.1: +-10%) so keys written together expire apart."""
     return max(1, int(ttl_seconds * 1000 * (1 + jitter * (2 * rand() - 1))))
-
-
-def should_refresh(load_ms: int, remaining_ms: int, beta: float, rand: Callable[[], float] = random.random) -> bool:
-    """XFetch (Vattani et al., VLDB 2015): refresh early when now - delta * beta * ln(rand()) >= expiry,
-    i.e. when -delta * beta * ln(rand()) >= the TTL left. Hot keys, read often near expiry, get refreshed
-    by one reader before they expire; cold ones rarely. No TTL (-1) or an unknown load time: never."""
-    if beta <= 0 or load_ms <= 0 or remaining_ms < 0:
-        return False
-    return -load_ms * beta * math.log(max(rand(), 1e-300)) >= remaining_ms
 
 
 def monotonic_ms() -> int:

@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from cache.core.metrics import REDIS_CATCHING_UP
+
 CATCH_UP_LIMIT = 30.0  # seconds: a follower that announces nothing for this long (none left?) is not waited for
 
 
@@ -26,8 +28,12 @@ class L1Trust:
     that it must not fill L1 afterwards. `epoch` changes on every doubt about Redis, so a catch-up that
     began before it cannot end it."""
 
-    def __init__(self, timer: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, timer: Callable[[], float] = time.monotonic, follows_log: bool = True) -> None:
         self.timer = timer
+        # Only a process that follows the change log can tell when Redis has caught up: one that does not
+        # never doubts Redis (it would read through to the database for good).
+        self.follows_log = follows_log
+        self.chores_due = threading.Event()  # set when the chores' thread should look now (a doubt, a subscribe)
         self.subscribed = True  # no listener (tests, tools): nothing to wait for
         self.redis_answers = True
         self.redis_current = True  # Redis holds every change the log had when it last came back
@@ -42,6 +48,8 @@ class L1Trust:
         with self._lock:
             self.subscribed = subscribed
             self._update()
+        if subscribed:
+            self.chores_due.set()  # their first pass now: the catch-up, or the Bloom filter's upkeep at start
 
     def set_redis_answers(self, answers: bool) -> None:
         with self._lock:
@@ -55,10 +63,20 @@ class L1Trust:
     def doubt_redis(self) -> None:
         """Redis may have missed writes (a call failed, the listener lost it, or it just came back): its
         copies are not trusted until the log is applied up to a head taken after this."""
+        if not self.follows_log:
+            return
         with self._lock:
             self.redis_current, self.head = False, None
             self.epoch += 1
             self._update()
+        REDIS_CATCHING_UP.set(1)
+        self.chores_due.set()  # the chores' thread watches the catch-up: never a request's thread
+
+    def on_breaker_change(self, closed: bool) -> None:
+        """The circuit breaker opened (False) or closed (True): a Redis that comes back may lack writes."""
+        self.set_redis_answers(closed)
+        if closed:
+            self.doubt_redis()
 
     def set_head(self, epoch: int, head: int) -> bool:
         """The log's head, read after Redis answered (and after the doubt of `epoch`); False if doubted since."""

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import psycopg
 
-import cache
 from app import create_app
+from cache import service as cache_service
 from tests.support import Gunicorn, RedisServer, postgres_schema_url, wait_until
 
 JSON = {"Content-Type": "application/json"}
@@ -82,7 +82,7 @@ def test_too_many_connections_is_a_clear_503_and_one_log_line(postgres_url, capl
             answers = [client.put(f"/items/r{n}", data=b"{}", headers=JSON) for n in range(3)]
         finally:
             app.extensions["item_store"].close()
-            cache.reset()
+            cache_service.reset()
     for answer in answers:
         body = json.loads(answer.data)
         assert answer.status_code == 503 and body["error"] == "database_connections_refused"

@@ -1,5 +1,5 @@
 """What `gunicorn app:app` lets others reach: its embedded Redis (no REDIS_URL) only the service's user, and
-no script there runs code (cache/embedded/__init__.py, cache/embedded/lua_sandbox.py); metrics only with METRICS_TOKEN, when set."""
+no script there runs code (cache/embedded/); metrics only with METRICS_TOKEN, when set."""
 
 from __future__ import annotations
 

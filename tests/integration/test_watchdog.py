@@ -6,10 +6,11 @@ import time
 
 import cache
 from cache import CacheEntry, SetOutcome, cache_get, cache_key, cache_set
+from cache import service as cache_service
 from cache.core.metrics import L1_FLUSHES
 from cache.core.redis_tier import connect
 from config import load_config
-from tests.support import RedisServer, TcpProxy, wait_until
+from tests.support import RedisServer, TcpProxy, running_cache, wait_until
 
 
 def test_watchdog_detects_a_silent_connection_and_bypasses_l1(key_prefix):
@@ -17,9 +18,9 @@ def test_watchdog_detects_a_silent_connection_and_bypasses_l1(key_prefix):
         proxy = TcpProxy(server.port)
         try:
             config = load_config({"CACHE_KEY_PREFIX": key_prefix, "REDIS_SOCKET_TIMEOUT": "0.25"})
-            cache.init_cache(config, client=connect(proxy.url, socket_timeout=0.25))
-            cache.start_listener()
-            s = cache.state()
+            cache_service.init_cache(config, client=connect(proxy.url, socket_timeout=0.25))
+            cache_service.start_listener()
+            s = running_cache()
             wait_until(lambda: s.trust.usable, timeout=5)
             key = cache_key("a")
             # Through a Python proxy on a busy machine a first call can outlast the 0.25 s timeout: retry.
@@ -30,8 +31,9 @@ def test_watchdog_detects_a_silent_connection_and_bypasses_l1(key_prefix):
             paused_at = time.monotonic()
             wait_until(lambda: not s.trust.usable, timeout=10)
             detected_after = time.monotonic() - paused_at
-            assert s.listener is not None
-            assert detected_after < s.listener.watchdog.ping_interval + s.listener.watchdog.pong_timeout + 1.0
+            listener = cache_service.running().listener
+            assert listener is not None
+            assert detected_after < listener.watchdog.ping_interval + listener.watchdog.pong_timeout + 1.0
             assert cache_get(key) == (cache.MISS, None)  # L1 bypassed; Redis does not answer in time
             proxy.resume()
             wait_until(lambda: s.trust.usable, timeout=10)
@@ -39,4 +41,4 @@ def test_watchdog_detects_a_silent_connection_and_bypasses_l1(key_prefix):
             assert cache_get(key)[1] == "redis"
         finally:
             proxy.close()
-            cache.reset()
+            cache_service.reset()
