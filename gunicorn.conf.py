@@ -34,22 +34,16 @@ workers = _config.web_concurrency
 # CACHE_LOCK_WAIT, a database timeout); threads keep such a wait from holding the whole worker. They also
 # share one L1 and one invalidation listener per process: fewer, fuller L1s. Not gevent: an L1 hit is
 # pure CPU, and a CPU-bound greenlet stalls the others of its worker. Not sync: one slow request blocks it.
-# Measured costs (BENCHMARKS.md): threads contend for the GIL on CPU-bound routes (one worker served
-# /health/live at ~2,000 req/s with 1 thread, ~1,300 with 4); and a keep-alive connection stays with the
-# worker that accepted it, so a client with few long-lived connections can load workers unevenly.
-# Slow clients: gthread's threads block in recv() until a request has arrived, so clients that send
-# half a request and stop held every thread (10 stalled connections stopped 2 workers x 4 threads).
-# buffering_worker.BufferingWorker is gthread whose poller reads each request whole (head and a body up
-# to MAX_ITEM_BYTES) before a thread sees it, and closes a connection whose request has not arrived
-# within CLIENT_TIMEOUT; stalled clients then cost a socket each, at most worker_connections per worker.
-# Measured (`python -m bench.slow_clients`, BENCHMARKS.md "Slow clients"): beside 500 stalled connections
-# (half request lines and unfinished bodies) gthread answered 0 of 100 ordinary requests, gthread with 64
-# threads 0, gthread with a 5 s read timeout in the thread 28 (and all three held stalled sockets past 58 s);
-# this worker all 100, and closed them.
-# Against the alternatives (`python -m bench.serving`, BENCHMARKS.md "Serving", one run): this worker
-# served the stalled-clients row (1,666 req/s, gthread 0) and was 0.91-1.17x gthread elsewhere. 4 threads:
-# 1 or 2 served a 200 ms database at 0.29x and 0.63x; 8 won that row (1.42x) but lost the stalled-clients
-# row (0.81x), so GUNICORN_THREADS=8 is the setting for a slow database, not the default.
+# Costs: threads contend for the GIL on CPU-bound routes, and a keep-alive connection stays with the
+# worker that accepted it, so a client with few long-lived connections can load workers unevenly
+# (BENCHMARKS.md "Issue 7's targets").
+# Slow clients: gthread's threads block in recv() until a request has arrived, so clients that send half
+# a request and stop hold every thread. buffering_worker.BufferingWorker is gthread whose poller reads
+# each request whole (head and a body up to MAX_ITEM_BYTES) before a thread sees it, and closes a
+# connection whose request has not arrived within CLIENT_TIMEOUT; stalled clients then cost a socket
+# each, at most worker_connections per worker (BENCHMARKS.md "Slow clients", `python -m bench.slow_clients`).
+# 4 threads: fewer lose to a slow database, more lose beside stalled clients; GUNICORN_THREADS=8 is the
+# setting for a slow database, not the default (BENCHMARKS.md "Serving", `python -m bench.serving`).
 worker_class = "buffering_worker.BufferingWorker"
 threads = _config.gunicorn_threads
 # Open connections per worker, stalled ones included; beyond it new ones wait in the listen backlog until
@@ -60,14 +54,14 @@ worker_connections = 1000
 timeout = 30
 graceful_timeout = 20
 # Idle keep-alive connections are cheap for a router in front of us and save a handshake per request
-# (measured: keep-alive 0 served database reads and /health/live at 0.85-0.99x).
+# (BENCHMARKS.md "Serving").
 keepalive = 5
 
 # Logs to stderr, 12-factor: the platform collects them. The app writes the access log itself (logger
 # "access", ACCESS_LOG), so that a request's line has the format of every other line (LOG_FORMAT) and says
 # which tier answered and how long it took; gunicorn's own access log would be a second format. It is
-# the largest part of the cheapest request's own cost (about 12 of an L1 hit's 25 us in one process,
-# BENCHMARKS.md "One L1 hit inside the process"); ACCESS_LOG=false where the router logs requests already.
+# the largest part of the cheapest request's own cost (BENCHMARKS.md "One L1 hit inside the process");
+# ACCESS_LOG=false where the router logs requests already.
 accesslog = None
 errorlog = "-"
 # gunicorn's own lines ("Starting gunicorn", "Booting worker") in the same format, from its first line on:

@@ -118,3 +118,27 @@ def test_every_setting_load_config_reads_has_a_row_in_docs_configuration():
     missing = sorted(name for name in environ.asked - internal if f"| `{name}` |" not in table)
     assert len(environ.asked) > 30  # the recording saw the settings, not nothing
     assert missing == [], f"add a row to docs/CONFIGURATION.md for {missing}"
+
+
+WORD_CEILING = 12_000  # README + docs/*.md; BENCHMARKS.md (the figures) is not counted
+
+
+def test_readme_and_docs_stay_within_the_word_ceiling():
+    words = {path.name: len(path.read_text().split()) for path in DOCUMENTS}  # as `wc -w` counts them
+    assert sum(words.values()) <= WORD_CEILING, words
+
+
+def test_the_readme_runs_and_tests_with_one_command_each():
+    blocks = re.findall(r"^```sh\n(.*?)\n```", (ROOT / "README.md").read_text(), re.M | re.S)
+    assert "pip install -r requirements.txt && gunicorn app:app" in blocks
+    assert "pip install -r requirements-dev.txt && pytest" in blocks
+
+
+TOP_LEVEL = ["app.py", "config.py", "logs.py", "metrics_dir.py", "request_framing.py", "buffering_worker.py"]
+
+
+def test_architecture_names_every_top_level_module_and_package():
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    named = [*TOP_LEVEL, "gunicorn.conf.py", "cache/", "db/", "routes/", "demo/"]
+    assert all((ROOT / name).exists() for name in named)
+    assert [name for name in named if f"`{name}" not in text] == []
