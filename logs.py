@@ -32,7 +32,7 @@ TEXT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 REQUEST_FIELDS = ("method", "path", "status", "duration_ms", "bytes", "tier", "request_id")
 ACCESS = logging.getLogger("access")
-# The id of the request this thread is serving (routes/http_headers.py sets it, and clears it after), or None.
+# The id of the request this thread is serving (routes/http.py sets it, and clears it after), or None.
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 # A LogRecord's own attributes: whatever else a record holds came with `extra=`.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}

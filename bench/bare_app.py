@@ -3,7 +3,7 @@ bench.bare_app:app` reads the project's gunicorn.conf.py):
 
 - `app`: a bare WSGI callable that answers 2 bytes (issue 17's baseline);
 - `item_app`: a bare WSGI callable that answers what an L1 hit answers (the same status, headers and a body
-  of the same size, built once by routes/item_read.py), doing nothing per request: what gunicorn itself
+  of the same size, built once by routes/items.py), doing nothing per request: what gunicorn itself
   spends on that answer (its header checks, the bytes), which no fast path can go below;
 - `observed_app`: `item_app` plus the work issue 17 requires of every L1 hit besides finding it and building
   its headers: the tier counter, the request metrics (the exporter's own series, resolved as the fast path
@@ -23,10 +23,8 @@ from flask import Flask
 from cache.core.entry import CacheEntry
 from cache.core.metrics import REQUESTS_BY_TIER
 from config import load_config
-from routes.fast_path import request_metrics
-from routes.http_headers import log_request, new_request_id
-from routes.item_read import STATUS, STATUS_LINE, found_headers
-from routes.metrics import init_request_metrics
+from routes.http import init_request_metrics, log_request, new_request_id
+from routes.items import STATUS, STATUS_LINE, found_headers, request_metrics
 
 # An item as tests.support.seed_items writes it, as L1 holds it; a made-up request id of the usual length.
 BODY = b'{"id":"item-0","seeded":true,"version":1,"updated_at":"2026-01-01T00:00:00.000Z"}'

@@ -6,7 +6,7 @@ from flask import Blueprint, current_app
 from flask.typing import ResponseReturnValue
 
 from cache.changelog import warm
-from routes.auth import require_token
+from routes.http import require_token
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 

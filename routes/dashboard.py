@@ -19,7 +19,7 @@ from flask.typing import ResponseReturnValue
 
 from cache.core.redis_tier import info_summary
 from config import Config
-from routes.auth import require_metrics_token
+from routes.http import require_metrics_token
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 POLICY = (

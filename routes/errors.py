@@ -105,21 +105,7 @@ def _unexpected(exc: Exception) -> Response:
     return error_response(500, "internal_error", "The server failed to handle this request; it was logged.")
 
 
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",  # a JSON body is never to be sniffed into HTML
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-    "Referrer-Policy": "no-referrer",
-}
-
-
-def _secure(response: Response) -> Response:
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)  # a view that sets its own policy (the dashboard's) keeps it
-    return response
-
-
 def register(app: Flask) -> None:
-    app.after_request(_secure)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(DatabaseUnavailable, _database_down)
     app.register_error_handler(DeadlineExceeded, _deadline_exceeded)

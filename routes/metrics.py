@@ -3,55 +3,19 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from flask import Blueprint, Flask, Request, Response, current_app
+from flask import Blueprint, Response, current_app
 from flask.typing import ResponseReturnValue
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.registry import Collector
-from prometheus_flask_exporter import PrometheusMetrics
 
 from cache.core.metrics import TIERS
 from cache.core.redis_tier import info_summary
-from routes.auth import require_metrics_token
+from routes.http import require_metrics_token
 
 bp = Blueprint("metrics", __name__, url_prefix="/metrics")
 bp.before_request(require_metrics_token)  # /metrics and /metrics/cache: METRICS_TOKEN when it is set
 HIT_TIERS = ("lru", "redis", "negative", "bloom")  # answered without the database
-UNROUTED = "unrouted"  # the endpoint label of every request no route took (a 404, a 405)
-
-
-def endpoint(request: Request) -> str:
-    """The `endpoint` label (the exporter names it after this function): a route's endpoint, never a path."""
-    return request.endpoint or UNROUTED
-
-
-class RequestMetricsRegistry(CollectorRegistry):
-    """A registry that also keeps each collector registered in it, under the family names it describes:
-    the exporter keeps its metric objects to itself, and the fast path records into the same ones."""
-
-    def __init__(self) -> None:
-        super().__init__(auto_describe=True)
-        self.collectors: dict[str, Any] = {}
-
-    def register(self, collector: Collector) -> None:
-        super().register(collector)
-        for family in getattr(collector, "describe", list)():  # a metric object describes itself
-            self.collectors[family.name] = collector
-
-    def unregister(self, collector: Collector) -> None:
-        super().unregister(collector)
-        self.collectors = {name: kept for name, kept in self.collectors.items() if kept is not collector}
-
-
-def init_request_metrics(app: Flask) -> None:
-    """Request counts and latencies per endpoint (not raw path: ids would explode the label set). Every
-    label has a bounded set of values: endpoint (above), status (the app's), method (routes/methods.py)."""
-    registry = RequestMetricsRegistry()  # per app, so tests can build many apps
-    if app.config["SERVICE_CONFIG"].request_metrics:
-        PrometheusMetrics(app, path=None, group_by=endpoint, registry=registry)
-    app.extensions["request_metrics_registry"] = registry
 
 
 def _registries() -> list[CollectorRegistry]:

@@ -1,4 +1,4 @@
-"""The fast path (routes/fast_path.py) answers exactly as the routed view would, or not at all.
+"""The fast path (routes/items.py) answers exactly as the routed view would, or not at all.
 
 Every request of the matrix is sent twice from the same cache state: once to the app (the fast path in
 front of Flask) and once to Flask's own wsgi_app behind it (the fast path off). Both answers must have the
@@ -25,7 +25,7 @@ from werkzeug.test import Client, TestResponse
 from cache.core.metrics import L1_ENTRIES
 from config import Config
 from logs import REQUEST_FIELDS
-from routes.fast_path import FastPath
+from routes.items import FastPath
 from tests.support import FakeClock, free_port, running_cache
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -348,8 +348,8 @@ def test_the_exporters_metrics_are_found_without_prometheus_clients_private_name
     """The fast path records into the exporter's own metric objects, found through the registry's public
     register(), not prometheus_client's private name map (here renamed away, as a release might)."""
     from config import load_config
-    from routes.fast_path import request_metrics
-    from routes.metrics import init_request_metrics
+    from routes.http import init_request_metrics
+    from routes.items import request_metrics
 
     app = Flask(__name__)
     app.config["SERVICE_CONFIG"] = load_config({})

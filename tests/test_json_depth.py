@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from routes.validation import MAX_JSON_DEPTH, nesting_depth
+from routes.writes import MAX_JSON_DEPTH, nesting_depth
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 

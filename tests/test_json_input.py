@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from routes.validation import _no_duplicate_keys
+from routes.writes import _no_duplicate_keys
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 

@@ -1,5 +1,5 @@
 """METRICS_TOKEN: when set, /metrics, /metrics/cache and /dashboard/status.json need it as a Bearer token;
-unset, they are open (a Prometheus scraper on a private network). routes/auth.py."""
+unset, they are open (a Prometheus scraper on a private network). routes/http.py."""
 
 from __future__ import annotations
 

@@ -1,19 +1,36 @@
-"""What every response says beside its body: its request id, how a browser or a CDN may cache it, which
-tier answered in RFC 9211's `Cache-Status` (beside `X-Cache`), and CORS when CORS_ORIGINS allows it."""
+"""What every request and answer shares: the request id, caching and CORS headers, RFC 9211's
+`Cache-Status` beside `X-Cache`, the security headers, the access line, the bearer tokens (writes need
+API_TOKEN when set, admin always, metrics METRICS_TOKEN when set), the label request metrics group by, and a
+405 (JSON, before Flask) for a method no route serves: request metrics label requests by method, and a
+client can send any token as one, so counting these would let it add series without end.
+"""
 
 from __future__ import annotations
 
+import hmac
+import json
 import random
 import re
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Request, Response, current_app, g, request
 from flask_cors import CORS
 from flask_cors.core import get_cors_headers, get_cors_options
+from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
+from prometheus_flask_exporter import PrometheusMetrics
+from werkzeug.routing import Map
 
 import logs
 from config import Config
+from routes.errors import ApiError
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="item-cache"'}
+UNROUTED = "unrouted"  # the endpoint label of every request no route took (a 404, a 405)
 
 # Heroku's router sends a UUID; a caller's own id is kept if it is short and plain (it reaches the logs).
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:+=/-]{1,128}$")
@@ -33,6 +50,7 @@ def register(app: Flask, config: Config) -> None:
     app.before_request(_start)
     app.teardown_request(_end)
     app.after_request(_describe)
+    app.after_request(_secure)
     if config.cors_origins:
         settings: dict[str, Any] = {
             "origins": list(config.cors_origins),
@@ -42,7 +60,7 @@ def register(app: Flask, config: Config) -> None:
         }
         CORS(app, **settings)
         # The same options, resolved as flask-cors resolves them for its one resource (/*), for the answers
-        # that set their CORS headers themselves (routes/item_read.py).
+        # that set their CORS headers themselves (routes/items.py).
         app.extensions["cors_options"] = get_cors_options(app, settings)
 
 
@@ -158,3 +176,110 @@ def _cache_control(response: Response, config: Config) -> str:
     if request.endpoint == "items.get_item" and response.status_code in (200, 304):
         return item_cache_control(config)
     return "no-store"
+
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",  # a JSON body is never to be sniffed into HTML
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _secure(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)  # a view that sets its own policy (the dashboard's) keeps it
+    return response
+
+
+def require_token(*, admin: bool) -> None:
+    """Raise 401 unless the request carries `Authorization: Bearer <API_TOKEN>` (compared in constant
+    time). With no API_TOKEN configured, writes are open and admin endpoints answer 403."""
+    token = current_app.config["SERVICE_CONFIG"].api_token
+    if token is None:
+        if admin:
+            raise ApiError(403, "admin_disabled", "admin endpoints are disabled: start the service with API_TOKEN set")
+        return
+    if not _bearer_is(token):
+        raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <API_TOKEN>'", CHALLENGE)
+
+
+def require_metrics_token() -> None:
+    """Raise 401 unless the request carries `Authorization: Bearer <METRICS_TOKEN>`; open when it is unset."""
+    token = current_app.config["SERVICE_CONFIG"].metrics_token
+    if token is not None and not _bearer_is(token):
+        raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <METRICS_TOKEN>'", CHALLENGE)
+
+
+def _bearer_is(token: str) -> bool:
+    """The request's `Authorization: Bearer` credential is `token` (compared in constant time)."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def endpoint(request: Request) -> str:
+    """The `endpoint` label (the exporter names it after this function): a route's endpoint, never a path."""
+    return request.endpoint or UNROUTED
+
+
+class RequestMetricsRegistry(CollectorRegistry):
+    """A registry that also keeps each collector registered in it, under the family names it describes:
+    the exporter keeps its metric objects to itself, and the fast path records into the same ones."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_describe=True)
+        self.collectors: dict[str, Any] = {}
+
+    def register(self, collector: Collector) -> None:
+        super().register(collector)
+        for family in getattr(collector, "describe", list)():  # a metric object describes itself
+            self.collectors[family.name] = collector
+
+    def unregister(self, collector: Collector) -> None:
+        super().unregister(collector)
+        self.collectors = {name: kept for name, kept in self.collectors.items() if kept is not collector}
+
+
+def init_request_metrics(app: Flask) -> None:
+    """Request counts and latencies per endpoint (not raw path: ids would explode the label set). Every
+    label has a bounded set of values: endpoint (above), status (the app's), method (routes/http.py)."""
+    registry = RequestMetricsRegistry()  # per app, so tests can build many apps
+    if app.config["SERVICE_CONFIG"].request_metrics:
+        PrometheusMetrics(app, path=None, group_by=endpoint, registry=registry)
+    app.extensions["request_metrics_registry"] = registry
+
+
+class ServedMethodsOnly:
+    """WSGI middleware: requests with a method some route serves go to `app`; others are answered 405 here."""
+
+    def __init__(self, app: WSGIApp, url_map: Map, access_log: bool) -> None:
+        self.app = app
+        self.url_map = url_map
+        self.methods = frozenset(method for rule in url_map.iter_rules() for method in rule.methods or ())
+        self.access_log = access_log
+        message = f"no route serves this method; the methods served are {', '.join(sorted(self.methods))}"
+        self.body = json.dumps({"error": "method_not_allowed", "message": message}).encode()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") in self.methods:
+            return self.app(environ, start_response)
+        started = time.perf_counter()
+        request_id = new_request_id(environ.get("HTTP_X_REQUEST_ID", ""))
+        allowed = self.url_map.bind_to_environ(environ).allowed_methods()  # this path's, maybe none
+        headers = [
+            ("Allow", ", ".join(sorted(allowed))),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(self.body))),
+            ("Cache-Control", "no-store"),
+            ("X-Request-ID", request_id),
+            *SECURITY_HEADERS.items(),
+        ]
+        start_response("405 METHOD NOT ALLOWED", headers)
+        if self.access_log:
+            method = str(environ.get("REQUEST_METHOD", ""))
+            log_request(method, environ.get("PATH_INFO", ""), 405, started, len(self.body), None, request_id)
+        return [self.body]
+
+
+def install_served_methods(app: Flask, access_log: bool) -> None:
+    """Answer in front of `app`'s routing the methods none of its routes serve (HEAD and OPTIONS included)."""
+    app.wsgi_app = ServedMethodsOnly(app.wsgi_app, app.url_map, access_log)  # type: ignore[method-assign]
