@@ -67,7 +67,7 @@ def create_app(
 
 
 def _embedded_client() -> redis.Redis:
-    from cache import embedded
+    from cache.embedded import server as embedded
 
     return embedded.client()
 

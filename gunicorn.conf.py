@@ -114,7 +114,7 @@ def _start_embedded_redis() -> None:
     """One fakeredis server for all workers, and for every other default instance on this database (found
     through a file beside it), so they never disagree; its URL reaches the workers via REDIS_URL."""
     global _embedded_redis
-    from cache.embedded import WARNING
+    from cache.embedded.server import WARNING
     from cache.embedded.share import use_shared
 
     _embedded_redis = use_shared(_config.database_url)

@@ -15,7 +15,6 @@ from cache.changelog.inspector import Inspector
 from cache.changelog.maintenance import Maintenance
 from cache.coherence.apply import Coherence
 from cache.coherence.listener import Listener, Watchdog
-from cache.core.announce import CHANNEL, new_origin
 from cache.core.background import Background
 from cache.core.bloom import BloomFilter
 from cache.core.entry import CacheEntry
@@ -23,7 +22,7 @@ from cache.core.guard import CircuitBreaker, Guard
 from cache.core.item_cache import CacheSettings, ItemCache
 from cache.core.lock import FleetLock
 from cache.core.lru import LRUCache
-from cache.core.redis_tier import RedisTier, connect, connect_cluster
+from cache.core.redis_tier import CHANNEL, RedisTier, connect, connect_cluster, new_origin
 from cache.core.trust import L1Trust
 from config import Config
 from db import ItemStore

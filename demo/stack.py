@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from cache.embedded import start_server
+from cache.embedded.server import start_server
 from cache.embedded.share import SharedServer, file_for, join_or_start, leave
 from tests.support import Gunicorn, RedisServer, postgres_schema_url, wait_until
 

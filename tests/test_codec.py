@@ -11,7 +11,7 @@ import pytest
 import cache
 from cache import CacheEntry, cache_get, cache_key, cache_set
 from cache import service as cache_service
-from cache.core import codec
+from cache.core import entry as codec
 from cache.core.metrics import COMPRESSION_SAVED, DECODE_ERRORS
 from config import load_config
 from tests.support import running_cache

@@ -11,7 +11,7 @@ import stat
 import pytest
 import redis
 
-from cache.embedded import start_server
+from cache.embedded.server import start_server
 from cache.embedded.share import SERVICE, EmbeddedConflict, _running, file_for, join_or_start, leave
 from tests.embedded_access import NOBODY, connect_as, tcp_listeners
 from tests.support import wait_until

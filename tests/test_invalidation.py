@@ -13,11 +13,10 @@ import cache
 from cache import CacheEntry, SetOutcome, cache_get, cache_key, cache_set
 from cache import service as cache_service
 from cache.coherence.listener import ConnectionSilent, Listener, Watchdog
-from cache.core.announce import decode_message, encode_message
 from cache.core.guard import CircuitBreaker, Guard
 from cache.core.item_cache import ItemCache
 from cache.core.metrics import INVALIDATION_LAG, INVALIDATIONS, L1_FLUSHES
-from cache.core.redis_tier import RedisTier
+from cache.core.redis_tier import RedisTier, decode_message, encode_message
 from config import load_config
 from tests.support import FakeClock, running_cache, wait_until
 

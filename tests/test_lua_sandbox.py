@@ -9,8 +9,8 @@ import pytest
 import redis
 from fakeredis.commands_mixins import scripting_mixin
 
-from cache import embedded
 from cache.embedded import lua_sandbox
+from cache.embedded import server as embedded
 from tests.test_embedded_share import hostile_scripts
 
 

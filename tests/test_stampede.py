@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from cache.core.entry import should_refresh
-from cache.core.stampede import FillNotifier, SingleFlight, backoff_delays, jittered
+from cache.core.entry import jittered, should_refresh
+from cache.core.stampede import FillNotifier, SingleFlight, backoff_delays
 from tests.support import wait_until
 
 

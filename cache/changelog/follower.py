@@ -29,12 +29,11 @@ from collections.abc import Callable
 
 from cache.changelog import eviction, warm
 from cache.core.background import Background
-from cache.core.entry import CacheEntry
+from cache.core.entry import CacheEntry, jittered
 from cache.core.guard import RedisDown
 from cache.core.item_cache import ItemCache
 from cache.core.lock import Lease
 from cache.core.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, CHANGELOG_LAG
-from cache.core.stampede import jittered
 from db import KEY_LIFETIME, DatabaseUnavailable, ItemStore
 from db.changes import Change, ChangeCursor
 

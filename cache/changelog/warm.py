@@ -12,12 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cache.core.announce import FLUSH_ALL, encode_message
-from cache.core.entry import CacheEntry
+from cache.core.entry import CacheEntry, jittered
 from cache.core.guard import REDIS_ERRORS_CAUGHT, RedisDown
 from cache.core.item_cache import ItemCache
 from cache.core.lock import Acquired, HeldByOther
-from cache.core.stampede import jittered
+from cache.core.redis_tier import FLUSH_ALL, encode_message
 from db import Item, ItemStore
 
 logger = logging.getLogger(__name__)

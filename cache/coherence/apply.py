@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 
-from cache.core.announce import FLUSH_ALL, UNVERSIONED, Invalidation
 from cache.core.item_cache import ItemCache
 from cache.core.metrics import INVALIDATION_LAG, INVALIDATIONS
+from cache.core.redis_tier import FLUSH_ALL, UNVERSIONED, Invalidation
 
 
 class Coherence:

@@ -1,7 +1,7 @@
 """The pub/sub listener: one thread per process that hears other processes' writes and hands them to
 its `ListenerEvents` (cache/coherence/apply.py applies them to L1).
 
-What it hears is an announcement (cache/core/announce.py), published by the Redis write scripts.
+What it hears is an announcement (cache/core/redis_tier.py), published by the Redis write scripts.
 
 Pub/sub is at-most-once, so the listener reports every doubt: until it is subscribed (and again whenever
 its connection fails) it says the connection is lost; and it PINGs on the subscribed connection, treating
@@ -18,10 +18,10 @@ from typing import Any, Protocol
 
 import redis
 
-from cache.core.announce import Invalidation, decode_message
 from cache.core.background import Background
 from cache.core.guard import REDIS_ERRORS_CAUGHT
 from cache.core.metrics import LISTENER_SUBSCRIBED
+from cache.core.redis_tier import Invalidation, decode_message
 
 logger = logging.getLogger(__name__)
 

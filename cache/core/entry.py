@@ -1,12 +1,22 @@
-"""What the cache holds for one id: a version and the ready-to-send response body (or None: absent)."""
+"""What the cache holds for one id: a version and the ready-to-send response body (or None: absent); how
+that body is stored in Redis; and the TTL arithmetic of an entry (jitter, XFetch's early refresh).
+
+Stored body: JSON as served, or zlib-compressed above a size threshold, told apart by the first byte (a
+JSON object starts with '{'; a compressed body with the marker byte 0x01). Old and new entries both
+decode, so the threshold can change (or compression be turned off) at any time. What fails to decode is
+reported as CORRUPT: the reader treats it as a miss and deletes it.
+"""
 
 from __future__ import annotations
 
 import math
 import random
 import sys
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from cache.core.metrics import COMPRESSION_SAVED
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +75,41 @@ class _Miss:
 
 
 MISS = _Miss()
+
+
+def jittered(ttl_seconds: float, jitter: float, rand: Callable[[], float] = random.random) -> int:
+    """The TTL in ms, spread by +-`jitter` (0.1: +-10%) so keys written together expire apart."""
+    return max(1, int(ttl_seconds * 1000 * (1 + jitter * (2 * rand() - 1))))
+
+
+COMPRESSED = b"\x01"
+JSON_OBJECT = b"{"
+ABSENT = b""  # a tombstone or negative entry: the id is known not to exist
+CORRUPT = object()
+
+
+def encode_body(body: bytes | None, compress_min_bytes: int) -> bytes:
+    if body is None:
+        return ABSENT
+    if compress_min_bytes and len(body) >= compress_min_bytes:
+        packed = COMPRESSED + zlib.compress(body, 6)
+        if len(packed) < len(body):
+            COMPRESSION_SAVED.inc(len(body) - len(packed))
+            return packed
+    return body
+
+
+def decode_body(stored: bytes) -> bytes | None | object:
+    """The body, None for an absent id, or CORRUPT."""
+    if stored == ABSENT:
+        return None
+    marker = stored[:1]
+    if marker == JSON_OBJECT:
+        return stored
+    if marker == COMPRESSED:
+        try:
+            body = zlib.decompress(stored[1:])
+        except zlib.error:
+            return CORRUPT
+        return body if body[:1] == JSON_OBJECT else CORRUPT
+    return CORRUPT

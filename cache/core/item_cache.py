@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from redis import Redis
 
 from cache.core.bloom import BloomFilter
-from cache.core.entry import MISS, CacheEntry, _Miss
+from cache.core.entry import MISS, CacheEntry, _Miss, jittered
 from cache.core.guard import CircuitBreaker, RedisDown
 from cache.core.lock import Acquired, FleetLock, HeldByOther
 from cache.core.lru import LRUCache
@@ -40,7 +40,7 @@ from cache.core.metrics import (
     WRITES_BY_OUTCOME,
 )
 from cache.core.redis_tier import Found, RedisTier, SetOutcome
-from cache.core.stampede import FillNotifier, SingleFlight, backoff_delays, jittered
+from cache.core.stampede import FillNotifier, SingleFlight, backoff_delays
 from cache.core.trust import L1Trust
 from db import (
     CommitOutcomeUnknown,

@@ -5,7 +5,12 @@ also announces the write to every process (pub/sub). Every call goes through the
 from __future__ import annotations
 
 import enum
+import json
 import logging
+import os
+import secrets
+import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,14 +18,48 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cache.core import codec
-from cache.core.announce import UNVERSIONED, encode_message
-from cache.core.entry import MISS, CacheEntry, _Miss, make_etag
+from cache.core.entry import CORRUPT, MISS, CacheEntry, _Miss, decode_body, encode_body, make_etag
 from cache.core.guard import REDIS_DOWN, Guard, RedisDown
 from cache.core.lock import HELD_BY_OTHER, Acquired, FleetLock, HeldByOther, release_lua, take_lua
 from cache.core.metrics import DECODE_ERRORS
 
 logger = logging.getLogger(__name__)
+
+# ---- announcements: what the write scripts publish on the invalidation channel, atomically with the
+# write, and every process's listener hears, as JSON {"k": key, "v": version, "o": sender's origin,
+# "t": sender's wall-clock time}.
+
+CHANNEL = "cache-invalidate"
+FLUSH_ALL = "*"  # the key of a message that tells every process to flush its whole L1
+UNVERSIONED = -1  # the version of a message that drops a key whatever version a process holds
+
+
+def new_origin() -> str:
+    """An id for this process's messages, so it can recognise (and ignore) its own."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def encode_message(key: str, version: int, origin: str) -> bytes:
+    return json.dumps({"k": key, "v": version, "o": origin, "t": time.time()}, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Invalidation:
+    key: str
+    version: int
+    origin: str
+    sent_at: float  # the sender's wall clock
+
+
+def decode_message(data: bytes) -> Invalidation | None:
+    """The message, or None (logged) when it is malformed."""
+    try:
+        payload = json.loads(data)
+        return Invalidation(str(payload["k"]), int(payload["v"]), str(payload["o"]), float(payload["t"]))
+    except (ValueError, KeyError, TypeError):
+        logger.warning("ignored a malformed invalidation message (%d bytes)", len(data))
+        return None
+
 
 # KEYS[1]: the item's key, a hash: v version, b body ('' for an id known to be absent), d how long the
 #          database load took (ms), t the TTL it was given (ms); or a *floor* {v, f=1}: "version v was
@@ -273,7 +312,7 @@ class RedisTier:
 
     def _args(self, entry: CacheEntry, ttl_ms: int, mode: str, announce: tuple[str, bytes]) -> list[Any]:
         """SET_IF_NEWER's ARGV[1..7]."""
-        stored = codec.encode(entry.body, self.compress_min_bytes)
+        stored = encode_body(entry.body, self.compress_min_bytes)
         return [entry.version, stored, ttl_ms, entry.load_ms, *announce, mode]
 
     def _outcome(self, key: str, result: object) -> SetOutcome:
@@ -287,8 +326,8 @@ class RedisTier:
 
     def _entry(self, key: str, item_id: str, fields: list[Any]) -> CacheEntry | _Miss:
         version, stored, load_ms, ttl_ms, remaining_ms = fields
-        body = codec.decode(stored)
-        if body is codec.CORRUPT:
+        body = decode_body(stored)
+        if body is CORRUPT:
             DECODE_ERRORS.inc()
             logger.warning("redis value for key %s does not decode: deleted, treated as a miss", key)
             self.guard("delete", key, self.client.delete, key)

@@ -4,7 +4,6 @@ fill, TTL jitter, and probabilistic early refresh of hot keys (XFetch). The flee
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -97,11 +96,6 @@ def backoff_delays(total: float, first: float = 0.002, cap: float = 0.05) -> lis
         spent += delays[-1]
         delay = min(delay * 2, cap)
     return delays
-
-
-def jittered(ttl_seconds: float, jitter: float, rand: Callable[[], float] = random.random) -> int:
-    """The TTL in ms, spread by +-`jitter` (0.1: +-10%) so keys written together expire apart."""
-    return max(1, int(ttl_seconds * 1000 * (1 + jitter * (2 * rand() - 1))))
 
 
 def monotonic_ms() -> int:

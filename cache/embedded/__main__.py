@@ -2,6 +2,6 @@
 
 import sys
 
-from cache.embedded import serve
+from cache.embedded.server import serve
 
 serve(sys.argv[1], sys.argv[2])

@@ -34,9 +34,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from cache.embedded.server import MARKER_KEY, start_server
+
 SERVICE = "item-cache embedded redis"  # the file says who wrote it; any other file at the path is left alone
-MARKER_KEY = "item-cache:embedded-server"  # the server holds its token here: "it is ours and it is alive"
-POLL_SECONDS = 0.2
 StartServer = Callable[[Path, Path], tuple[str, str, int]]  # (own file, shared file) -> socket, token, pid
 
 
@@ -71,7 +71,6 @@ def file_for(database_url: str, instance_dir: Path) -> Path:
 def use_shared(database_url: str) -> SharedServer:
     """Join or start the embedded Redis for `database_url` and point this process's children at it
     (REDIS_URL, REDIS_EMBEDDED); exit with one line saying what to set when it cannot be shared safely."""
-    from cache.embedded import start_server
     from config import INSTANCE_DIR
 
     path = file_for(database_url, INSTANCE_DIR)
