@@ -124,8 +124,8 @@ def drive(server: Gunicorn, ids: list[str], acks: Acks, seconds: float, readers:
 
 
 def copies_held(client: redis.Redis) -> tuple[int, int]:
-    """Items Redis holds a copy of, and version floors (a version without a body, left where a write was
-    refused for memory: the Redis tier's SET_IF_NEWER)."""
+    """Items Redis holds a copy of, and version floors (a version without a body: left where a fill was
+    refused for memory, or by a write the change follower applied; the Redis tier's SET_IF_NEWER, FLOOR)."""
     keys = list(client.scan_iter(match="*ev-*", count=1000))
     with client.pipeline(transaction=False) as pipe:
         for key in keys:
