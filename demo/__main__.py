@@ -20,12 +20,12 @@ import time
 
 from demo import scenes, scenes_ops
 from demo.show import Outcome, say, title
-from demo.stack import Stack
+from demo.stack import InstanceDidNotStart, Stack
 
 SCENES = {
     "tiers": (scenes.tiers, "a read goes db -> redis -> lru"),
     "coherence": (scenes.coherence, "a write on A is seen on B within milliseconds"),
-    "stampede": (scenes.stampede, f"{scenes.COLD_READS} concurrent cold reads, one database load"),
+    "stampede": (scenes.stampede, f"{scenes.COLD_READS} cold reads sent together, one database load"),
     "penetration": (scenes.penetration, f"{scenes.NEVER_EXISTED:,} ids that never existed, no database read"),
     "redis-down": (scenes_ops.redis_down, "Redis killed and restarted under reads and writes"),
     "warming": (scenes_ops.warming, "warm every tier from the database, with progress"),
@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(database_url)
     outcomes: dict[str, Outcome] = {}
     try:
-        a, b = stack.start()
+        try:
+            a, b = stack.start()
+        except InstanceDidNotStart as exc:
+            print(f"FAIL setup: {exc}", flush=True)
+            return 1
         redis = f"redis-server at {stack.redis_url}" if stack.real_redis else f"embedded Redis at {stack.redis_url}"
         title("setup")
         say(f"{redis}; database {stack.database_url}")

@@ -9,6 +9,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from config import Config, load_config
 from demo.show import Metrics, Outcome, cmd, got, say
 from demo.stack import Stack, call, curl, lag_seconds
 from tests.support import Gunicorn, wait_until
@@ -88,7 +89,7 @@ def coherence(stack: Stack, a: Gunicorn, b: Gunicorn) -> Outcome:
 def stampede(stack: Stack, a: Gunicorn, b: Gunicorn) -> Outcome:
     say("The database is made slow ON PURPOSE for this scene: two more instances start with")
     say(f"DEMO_DB_LOAD_DELAY={SLOW_LOAD} (demo/slow_app.py, the demo's own: every item load from the database sleeps")
-    say(f"{SLOW_LOAD} s first), so that {COLD_READS} concurrent reads of one cold key really collide.")
+    say(f"{SLOW_LOAD} s first), so that the reads of one cold key that are in the service together really collide.")
     loads = {}
     say(f"$ CACHE_STAMPEDE_PROTECTION=true|false DEMO_DB_LOAD_DELAY={SLOW_LOAD} gunicorn demo.slow_app:app")
     say("  (two of each)")
@@ -102,10 +103,15 @@ def stampede(stack: Stack, a: Gunicorn, b: Gunicorn) -> Outcome:
         try:
             put(pair[0], "hot-1", {"name": "hot"})
             flush(pair[0])
+            at_once = serving_threads(pair)
+            say(f"{COLD_READS} reads sent together; the two instances serve at most {at_once} at a time")
+            say(f"({describe_threads(pair)}): the first {at_once} collide on the cold key, the rest wait for a thread.")
             with Metrics(pair) as metrics:
-                answers = concurrent_gets(pair, ["/items/hot-1"] * COLD_READS, COLD_READS, "/items/hot-1")
+                answers = concurrent_gets(pair, COLD_READS, COLD_READS, "/items/hot-1")
             loads[protection] = metrics["cache_db_loads_total"]
             say(f"{COLD_READS} reads: {dict(answers)}; database loads: {loads[protection]:g}")
+            for line in explain_answers(answers, metrics):
+                say(line)
         finally:
             stack.stop(pair)
     ok = loads["on"] == 1 and loads["off"] > 1
@@ -114,24 +120,75 @@ def stampede(stack: Stack, a: Gunicorn, b: Gunicorn) -> Outcome:
     )
 
 
-def concurrent_gets(servers: list[Gunicorn], paths: list[str], threads: int, shown: str) -> Counter[str]:
-    """GET every path (spread over `servers`) from `threads` threads released together: Counter of answers.
-    `shown`: the path as the printed shell loop spells it ($i: the loop's number)."""
-    ports = " ".join(str(s.port) for s in servers)
-    cmd(
-        f"for i in $(seq {len(paths) // len(servers)}); do for p in {ports}; do curl -s -o /dev/null "
-        f"-w '%{{http_code}} %header{{x-cache}}\\n' localhost:$p{shown} & done; done | sort | uniq -c"
+def serving_threads(servers: list[Gunicorn]) -> int:
+    """Requests `servers` can serve at the same moment: workers x threads, summed."""
+    return sum(config.web_concurrency * config.gunicorn_threads for config in map(settings, servers))
+
+
+def describe_threads(servers: list[Gunicorn]) -> str:
+    configs = [settings(server) for server in servers]
+    if len({(c.web_concurrency, c.gunicorn_threads) for c in configs}) == 1:
+        return (
+            f"{len(configs)} instances x {configs[0].web_concurrency} workers x {configs[0].gunicorn_threads} threads"
+        )
+    return " + ".join(f"{c.web_concurrency} workers x {c.gunicorn_threads} threads" for c in configs)
+
+
+def settings(server: Gunicorn) -> Config:
+    return load_config(server.env, default_port=8000)
+
+
+def explain_answers(answers: Counter[str], metrics: Metrics) -> list[str]:
+    """Why more answers say db than the database was read: X-Cache names the tier of the read that made the
+    answer, and a reader that waited for another's load is handed that load's answer."""
+    loads, waits = metrics["cache_db_loads_total"], metrics["cache_stampede_waits_total"]
+    said_db, said_redis = answers["200 db"], answers["200 redis"]
+    lines = []
+    if said_db > loads:
+        lines.append(
+            f"{said_db} answers say db for {loads:g} database load(s): the other {said_db - loads:g} were readers "
+            "in a loading worker that waited for its load (single-flight) and were handed its answer, X-Cache too."
+        )
+    if said_redis:
+        lines.append(
+            f"{said_redis} say redis: readers in the other workers that waited for the fleet-wide lock, then read "
+            f"the fill from Redis (cache_stampede_waits_total {waits:+g} counts both kinds of wait)."
+        )
+    if answers["200 lru"]:
+        lines.append(f"{answers['200 lru']} say lru: reads that reached a worker after its L1 had the item.")
+    if not waits and loads > 1:
+        lines.append(f"Without protection every read in the service before the first fill loaded: {loads:g}.")
+    return lines
+
+
+def shell_loop(servers: list[Gunicorn], count: int, parallel: int, path: str) -> str:
+    """The shell loop for what concurrent_gets runs: `count` GETs, `parallel` at a time, the n-th to
+    servers[n % len(servers)] at `path` with its "{}" replaced by n."""
+    ports = str(servers[-1].port)
+    for index in range(len(servers) - 2, -1, -1):
+        ports = f"{{}} % {len(servers)} == {index} ? {servers[index].port} : {ports}"
+    url = f"localhost:$(( {ports} )){path}"
+    fmt = '"%{http_code} %header{x-cache}\\n"'
+    return (
+        f"seq 0 {count - 1} | xargs -P {parallel} -I{{}} sh -c 'curl -s -o /dev/null -w {fmt} {url}' | sort | uniq -c"
     )
-    start = threading.Barrier(min(threads, len(paths)))
+
+
+def concurrent_gets(servers: list[Gunicorn], count: int, parallel: int, path: str) -> Counter[str]:
+    """GET `path` ("{}": the request's number) `count` times from `parallel` threads, the first `parallel`
+    released together, the n-th to servers[n % len(servers)]: Counter of answers. Prints the shell loop
+    that does the same."""
+    cmd(shell_loop(servers, count, parallel, path) + f"   # run here by {parallel} threads")
+    start = threading.Barrier(min(parallel, count))
 
     def one(n: int) -> str:
-        if n < threads:
+        if n < parallel:
             start.wait(30)
-        response = call(servers[n % len(servers)], "GET", paths[n])
+        response = call(servers[n % len(servers)], "GET", path.replace("{}", str(n)))
         return f"{response.status} {response.x_cache}"
 
-    with ThreadPoolExecutor(threads) as pool:
-        return Counter(pool.map(one, range(len(paths))))
+    with ThreadPoolExecutor(parallel) as pool:
+        return Counter(pool.map(one, range(count)))
 
 
 def penetration(stack: Stack, a: Gunicorn, b: Gunicorn) -> Outcome:
@@ -140,7 +197,8 @@ def penetration(stack: Stack, a: Gunicorn, b: Gunicorn) -> Outcome:
     client = stack.redis()
     wait_until(lambda: client.exists("{bloom}:meta") and not client.exists("{bloom}:build-lock"), timeout=30)
     with Metrics([a, b]) as metrics:
-        answers = concurrent_gets([a, b], [f"/items/never-{n}" for n in range(NEVER_EXISTED)], 16, "/items/never-$p-$i")
+        say(f"ids never-0 .. never-{NEVER_EXISTED - 1}, alternately on A and B, 16 at a time:")
+        answers = concurrent_gets([a, b], NEVER_EXISTED, 16, "/items/never-{}")
         say(f"answers: {dict(answers)}")
     absent = metrics.tier("bloom") + metrics.tier("negative")
     ok = metrics["cache_db_loads_total"] == 0 and absent == NEVER_EXISTED

@@ -11,7 +11,6 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import redis
@@ -59,7 +58,7 @@ class Stack:
         else:  # the embedded server that default instances on this database would share (cache/embedded/share.py)
             self.shared = join_or_start(file_for(self.database_url, self.tmp), start_server)
             self.redis_url = self.shared.url
-        first, second = self.launch({}, {})
+        first, second = self.launch({}, {}, names=["A", "B"])
         return first, second
 
     def redis(self) -> redis.Redis:
@@ -76,8 +75,9 @@ class Stack:
             **extra,
         }
 
-    def launch(self, *extras: dict[str, str]) -> list[Gunicorn]:
-        """One instance (2 workers) per dict of `extras`: the stack's settings and those; started side by side."""
+    def launch(self, *extras: dict[str, str], names: list[str] | None = None) -> list[Gunicorn]:
+        """One instance (2 workers) per dict of `extras`: the stack's settings and those; started side by side.
+        Raises InstanceDidNotStart for the first that exits or is not ready within READY_TIMEOUT."""
         group = [Gunicorn(self.env(**extra), workers=2) for extra in extras]
         for server, extra in zip(group, extras, strict=True):
             if "DEMO_DB_LOAD_DELAY" in extra:
@@ -85,8 +85,8 @@ class Stack:
         self.instances += group
         for server in group:
             server.launch()
-        for server in group:
-            wait_until(partial(is_ready, server), timeout=60)
+        for name, server, extra in zip(names or [""] * len(group), group, extras, strict=True):
+            wait_ready(server, name or " ".join(f"{k}={v}" for k, v in extra.items()))
         return group
 
     def stop(self, group: list[Gunicorn]) -> None:
@@ -107,8 +107,34 @@ class Stack:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+READY_TIMEOUT = 60.0  # seconds for an instance to answer /health/ready
+LOG_TAIL_LINES = 20
+
+
+class InstanceDidNotStart(Exception):
+    """An instance that exited or did not become ready: its name, port, and the end of its log."""
+
+
 def is_ready(server: Gunicorn) -> bool:
     return server.get("/health/ready")[0] == 200
+
+
+def wait_ready(server: Gunicorn, name: str, timeout: float = READY_TIMEOUT) -> None:
+    """Wait until `server` is ready; raise InstanceDidNotStart naming it, with its log's last lines (read now:
+    the log is deleted when the stack closes)."""
+    proc = server.proc
+    assert proc is not None
+    try:
+        wait_until(lambda: proc.poll() is not None or is_ready(server), timeout=timeout)
+    except AssertionError:
+        what = f"did not answer /health/ready within {timeout:g} s"
+    else:
+        status = proc.poll()
+        if status is None:
+            return
+        what = f"exited with status {status}"
+    tail = "\n".join(server.output().splitlines()[-LOG_TAIL_LINES:])
+    raise InstanceDidNotStart(f"instance {name} (gunicorn app:app, port {server.port}) {what}; its log ends:\n{tail}")
 
 
 def call(server: Gunicorn, method: str, path: str, body: bytes | None = None, auth: bool = False) -> Response:

@@ -81,9 +81,11 @@ class Outcome:
 
 
 @contextlib.contextmanager
-def service(policy: str, maxmemory: str, database_url: str, l1_ttl: float = 60.0) -> Iterator[tuple]:
-    """A redis-server at `maxmemory` with `policy`, and one instance of 2 workers over it; L1's TTL long, so
-    that it cannot hide a stale copy."""
+def service(
+    policy: str, maxmemory: str, database_url: str, l1_ttl: float = 60.0, settings: dict[str, str] | None = None
+) -> Iterator[tuple]:
+    """A redis-server at `maxmemory` with `policy`, and one instance of 2 workers over it (with `settings`
+    added to its environment); L1's TTL long, so that it cannot hide a stale copy."""
     redis_server = RedisServer()
     redis_server.extra_args = ["--maxmemory", maxmemory, "--maxmemory-policy", policy]
     with redis_server, redis.Redis.from_url(redis_server.url) as filler:
@@ -93,6 +95,7 @@ def service(policy: str, maxmemory: str, database_url: str, l1_ttl: float = 60.0
             "DATABASE_URL": database_url,
             "API_TOKEN": TOKEN,
             "CACHE_L1_TTL": str(l1_ttl),
+            **(settings or {}),
         }
         with Gunicorn(env, workers=2) as server:
             wait_until(lambda: metric(server, "cache_listener_subscribed") == 1, timeout=20)

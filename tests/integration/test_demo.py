@@ -102,3 +102,27 @@ def test_interrupted_it_stops_everything_it_started(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert_nothing_left(log.read_text())
+
+
+def test_an_instance_that_does_not_start_is_named_and_its_log_tail_printed():
+    """A bad setting stops instance A at start: the demo says which instance, and prints the end of its log
+    (read before the log is deleted), instead of a wait's timeout."""
+    status, output = run_demo("--scene", "tiers", CACHE_TTL="soon")
+    assert status == 1, output[-3000:]
+    assert re.search(r"^FAIL setup: instance A \(gunicorn app:app, port \d+\) exited with status 1", output, re.M)
+    assert "CACHE_TTL must be a whole number, got 'soon'" in output
+    assert "condition not met" not in output and "Traceback" not in output
+
+
+def test_the_stampede_says_what_ran_and_its_db_answers_add_up():
+    status, output = run_demo("--scene", "stampede")
+    assert status == 0, output[-4000:]
+    assert "200 reads sent together; the two instances serve at most 16 at a time" in output
+    assert "(2 instances x 2 workers x 4 threads)" in output
+    assert "200 concurrent" not in output
+    protected = output.split("-- stampede protection on")[1].split("-- stampede protection off")[0]
+    answers = re.search(r"200 reads: (\{.*\}); database loads: (\d+)", protected)
+    said_db = int(re.search(r"'200 db': (\d+)", answers.group(1)).group(1))
+    loads = int(answers.group(2))
+    if said_db > loads:  # the other db answers were handed the load's answer: the scene says so, with the numbers
+        assert f"{said_db} answers say db for {loads} database load(s): the other {said_db - loads} were" in protected
