@@ -26,7 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ["app.py", "config.py", "logs.py", "metrics_dir.py", "buffering_worker.py", "request_framing.py"]
-PACKAGES = ["cache", "db", "routes"]
+PACKAGES = ["cache", "db", "routes", "demo"]
 
 
 def product_files() -> list[Path]:

@@ -23,6 +23,7 @@ from cache.core.item_cache import CacheSettings, ItemCache
 from cache.core.lock import FleetLock
 from cache.core.lru import LRUCache
 from cache.core.redis_tier import CHANNEL, RedisTier, connect, connect_cluster, new_origin
+from cache.core.topology import Topology
 from cache.core.trust import L1Trust
 from config import Config
 from db import ItemStore
@@ -107,6 +108,7 @@ def build(
         trust=trust,
         store=store,
         bulk=bulk,
+        topology=Topology([client, bulk] if bulk is not client else [client], guard),
     )
     return CacheService(item_cache, config)
 

@@ -27,7 +27,6 @@ from cache.core.entry import CacheEntry, make_etag
 from cache.core.item_cache import ItemCache, Written
 from config import Config
 from db import Deadline, ItemStore, KeyBusy, KeyedCreate, KeyReused, NotFound, PreconditionFailed, Replay
-from routes import idempotency
 from routes.errors import ApiError, error_response
 from routes.http import (
     SECURITY_HEADERS,
@@ -42,6 +41,7 @@ from routes.http import (
     request_id,
     require_token,
 )
+from routes.idempotency import create_once, fingerprint, idempotency_key, key_busy, key_reused, replayed
 from routes.writes import parse_item_body, write_precondition
 
 logger = logging.getLogger(__name__)
@@ -111,10 +111,10 @@ def list_items() -> Response:
 
 @bp.post("")
 def create_item() -> Response:
-    key = idempotency.idempotency_key()
+    key = idempotency_key()
     body = parse_item_body()
     # Of the body as sent, before its id (if any) is taken out of it.
-    fingerprint = idempotency.fingerprint(body) if key is not None else ""
+    body_print = fingerprint(body) if key is not None else ""
     if "id" not in body:
         item_id = secrets.token_urlsafe(12)  # 16 characters of the id alphabet
     elif not isinstance(item_id := body.pop("id"), str):
@@ -122,14 +122,14 @@ def create_item() -> Response:
     expect = write_precondition(check_id(item_id))
     if key is None:
         return _written(_cache().write_item(item_id, body, expect, _deadline()))
-    create = KeyedCreate(key, fingerprint, item_id)
-    match idempotency.create_once(_cache(), _store(), create, body, expect, _deadline()):
+    create = KeyedCreate(key, body_print, item_id)
+    match create_once(_cache(), _store(), create, body, expect, _deadline()):
         case Replay(stored):
-            return idempotency.replayed(stored)
+            return replayed(stored)
         case KeyReused() as reused:
-            return idempotency.key_reused(reused)
+            return key_reused(reused)
         case KeyBusy() as busy:
-            return idempotency.key_busy(busy)
+            return key_busy(busy)
         case written:
             return _written(written)
 

@@ -144,7 +144,7 @@ class ChangeFollower(Background):
             self._flush_for_gap()
         elif batch.changes and not self.apply(batch.changes):
             self.rewind_due = True  # Redis failed: it may have lost what it took before
-            self.cache.refresh_topology_soon(self.timer())  # a failover? The batch client may not know of it
+            self.cache.topology.refresh_soon(self.timer())  # a failover? The batch client may not know of it
             CHANGELOG_LAG.set(self.timer() - self.caught_up_at)
             return 0  # the batch (and the recent log) is applied again when it answers
         self.cursor = batch.cursor

@@ -79,7 +79,7 @@ class Maintenance(Background):
         epoch, key = trust.epoch, applied_key(cache.settings.key_prefix)
         position = cache.redis.applied_position(key)
         if isinstance(position, RedisDown):
-            cache.refresh_topology_soon(self.timer())  # our catch-up waits on a client that may not know of a failover
+            cache.topology.refresh_soon(self.timer())  # our catch-up waits on a client that may not know of a failover
             return
         if trust.head is None:  # Redis answers: the head is taken after that, so it covers the outage
             try:

@@ -23,7 +23,7 @@ class Coherence:
         self.lost = False  # the connection was lost since this process started: Redis may have missed writes
 
     def before_subscribe(self) -> None:
-        self.cache.refresh_topology()  # a cluster client may still point at the node that just failed: ask anew
+        self.cache.topology.refresh()  # a cluster client may still point at the node that just failed: ask anew
 
     def on_subscribed(self, reason: str) -> None:
         cache = self.cache

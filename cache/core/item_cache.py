@@ -41,6 +41,7 @@ from cache.core.metrics import (
 )
 from cache.core.redis_tier import Found, RedisTier, SetOutcome
 from cache.core.stampede import FillNotifier, SingleFlight, backoff_delays
+from cache.core.topology import Topology
 from cache.core.trust import L1Trust
 from db import (
     CommitOutcomeUnknown,
@@ -58,7 +59,6 @@ from db import (
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 ITEM_NAMESPACE = "item:"
-TOPOLOGY_INTERVAL = 1.0  # seconds: while Redis calls keep failing, ask a cluster for its slots at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +101,11 @@ class ItemCache:
     trust: L1Trust
     store: ItemStore | None  # the database: loads, and (for the background services) its change log
     bulk: Redis  # the same Redis for batches (warming, the change log), with a longer timeout
+    topology: Topology  # a cluster's slots, asked for again after a failover
     bloom_missed: bool = False  # a Bloom filter add failed: the filter may lack an id until rebuilt
     fills: FillNotifier = field(default_factory=FillNotifier)
     _flights: SingleFlight[Read] = field(default_factory=SingleFlight)
     _db_reads: SingleFlight[CacheEntry] = field(default_factory=SingleFlight)  # reads past a doubted Redis
-    _next_topology: float = field(default=float("-inf"), repr=False)
-
-    # ---- keys and the two tiers (the product card's cache_get / cache_set / cache_delete) ----
 
     @property
     def origin(self) -> str:
@@ -189,8 +187,8 @@ class ItemCache:
             L1_ENTRIES.set(len(self.lru))
 
     def take_redis_copy(self, key: str, entry: CacheEntry, generation: int) -> bool:
-        """Whether a copy read from Redis may be served: not if older than a version this process has seen
-        (Redis lost or missed a write: the caller loads it again). One it may serve is copied into L1."""
+        """Whether a copy read from Redis may be served (not if older than a version this process has seen:
+        Redis lost or missed a write); one it may serve is copied into L1."""
         if entry.version < self.lru.known_version(key):
             return False
         self.fill_l1(key, entry, generation)
@@ -203,11 +201,8 @@ class ItemCache:
         L1_ENTRIES.set(0)
         L1_FLUSHES.labels(reason).inc()
 
-    # ---- reads ----
-
     def read_l1_hit(self, item_id: str) -> CacheEntry | None:
-        """The item as `read_item` would answer it from L1 (counted as that read), or None when only
-        read_item can decide (L1 disabled, untrusted, absent, expired, or a cached 404)."""
+        """The item as `read_item` would answer it from L1 (counted as that read), or None: ask read_item."""
         if not self.settings.enabled:
             return None
         entry = self.get_l1(self.key(item_id))
@@ -348,8 +343,6 @@ class ItemCache:
         finally:
             self.lock.release(FleetLock.for_item(key), held.token)
 
-    # ---- writes ----
-
     def write_item(
         self, item_id: str, fields: dict[str, Any], expect: Precondition, deadline: Deadline
     ) -> Written | PreconditionFailed:
@@ -384,30 +377,8 @@ class ItemCache:
         return result
 
     def _store(self) -> ItemStore:
-        if self.store is None:
-            raise RuntimeError("this cache has no database: build it with a store")
+        assert self.store is not None, "this cache has no database: build it with a store"
         return self.store
-
-    # ---- a cluster's topology ----
-
-    def topologies(self) -> list[Any]:
-        """The cluster clients' views of the slots (requests' and batches'); none outside a cluster."""
-        views = (getattr(client, "nodes_manager", None) for client in (self.redis.client, self.bulk))
-        return [view for view in views if view is not None]
-
-    def refresh_topology(self) -> None:
-        """Ask the cluster for its slots now, for both clients (a client learns of a failover slowly).
-        Raises what the client raises when no node answers; nothing to do outside a cluster."""
-        for view in self.topologies():
-            view.initialize()
-
-    def refresh_topology_soon(self, now: float) -> None:
-        """refresh_topology at most every TOPOLOGY_INTERVAL (`now`: time.monotonic()), its failure absorbed
-        and counted: for background chores whose Redis calls keep failing."""
-        if now < self._next_topology or not self.topologies():  # outside a cluster it would only count as a
-            return  # success, and each success resets the breaker's run of failures
-        self._next_topology = now + TOPOLOGY_INTERVAL
-        self.redis.guard("topology", "-", self.refresh_topology)
 
 
 def _cached(entry: CacheEntry, tier: str) -> Read:
