@@ -38,7 +38,7 @@ class CacheService:
     """One process's cache and the background services that keep it coherent."""
 
     cache: ItemCache
-    config: Config
+    check_eviction_policy: bool  # the embedded Redis has no INFO to check it with
     listener: Listener | None = None
     chores: Maintenance | None = None
     follower: ChangeFollower | None = None
@@ -55,7 +55,7 @@ class CacheService:
         self.workers = [self.listener, self.chores]
         if store is not None:
             item_cache.trust.follows_log = True
-            self.follower = ChangeFollower(item_cache, store, check_eviction_policy=not self.config.fakeredis)
+            self.follower = ChangeFollower(item_cache, store, check_eviction_policy=self.check_eviction_policy)
             self.inspector = Inspector(item_cache, store)
             self.workers += [self.follower, self.inspector]
         for worker in self.workers:
@@ -110,7 +110,7 @@ def build(
         bulk=bulk,
         topology=Topology([client, bulk] if bulk is not client else [client], guard),
     )
-    return CacheService(item_cache, config)
+    return CacheService(item_cache, check_eviction_policy=not config.fakeredis)
 
 
 def _client(config: Config, socket_timeout: float) -> redis.Redis:
