@@ -142,3 +142,29 @@ def test_architecture_names_every_top_level_module_and_package():
     named = [*TOP_LEVEL, "gunicorn.conf.py", "cache/", "db/", "routes/", "demo/"]
     assert all((ROOT / name).exists() for name in named)
     assert [name for name in named if f"`{name}" not in text] == []
+
+
+def glossary_terms(text: str) -> list[tuple[str, str]]:
+    """(term, the rest of its row) for each bold name, with the qualifier in brackets after it if any, in
+    the first cell of the cheat sheet's glossary tables: "**lease** (the follower's)" is one term."""
+    rows = re.findall(r"^\| (\*\*.*?) \|(.*)$", prose(text), re.M)
+    named = r"\*\*(.+?)\*\*( \([^)]*\))?"
+    return [("".join(term).lower(), rest) for cell, rest in rows for term in re.findall(named, cell)]
+
+
+def test_the_cheat_sheets_glossary_names_each_term_once_and_links_each_row_to_its_rule():
+    terms = glossary_terms((ROOT / "docs" / "CHEATSHEET.md").read_text())
+    names = [name for name, _ in terms]
+    assert len(names) > 30  # both tables were read
+    assert sorted({name for name in names if names.count(name) > 1}) == []
+    assert [name for name, row in terms if "](" not in row] == []
+
+
+FRONT_DOOR_MINUTES = 15  # README + the cheat sheet + WALKTHROUGH's 60-second explanation, at 200 words a minute
+
+
+def test_the_front_door_reads_in_under_fifteen_minutes():
+    walkthrough = (ROOT / "docs" / "WALKTHROUGH.md").read_text()
+    explanation = walkthrough.split("## The 60-second explanation", 1)[1].split("\n## ", 1)[0]
+    pages = [(ROOT / "README.md").read_text(), (ROOT / "docs" / "CHEATSHEET.md").read_text(), explanation]
+    assert sum(len(page.split()) for page in pages) <= FRONT_DOOR_MINUTES * 200
