@@ -85,7 +85,7 @@ class Maintenance(Background):
             try:
                 trust.set_head(epoch, cache.store.log_head())
             except DatabaseUnavailable:
-                return  # reads go to the database, and fall back on Redis while it is down (cache/aside.py)
+                return  # reads go to the database, and fall back on Redis while it is down (cache/core/item_cache.py)
             position = cache.redis.applied_position(key)
             if isinstance(position, RedisDown):
                 return

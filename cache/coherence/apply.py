@@ -16,7 +16,7 @@ from cache.core.redis_tier import FLUSH_ALL, UNVERSIONED, Invalidation
 
 
 class Coherence:
-    """The listener's events (cache/invalidation.py ListenerEvents) for one process's cache."""
+    """The listener's events (cache/coherence/listener.py ListenerEvents) for one process's cache."""
 
     def __init__(self, cache: ItemCache) -> None:
         self.cache = cache

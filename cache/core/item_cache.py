@@ -65,16 +65,16 @@ ITEM_NAMESPACE = "item:"
 class CacheSettings:
     """The settings the flow reads (each named after its variable in docs/CONFIGURATION.md)."""
 
-    enabled: bool = True  # CACHE_ENABLED
-    key_prefix: str = ""  # CACHE_KEY_PREFIX
-    ttl: float = 300.0  # CACHE_TTL
-    negative_ttl: float = 60.0  # CACHE_NEGATIVE_TTL
-    long_ttl: float = 3600.0  # CACHE_LONG_TTL
-    ttl_jitter: float = 0.1  # CACHE_TTL_JITTER
-    xfetch_beta: float = 1.0  # CACHE_XFETCH_BETA
-    stampede_protection: bool = True  # CACHE_STAMPEDE_PROTECTION
-    lock_wait: float = 2.0  # CACHE_LOCK_WAIT
-    lock_ttl: float = 5.0  # CACHE_LOCK_TTL
+    enabled: bool  # CACHE_ENABLED
+    key_prefix: str  # CACHE_KEY_PREFIX
+    ttl: float  # CACHE_TTL
+    negative_ttl: float  # CACHE_NEGATIVE_TTL
+    long_ttl: float  # CACHE_LONG_TTL
+    ttl_jitter: float  # CACHE_TTL_JITTER
+    xfetch_beta: float  # CACHE_XFETCH_BETA
+    stampede_protection: bool  # CACHE_STAMPEDE_PROTECTION
+    lock_wait: float  # CACHE_LOCK_WAIT
+    lock_ttl: float  # CACHE_LOCK_TTL
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ only the database, so after any doubt (a failed Redis call, a lost listener) Red
 older than this process has served from the database. It is trusted again once the change follower has
 applied the database's change log (cache/changelog/follower.py) up to where the log stood after Redis answered
 again: every change committed before then has then reached Redis as a floor or a tombstone. Until then
-reads go to the database (cache/aside.py), and their fills, version-guarded, only move Redis forward.
+reads go to the database (cache/core/item_cache.py), and their fills, version-guarded, only move Redis forward.
 """
 
 from __future__ import annotations

@@ -61,10 +61,10 @@ def redis_killed(redis_server: RedisServer, seconds: float, l1_ttl: float) -> Fa
 
 def redis_frozen(redis_server: RedisServer, seconds: float, l1_ttl: float) -> Fault:
     """SIGSTOP (connections stay open, nothing answers), then SIGCONT. Until a worker's watchdog notices
-    the silence (a PING every 0.5 s, its pong overdue after 2 s: cache/invalidation.py), no invalidation
+    the silence (a PING every 0.5 s, its pong overdue after 2 s: cache/coherence/listener.py), no invalidation
     reaches it and its L1 may keep serving a version older than one just written: the one exception to
     monotonic reads (docs/DESIGN.md), so in those first seconds a read may be that much behind."""
-    listener = Watchdog()  # the production listener's (cache/process.py)
+    listener = Watchdog()  # the production listener's (cache/service.py)
     watchdog = min(listener.ping_interval + listener.pong_timeout, l1_ttl)
     return Fault(
         f"redis SIGSTOP {seconds:g}s",
