@@ -1,8 +1,10 @@
-"""Idempotent creates (POST /items with an Idempotency-Key, IETF httpapi draft): claim the key in the
-database, write the item and record the response in one transaction, answer a retry with that response.
+"""Idempotent creates (POST /items with an Idempotency-Key, IETF httpapi draft): claim the key, write the
+item and record the response in one database transaction, answer a retry with that response.
 
-A request finding its key still running waits a little (KEY_BUSY_WAIT, never past its deadline) for the
-first to finish, since a client's retry often races its own first attempt; then it answers 409."""
+A duplicate arriving meanwhile waits in the database for that transaction and replays it. A key held by a
+claim of its own (committed by `claim_key`: an older release, or a tool) answers KeyBusy: the request then
+waits a little (KEY_BUSY_WAIT, never past its deadline) for it to finish, taking it over once it is older
+than its lease, and then answers 409."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from db import (
     Precondition,
     PreconditionFailed,
     Replay,
+    WriteResult,
 )
 
 logger = logging.getLogger(__name__)
@@ -39,6 +42,35 @@ def create_once(
     store: ItemStore, create: KeyedCreate, fields: dict[str, Any], expect: Precondition, deadline: Deadline
 ) -> Written | PreconditionFailed | Replay | KeyReused | KeyBusy:
     """Write `create.item_id` once per key: the first request writes, its retries get Replay."""
+    config = state().config
+    lease, max_keys = config.request_timeout + LEASE_MARGIN, config.idempotency_keys_max
+
+    def create_keyed() -> WriteResult | PreconditionFailed:
+        result = store.create_keyed(create, fields, expect, lease, deadline, max_keys)
+        if isinstance(result, Replay | KeyReused | KeyBusy):
+            raise _Answered(result)  # nothing written: write_through caches nothing
+        return result
+
+    try:
+        return write_through(create.item_id, create_keyed)
+    except _Answered as answered:
+        if not isinstance(answered.outcome, KeyBusy):
+            if isinstance(answered.outcome, Replay):
+                WRITES_BY_OUTCOME["replayed"].inc()
+            return answered.outcome
+    return _create_claimed(store, create, fields, expect, deadline)
+
+
+class _Answered(Exception):
+    def __init__(self, outcome: Replay | KeyReused | KeyBusy) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+def _create_claimed(
+    store: ItemStore, create: KeyedCreate, fields: dict[str, Any], expect: Precondition, deadline: Deadline
+) -> Written | PreconditionFailed | Replay | KeyReused | KeyBusy:
+    """The key is held by a claim committed on its own: wait for it, or take it over when it is stale."""
     outcome = _claim(store, create, deadline)
     if isinstance(outcome, Replay):
         WRITES_BY_OUTCOME["replayed"].inc()

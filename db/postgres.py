@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ from db import postgres_changes
 from db.base import CommitOutcomeUnknown, ConnectionsRefused, DatabaseUnavailable
 from db.changes import ChangeBatch, ChangeCursor
 from db.deadline import Deadline, DeadlineExceeded
-from db.keys import Fetch
+from db.keys import Fetch, Pending
 from db.migrate import ADVISORY_LOCK_KEY, migrations
 from db.postgres_sql import IS_APPLIED, KEY_STATEMENTS, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
 from db.sql import Params, SQLStore
@@ -256,26 +257,57 @@ def _unavailable(pool: _Pool, exc: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable(f"postgresql: {type(exc).__name__}")
 
 
+# The deadline's two timeouts, local to the transaction: as SET LOCAL, but a statement with parameters
+# (pipeline mode sends each statement on its own; "BEGIN; SET LOCAL ..." is a multi-statement simple query).
+TIMEOUTS = b"SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)"
+
+
 def _bounded_transaction(conn: psycopg.Connection[Any], deadline: Deadline) -> Iterator[Fetch]:
-    """BEGIN with statement_timeout and lock_timeout set to what is left (SET LOCAL: they end with the
-    transaction, the pooled connection keeps none), the caller's statements, COMMIT; ROLLBACK on any error.
-    CommitOutcomeUnknown when the connection failed after COMMIT was sent: it may have committed."""
+    """BEGIN, statement_timeout and lock_timeout set to what is left (local: they end with the transaction,
+    the pooled connection keeps none), the caller's statements, COMMIT; ROLLBACK on any error. In pipeline
+    mode: what the caller sends rather than fetches goes with the COMMIT, so a write whose result is read
+    after the commit takes one round trip. CommitOutcomeUnknown when the connection failed while the
+    COMMIT was on its way or its answer was: it may have committed."""
     left = deadline.check("the database")
-    ms = 0 if math.isinf(left) else max(1, int(left * 1000))  # 0: no limit (Deadline.never)
-    # One round trip for all three (no parameters, so psycopg may send them as one simple query).
-    conn.execute(f"BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}".encode())
+    ms = "0" if math.isinf(left) else str(max(1, int(left * 1000)))  # 0: no limit (Deadline.never)
+    commit_sent = False
     try:
-        yield lambda sql, params: _rows(conn.execute(sql.encode(), params))
-    except BaseException:
+        with conn.pipeline() as pipeline:
+            conn.execute(b"BEGIN")
+            conn.execute(TIMEOUTS, (ms, ms))
+            yield _Pipelined(conn, pipeline)
+            commit_sent = True
+            conn.execute(b"COMMIT", prepare=False)  # unprepared: a Parse naming it (tests/pg_proxy.py reads it)
+    except BaseException as exc:
+        lost = isinstance(exc, psycopg.OperationalError) and (
+            exc.sqlstate is None or exc.sqlstate.startswith(COMMIT_LOST_SQLSTATES)
+        )
+        if commit_sent and lost:
+            raise CommitOutcomeUnknown(f"postgresql: {type(exc).__name__} during COMMIT") from exc
         with contextlib.suppress(psycopg.Error):  # a broken connection: the pool discards it
             conn.execute(b"ROLLBACK")
-        raise
-    try:
-        conn.execute(b"COMMIT")
-    except psycopg.OperationalError as exc:
-        if exc.sqlstate is None or exc.sqlstate.startswith(COMMIT_LOST_SQLSTATES):
-            raise CommitOutcomeUnknown(f"postgresql: {type(exc).__name__} during COMMIT") from exc
-        raise  # the server answered COMMIT with an error: rolled back
+        raise  # the server answered with an error (a statement's or the COMMIT's): rolled back
+
+
+class _Pipelined:
+    """The open transaction on a connection in pipeline mode (db.keys.Fetch)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], pipeline: psycopg.Pipeline) -> None:
+        self.conn, self.pipeline = conn, pipeline
+
+    def __call__(self, sql: str, params: Params, /) -> list[Any]:
+        return self.send(sql, params)()
+
+    def send(self, sql: str, params: Params, /) -> Pending:
+        cursor = self.conn.execute(sql.encode(), params)
+
+        @functools.cache  # a cursor's rows can be fetched once
+        def rows() -> list[Any]:
+            if cursor.pgresult is None:  # not answered yet: send what is queued and wait (a round trip)
+                self.pipeline.sync()
+            return _rows(cursor)
+
+        return rows
 
 
 def _rows(cursor: psycopg.Cursor[Any]) -> list[Any]:

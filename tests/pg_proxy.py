@@ -37,7 +37,11 @@ class ClientMessages:
 
 
 def is_commit(kind: bytes, body: bytes) -> bool:
-    """A simple Query ('Q') that is COMMIT: how psycopg sends `conn.execute(b"COMMIT")` (no parameters)."""
+    """A COMMIT: a simple Query ('Q'), how psycopg sends `conn.execute(b"COMMIT")`, or in pipeline mode an
+    unnamed Parse ('P': statement name, query, parameter types) of it."""
+    if kind == b"P":
+        name, _, rest = body.partition(b"\0")
+        kind, body = (b"Q", rest.partition(b"\0")[0]) if not name else (kind, body)
     return kind == b"Q" and body.rstrip(b"\0").strip().rstrip(b";").strip().upper() in (b"COMMIT", b"END")
 
 

@@ -15,6 +15,7 @@ from db.postgres import DOWN_WAIT, PostgresStore, _Pool
 
 class FakeCursor:
     description = ("version", "created_version", "updated_at")
+    pgresult = "answered"
 
     def fetchall(self):
         return [(2, 1, "2026-11-27T00:00:00.000Z")]
@@ -26,7 +27,11 @@ class FakeConnection:
     def __init__(self, fail_on: bytes, error: Exception) -> None:
         self.fail_on, self.error, self.sent = fail_on, error, []
 
-    def execute(self, sql: bytes, params=None):
+    @contextlib.contextmanager
+    def pipeline(self):
+        yield
+
+    def execute(self, sql: bytes, params=None, prepare=None):
         self.sent.append(sql.split()[0].decode())
         if sql.split()[0].rstrip(b";") == self.fail_on:
             raise self.error
@@ -63,7 +68,7 @@ def test_a_connection_lost_during_commit_is_an_unknown_outcome(error):
     conn = FakeConnection(b"COMMIT", error)
     with pytest.raises(CommitOutcomeUnknown):
         write_through(conn)
-    assert conn.sent == ["BEGIN;", "INSERT", "COMMIT"]
+    assert conn.sent == ["BEGIN", "SELECT", "INSERT", "COMMIT"]
 
 
 def test_a_connection_lost_before_commit_wrote_nothing():
