@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import functools
 import logging
 import math
 import os
@@ -15,6 +14,7 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
+from psycopg import ClientCursor
 from psycopg_pool.base import AttemptWithBackoff
 
 from db import postgres_changes
@@ -257,57 +257,76 @@ def _unavailable(pool: _Pool, exc: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable(f"postgresql: {type(exc).__name__}")
 
 
-# The deadline's two timeouts, local to the transaction: as SET LOCAL, but a statement with parameters
-# (pipeline mode sends each statement on its own; "BEGIN; SET LOCAL ..." is a multi-statement simple query).
-TIMEOUTS = b"SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)"
-
-
 def _bounded_transaction(conn: psycopg.Connection[Any], deadline: Deadline) -> Iterator[Fetch]:
-    """BEGIN, statement_timeout and lock_timeout set to what is left (local: they end with the transaction,
-    the pooled connection keeps none), the caller's statements, COMMIT; ROLLBACK on any error. In pipeline
-    mode: what the caller sends rather than fetches goes with the COMMIT, so a write whose result is read
-    after the commit takes one round trip. CommitOutcomeUnknown when the connection failed while the
-    COMMIT was on its way or its answer was: it may have committed."""
+    """BEGIN with statement_timeout and lock_timeout set to what is left (SET LOCAL: they end with the
+    transaction, the pooled connection keeps none), the caller's statements, COMMIT; ROLLBACK on any error.
+    Statements are batched (_Batched): a write whose result is read after the commit is one round trip.
+    CommitOutcomeUnknown when the connection failed while the COMMIT was on its way or its answer was: it
+    may have committed."""
     left = deadline.check("the database")
-    ms = "0" if math.isinf(left) else str(max(1, int(left * 1000)))  # 0: no limit (Deadline.never)
-    commit_sent = False
+    ms = 0 if math.isinf(left) else max(1, int(left * 1000))  # 0: no limit (Deadline.never)
+    batch = _Batched(conn, [b"BEGIN", b"SET LOCAL statement_timeout = %d" % ms, b"SET LOCAL lock_timeout = %d" % ms])
     try:
-        with conn.pipeline() as pipeline:
-            conn.execute(b"BEGIN")
-            conn.execute(TIMEOUTS, (ms, ms))
-            yield _Pipelined(conn, pipeline)
-            commit_sent = True
-            conn.execute(b"COMMIT", prepare=False)  # unprepared: a Parse naming it (tests/pg_proxy.py reads it)
+        yield batch
+        batch.flush(commit=True)
     except BaseException as exc:
         lost = isinstance(exc, psycopg.OperationalError) and (
             exc.sqlstate is None or exc.sqlstate.startswith(COMMIT_LOST_SQLSTATES)
         )
-        if commit_sent and lost:
+        if batch.commit_sent and lost:
             raise CommitOutcomeUnknown(f"postgresql: {type(exc).__name__} during COMMIT") from exc
         with contextlib.suppress(psycopg.Error):  # a broken connection: the pool discards it
             conn.execute(b"ROLLBACK")
         raise  # the server answered with an error (a statement's or the COMMIT's): rolled back
 
 
-class _Pipelined:
-    """The open transaction on a connection in pipeline mode (db.keys.Fetch)."""
+class _Batched:
+    """The open transaction (db.keys.Fetch). Statements are bound on the client and queued; they go to the
+    server as one simple query (one message, one answer) when a caller needs a result before the commit,
+    and with the COMMIT otherwise. Fewer round trips and less driver work than a call per statement, or
+    than psycopg's pipeline mode (measured: bench.writes' section in BENCHMARKS.md)."""
 
-    def __init__(self, conn: psycopg.Connection[Any], pipeline: psycopg.Pipeline) -> None:
-        self.conn, self.pipeline = conn, pipeline
+    def __init__(self, conn: psycopg.Connection[Any], first: list[bytes]) -> None:
+        self.cursor = ClientCursor(conn)
+        self.encoding = conn.info.encoding
+        self.queued: list[tuple[bytes, _Answer | None]] = [(sql, None) for sql in first]
+        self.commit_sent = False
 
     def __call__(self, sql: str, params: Params, /) -> list[Any]:
         return self.send(sql, params)()
 
     def send(self, sql: str, params: Params, /) -> Pending:
-        cursor = self.conn.execute(sql.encode(), params)
+        answer = _Answer(self)
+        self.queued.append((self.cursor.mogrify(sql, params).encode(self.encoding), answer))
+        return answer
 
-        @functools.cache  # a cursor's rows can be fetched once
-        def rows() -> list[Any]:
-            if cursor.pgresult is None:  # not answered yet: send what is queued and wait (a round trip)
-                self.pipeline.sync()
-            return _rows(cursor)
+    def flush(self, commit: bool = False) -> None:
+        """Send what is queued (and COMMIT) as one query; each statement's answer is kept for its reader."""
+        queued = self.queued + [(b"COMMIT", None)] if commit else self.queued
+        self.queued = []
+        if not queued:
+            return
+        self.commit_sent = commit
+        self.cursor.execute(b";\n".join(sql for sql, _ in queued))
+        for n, (_, answer) in enumerate(queued):
+            if n and not self.cursor.nextset():
+                raise psycopg.InterfaceError(f"{len(queued)} statements sent, {n} answered")
+            if answer is not None:
+                answer.rows = _rows(self.cursor)
 
-        return rows
+
+class _Answer:
+    """A queued statement's rows: reading them before they came sends what is queued (a round trip)."""
+
+    def __init__(self, batch: _Batched) -> None:
+        self.batch = batch
+        self.rows: list[Any] | None = None
+
+    def __call__(self) -> list[Any]:
+        if self.rows is None:
+            self.batch.flush()
+        assert self.rows is not None
+        return self.rows
 
 
 def _rows(cursor: psycopg.Cursor[Any]) -> list[Any]:
