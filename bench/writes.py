@@ -131,6 +131,67 @@ def sqlite_raw_upsert(path: str) -> Callable[[], float]:
     return lambda: _p50(one)
 
 
+def driver_costs(url: str, upserts: int = 2000, rounds: int = 3) -> dict[str, tuple[float, float]]:
+    """CPU per upsert (this process's, the PostgreSQL backend's from /proc) for three ways to send one
+    bounded write on one connection: CPU, unlike time, barely moves with what else runs on the machine."""
+    import psycopg
+
+    from db.postgres_sql import STATEMENTS
+
+    upsert = STATEMENTS.upsert.encode()
+    timeouts = b"SET LOCAL statement_timeout = 9999; SET LOCAL lock_timeout = 9999"
+
+    def calls(conn: psycopg.Connection, n: int) -> None:  # the store before issue 26
+        conn.execute(b"BEGIN; " + timeouts)
+        conn.execute(upsert, {"id": f"raw-{n % IDS}", "fields": BODY}).fetchall()
+        conn.execute(b"COMMIT")
+
+    def pipeline(conn: psycopg.Connection, n: int) -> None:
+        with conn.pipeline():
+            conn.execute(b"BEGIN")
+            conn.execute(
+                b"SELECT set_config('statement_timeout', '9999', true), set_config('lock_timeout', '9999', true)"
+            )
+            cursor = conn.execute(upsert, {"id": f"raw-{n % IDS}", "fields": BODY})
+            conn.execute(b"COMMIT")
+        cursor.fetchall()
+
+    def batched(conn: psycopg.Connection, n: int) -> None:  # the store now (db/postgres.py's _Batched)
+        cursor = psycopg.ClientCursor(conn)
+        statement = cursor.mogrify(upsert, {"id": f"raw-{n % IDS}", "fields": BODY}).encode()
+        cursor.execute(b"BEGIN; " + timeouts + b"; " + statement + b"; COMMIT")
+        for _ in range(3):
+            cursor.nextset()
+        cursor.fetchall()
+
+    def cpu(op: Callable[[psycopg.Connection, int], None]) -> tuple[float, float]:
+        with psycopg.connect(url, autocommit=True) as conn:
+            backend = Path(f"/proc/{conn.info.backend_pid}/stat")
+            for n in range(20):
+                op(conn, n)
+            backend_before, before = cpu_seconds_of(backend), time.process_time()
+            for n in range(upserts):
+                op(conn, n)
+            return (time.process_time() - before) / upserts * 1e6, (
+                cpu_seconds_of(backend) - backend_before
+            ) / upserts * 1e6
+
+    arms = {"four calls (before)": calls, "pipeline mode": pipeline, "one batched query (now)": batched}
+    measured: dict[str, list[tuple[float, float]]] = {name: [] for name in arms}
+    for _ in range(rounds):
+        for name, op in arms.items():
+            measured[name].append(cpu(op))
+    return {
+        name: (statistics.median(c for c, _ in values), statistics.median(b for _, b in values))
+        for name, values in measured.items()
+    }
+
+
+def cpu_seconds_of(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _p50(op: Callable[[int], None]) -> float:
     times = []
     for n in range(RAW_UPSERTS):
@@ -213,6 +274,13 @@ def main() -> None:
     with RedisServer() as redis_server, tempfile.TemporaryDirectory() as scratch:
         with arms(trees, redis_server.url, args.database_url, scratch) as found:
             measure_rounds(found, args.seconds, args.rounds)
+    with postgres_schema_url(args.database_url) as url:
+        from db import open_store
+
+        store = open_store(url)
+        store.init_schema()
+        store.close()
+        costs = driver_costs(url)
     bulk = None
     if args.rows:
         from bench.changelog import bulk_update
@@ -233,6 +301,16 @@ def main() -> None:
         "plain >= 0.85x.",
         "",
         *table(found),
+    ]
+    lines += [
+        "",
+        "What sending one bounded upsert costs in CPU on one connection (2,000 upserts, median of 3 rounds;",
+        "CPU, unlike time, barely moves with the machine's other load): this process (psycopg) and the",
+        "PostgreSQL backend (/proc). The round trips: four calls 3, pipeline mode 1, one batched query 1.",
+        "",
+        "| how | client CPU us/upsert | backend CPU us/upsert |",
+        "|---|---|---|",
+        *(f"| {name} | {client:.0f} | {backend:.0f} |" for name, (client, backend) in costs.items()),
     ]
     if bulk is not None:
         lines += [

@@ -283,8 +283,8 @@ def _bounded_transaction(conn: psycopg.Connection[Any], deadline: Deadline) -> I
 class _Batched:
     """The open transaction (db.keys.Fetch). Statements are bound on the client and queued; they go to the
     server as one simple query (one message, one answer) when a caller needs a result before the commit,
-    and with the COMMIT otherwise. Fewer round trips and less driver work than a call per statement, or
-    than psycopg's pipeline mode (measured: bench.writes' section in BENCHMARKS.md)."""
+    and with the COMMIT otherwise: fewer round trips and less driver work than a call per statement, or
+    than psycopg's pipeline mode (bench.writes)."""
 
     def __init__(self, conn: psycopg.Connection[Any], first: list[bytes]) -> None:
         self.cursor = ClientCursor(conn)
