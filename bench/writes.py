@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.load import Result, idle_rate, process_tree, settle, split_cpus, wrk
+from bench.load import Result, cpu_seconds, idle_rate, process_tree, settle, split_cpus, wrk
 from bench.report import machine, publish
 from tests.support import ROOT, Gunicorn, RedisServer, postgres_schema_url
 
@@ -73,10 +73,14 @@ class Arm:
     raw_ms: list[float] = field(default_factory=list)
 
     def load(self, label: str, path: str, connections: int, seconds: float, script: str | None, env: dict) -> None:
+        pids = process_tree(self.server.proc.pid)  # type: ignore[union-attr]
+        before = cpu_seconds(pids)
         result = wrk(self.server.base + path, seconds, connections, script, env={"IDS": str(IDS), **env})
+        result.cpu_us_per_request = (cpu_seconds(pids) - before) / max(result.requests, 1) * 1e6
         self.results.setdefault(label, []).append(result)
         print(
-            f"  {self.name} {label}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, errors {result.errors}",
+            f"  {self.name} {label}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
+            f"{result.cpu_us_per_request:.0f} us CPU/req, errors {result.errors}",
             flush=True,
         )
 
@@ -93,6 +97,7 @@ class Arm:
         return [put.p50_ms - live.p50_ms for put, live in pairs]
 
 
+CPU_COLUMNS = ("PUT x16", "live x16", "POST x16", "keyed POST x16")
 SCENARIOS = [  # label, path, connections, script, wrk env
     ("live x16", "/health/live", 16, None, {}),
     ("PUT x16", "/", 16, "put_ids.lua", {}),
@@ -235,8 +240,9 @@ def measure_rounds(found: list[Arm], seconds: float, rounds: int) -> None:
 def table(found: list[Arm]) -> list[str]:
     rows = [
         "| backend, tree | PUT x16 req/s | /health/live x16 | **PUT / live** | PUT x1 p50 - live x1 p50 "
-        "| raw upsert p50 | **added / raw** | POST x16 | keyed POST x16 | **keyed / plain** |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| raw upsert p50 | **added / raw** | POST x16 | keyed POST x16 | **keyed / plain** "
+        "| server CPU us: PUT / live / POST / keyed POST |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in found:
         added = statistics.median(arm.added_ms())
@@ -246,7 +252,8 @@ def table(found: list[Arm]) -> list[str]:
             f"| {arm.name} | {arm.median('PUT x16'):,.0f} | {arm.median('live x16'):,.0f} "
             f"| **{arm.ratio('PUT x16', 'live x16'):.2f}x** | {added:.2f} ms | {raw:.2f} ms "
             f"| **{statistics.median(ratios):.2f}x** | {arm.median('POST x16'):,.0f} "
-            f"| {arm.median('keyed POST x16'):,.0f} | **{arm.ratio('keyed POST x16', 'POST x16'):.2f}x** |"
+            f"| {arm.median('keyed POST x16'):,.0f} | **{arm.ratio('keyed POST x16', 'POST x16'):.2f}x** "
+            f"| {' / '.join(str(round(arm.median(label, 'cpu_us_per_request'))) for label in CPU_COLUMNS)} |"
         )
     return rows
 
@@ -297,8 +304,8 @@ def main() -> None:
         "work, so only the ratios within one run mean much). `gunicorn app:app`, 2 workers, a redis-server of its",
         f"own; wrk, {args.rounds} alternating rounds of {args.seconds:g} s. PUT: {IDS:,} ids drawn at random; raw",
         f"upsert: BEGIN, the store's upsert statement, COMMIT from one client of the bench process ({RAW_UPSERTS} a",
-        "round, p50). Targets: PUT / live >= 0.35x (PostgreSQL), >= 0.45x (SQLite); added / raw <= 1.5x; keyed /",
-        "plain >= 0.85x.",
+        "round, p50). Server CPU: gunicorn's processes (master and workers, /proc) per request. Targets: PUT /",
+        "live >= 0.35x (PostgreSQL), >= 0.45x (SQLite); added / raw <= 1.5x; keyed / plain >= 0.85x.",
         "",
         *table(found),
     ]

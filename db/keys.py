@@ -183,16 +183,13 @@ class KeyStore:
     def _claim_in(
         self, fetch: Fetch, create: KeyedCreate, token: str, lease: float, max_keys: int
     ) -> Sequence[Any] | None:
-        """Claim the key in the open transaction (None), or the key's `find` row when another holds it; the
-        claim and the lookup go in one round trip."""
+        """Claim the key in the open transaction (None), or the key's `find` row when another holds it."""
         params = {"key": create.key, "fingerprint": create.fingerprint, "token": token, "item_id": create.item_id}
         for _ in range(3):  # a key released between the two statements: claim it again
-            claimed = fetch.send(self.keys.claim, params)
-            found = fetch.send(self.keys.find, {"key": create.key, "age": lease})
-            if rows := claimed():
-                fetch.send(self.keys.evict, {"seq": int(rows[0][1]), "keep": max_keys})
+            if rows := fetch(self.keys.claim, params):
+                fetch.send(self.keys.evict, {"seq": int(rows[0][1]), "keep": max_keys})  # goes with the write
                 return None
-            if rows := found():
+            if rows := fetch(self.keys.find, {"key": create.key, "age": lease}):
                 return rows[0]
         raise RuntimeError(f"idempotency key {create.key!r} kept vanishing while being claimed")
 
