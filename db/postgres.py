@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import os
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -115,6 +116,15 @@ class _Pool(psycopg_pool.ConnectionPool):
             self.putconn(conn)
 
 
+def check_idle_connection(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check at checkout, without a round trip while the server has sent nothing: an idle
+    connection the server closed (a restart, pg_terminate_backend, a proxy cut) has its socket readable (the
+    FATAL message or the end of the stream), and only then is psycopg_pool's check (an empty query) run, to
+    fail it. A write sent on a connection found dead only by the write would answer CommitOutcomeUnknown."""
+    if conn.closed or select.select([conn.fileno()], [], [], 0)[0]:
+        psycopg_pool.ConnectionPool.check_connection(conn)
+
+
 class _QuietRefusals(logging.Filter):
     """Drops psycopg_pool's "error connecting" line (one per attempt, two a second) when the server refused
     for too many connections: the pool's one line (_Pool._note_refusal) says it while it lasts."""
@@ -160,9 +170,8 @@ class PostgresStore(SQLStore):
                         # A connection whose peer vanished (no ACKs) fails after this, not never.
                         "tcp_user_timeout": 10_000,
                     },
-                    # One cheap round trip per checkout, so a connection broken by a database restart
-                    # is replaced instead of failing a request.
-                    check=psycopg_pool.ConnectionPool.check_connection,
+                    # So a connection broken by a database restart is replaced instead of failing a request.
+                    check=check_idle_connection,
                     open=True,
                     name="items",
                 )

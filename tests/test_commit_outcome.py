@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import select
 from types import SimpleNamespace
 
 import psycopg
@@ -12,7 +13,8 @@ import pytest
 
 import db.postgres
 from db import UNCONDITIONAL, CommitOutcomeUnknown, DatabaseUnavailable, Deadline, KeyedCreate
-from db.postgres import DOWN_WAIT, PostgresStore, _Pool
+from db.postgres import DOWN_WAIT, PostgresStore, _Pool, check_idle_connection
+from tests.support import wait_until
 
 
 class FakeConnection:
@@ -153,3 +155,15 @@ def test_checkout_gives_up_after_one_wait_once_the_pool_knows_the_database_is_do
     with pytest.raises(psycopg_pool.PoolTimeout):
         pool.checkout(wait=3600.0)
     assert len(asked) == 2 and all(timeout <= DOWN_WAIT for timeout in asked)
+
+
+def test_the_checkout_check_fails_a_connection_the_server_ended_and_passes_a_live_one(postgres_url):
+    with (
+        psycopg.connect(postgres_url, autocommit=True) as conn,
+        psycopg.connect(postgres_url, autocommit=True) as admin,
+    ):
+        check_idle_connection(conn)  # idle and alive: passes (without a round trip: the server sent nothing)
+        admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        wait_until(lambda: bool(select.select([conn.fileno()], [], [], 0)[0]), timeout=5)
+        with pytest.raises(psycopg.OperationalError):
+            check_idle_connection(conn)
