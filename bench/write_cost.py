@@ -6,10 +6,11 @@ store, and through the HTTP API in one process, on SQLite and PostgreSQL, in alt
 
 Store arms (ops/s, one thread): `upsert` (one autocommit statement: the write path before issue 12, kept
 for tools), `upsert_if` unconditional (today's plain write: one transaction bounded by a deadline),
-`upsert_if` with If-Match, a keyed create (claim_key + upsert_claimed), and a replay (claim_key of a
-completed key: the idempotency lookup). HTTP arms (requests/s through Flask's test client, real Redis):
-PUT, PUT with If-Match, POST, POST with a new Idempotency-Key, POST replayed. Every figure is the median over
-rounds; every ratio the median of per-round ratios to the plain write of that round. Writes the
+`upsert_if` with If-Match, a keyed create (create_keyed: claim, write and record in one transaction), and
+a replay (claim_key of a completed key: the idempotency lookup). HTTP arms (requests/s through Flask's
+test client, real Redis): PUT, PUT with If-Match, POST, POST with a new Idempotency-Key, POST replayed.
+Every figure is the median over rounds; every ratio the median of per-round ratios to the plain write of
+that round. Writes the
 "write_cost" section of BENCHMARKS.md.
 """
 
@@ -40,10 +41,9 @@ NOTES = [
     "SET LOCAL statement_timeout/lock_timeout in one round trip, the statement, COMMIT), where the write before",
     "issue 12 was one autocommit statement: the `upsert (autocommit)` row is the price of the deadline in the",
     "store; in a whole request it is diluted by Flask, Redis and the network. If-Match adds only a WHERE on the",
-    "version to the same statement. A keyed create is two transactions: the claim commits first (so a duplicate",
-    "sees the key running instead of blocking, and a crashed request's claim can be taken over), then the write",
-    "records the response in the key's row in its own transaction; that second transaction is why it misses the",
-    "10% aim. A replay is one short read-mostly transaction and no write, so it beats a plain write.",
+    "version to the same statement. A keyed create is one transaction: the claim and the key lookup in one round",
+    "trip, then the write and the key's response with the COMMIT in another (a duplicate waits for it in the",
+    "database). A replay is one short read-mostly transaction and no write, so it beats a plain write.",
 ]
 
 
@@ -74,10 +74,9 @@ def store_arms(store: ItemStore) -> dict[str, Op]:
 
     def keyed(n: int) -> object:
         create = KeyedCreate(uuid.uuid4().hex, "print", f"k-{n % IDS}")
-        claim = store.claim_key(create, TIMEOUT + 1, deadline())
         if len(completed) < IDS:
             completed.append(create)
-        return store.upsert_claimed(claim, BODY, UNCONDITIONAL, deadline())
+        return store.create_keyed(create, BODY, UNCONDITIONAL, TIMEOUT + 1, deadline())
 
     return {
         "upsert_if, unconditional (plain write)": lambda n: store.upsert_if(
@@ -85,7 +84,7 @@ def store_arms(store: ItemStore) -> dict[str, Op]:
         ),
         "upsert (autocommit, before #12)": lambda n: store.upsert(f"a-{n % IDS}", BODY),
         "upsert_if, If-Match": if_match,
-        "keyed create (claim + write + record)": keyed,
+        "keyed create (claim + write + record, one transaction)": keyed,
         "replay (key lookup)": lambda n: store.claim_key(completed[n % len(completed)], TIMEOUT + 1, deadline()),
     }
 

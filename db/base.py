@@ -14,7 +14,7 @@ from db.deadline import Deadline
 from db.preconditions import Deleted, NotFound, Precondition, PreconditionFailed
 
 if TYPE_CHECKING:  # db.keys builds on WriteResult, defined here
-    from db.keys import Claim, ClaimOutcome, KeyedCreate
+    from db.keys import Claim, ClaimOutcome, KeyBusy, KeyedCreate, KeyReused, Replay
 
 
 class DatabaseUnavailable(Exception):
@@ -112,6 +112,19 @@ class ItemStore(Protocol):
     def claim_key(self, create: KeyedCreate, lease: float, deadline: Deadline, max_keys: int = ...) -> ClaimOutcome:
         """Claim an Idempotency-Key for `create`, or say what holds it (Replay, KeyReused, KeyBusy); keep at
         most `max_keys` keys (the oldest claimed go)."""
+        ...
+
+    def create_keyed(
+        self,
+        create: KeyedCreate,
+        fields: dict[str, Any],
+        expect: Precondition,
+        lease: float,
+        deadline: Deadline,
+        max_keys: int = ...,
+    ) -> WriteResult | PreconditionFailed | Replay | KeyReused | KeyBusy:
+        """Claim the key, write the item and record the response in one transaction; a key already held
+        answers Replay, KeyReused or KeyBusy (a claim committed on its own: claim_key handles it)."""
         ...
 
     def upsert_claimed(

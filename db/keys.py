@@ -1,5 +1,5 @@
-"""Idempotency keys in the database: claim a key before the write, complete it in the write's own
-transaction, replay its first response. What both SQL backends share; their SQL is in KeyStatements.
+"""Idempotency keys in the database: claim a key, write and complete it in one transaction
+(`create_keyed`), replay its first response. What both SQL backends share; their SQL is in KeyStatements.
 
 A key keeps its first answer's status, item id and version, not its body (a replay is rebuilt from the
 item as it is now), and at most `max_keys` keys are kept: a claim deletes the keys claimed `max_keys` or
@@ -11,15 +11,25 @@ import contextlib
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from db.base import Item, WriteResult, decode_item
 from db.deadline import Deadline
-from db.preconditions import Precondition, PreconditionFailed
+from db.preconditions import Precondition, PreconditionFailed, Unconditional
 
 KEY_LIFETIME = 24 * 3600.0  # seconds a key is honoured (the draft's suggestion: at least 24 h)
 MAX_KEYS = 100_000  # keys kept, at most: IDEMPOTENCY_KEYS_MAX's default (24 h of 1.2 keyed creates a second)
-Fetch = Callable[[str, Mapping[str, Any]], list[Sequence[Any]]]  # runs one statement in the open transaction
+Rows = list[Sequence[Any]]
+Pending = Callable[[], Rows]  # a sent statement's rows: readable once its transaction has committed
+
+
+class Fetch(Protocol):
+    """The open transaction. Calling it runs a statement now and returns its rows (a round trip); `send`
+    queues one whose rows are read after the commit, so a backend may send it together with the COMMIT."""
+
+    def __call__(self, sql: str, params: Mapping[str, Any], /) -> Rows: ...
+
+    def send(self, sql: str, params: Mapping[str, Any], /) -> Pending: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +41,8 @@ class KeyStatements:
     find: str
     take_over: str  # key, token, age -> item_id (a running claim older than age s)
     complete: str  # key, token, status_code, version -> key (no row: the claim was taken over)
+    # key, token -> key: complete from the key's item as this transaction wrote it (201 when it was created)
+    complete_written: str
     release: str  # key, token
     purge: str  # age
 
@@ -88,6 +100,14 @@ class ClaimLost(Exception):
     """The claim was taken over (its request outlived the lease); the write was rolled back."""
 
 
+class _RolledBack(Exception):
+    """Ends a keyed create's transaction without committing, answering `result`."""
+
+    def __init__(self, result: PreconditionFailed) -> None:
+        super().__init__(result)
+        self.result = result
+
+
 class KeyStore:
     """The idempotency half of SQLStore: it provides `keys`, `_within` and `_upsert_in`."""
 
@@ -101,6 +121,11 @@ class KeyStore:
     ) -> WriteResult | PreconditionFailed:
         raise NotImplementedError
 
+    def _send_upsert(
+        self, fetch: Fetch, item_id: str, fields: dict[str, Any], expect: Precondition
+    ) -> Callable[[], WriteResult | PreconditionFailed]:
+        raise NotImplementedError
+
     def _execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
         raise NotImplementedError
 
@@ -110,26 +135,63 @@ class KeyStore:
         """Claim `create.key`, or say what holds it. A running claim older than `lease` seconds (its request
         must have ended by then) is taken over. A claim deletes the keys `max_keys` or more claims older."""
         token = secrets.token_hex(8)
-        params = {"key": create.key, "fingerprint": create.fingerprint, "token": token, "item_id": create.item_id}
         with self._within(deadline) as fetch:
-            for _ in range(3):  # a key released between our two statements: claim it again
-                if rows := fetch(self.keys.claim, params):
-                    fetch(self.keys.evict, {"seq": int(rows[0][1]), "keep": max_keys})
-                    return Claim(create.key, token, str(rows[0][0]))
-                if rows := fetch(self.keys.find, {"key": create.key, "age": lease}):
-                    return self._held(fetch, create, rows[0], token, lease)
-        raise RuntimeError(f"idempotency key {create.key!r} kept vanishing while being claimed")
+            held = self._claim_in(fetch, create, token, lease, max_keys)
+            if held is None:
+                return Claim(create.key, token, create.item_id)
+            return self._held(fetch, create, held, token, lease)
 
     def _held(self, fetch: Fetch, create: KeyedCreate, row: Sequence[Any], token: str, lease: float) -> ClaimOutcome:
-        fingerprint, item_id, status_code, version, stale, *item = row
-        if fingerprint != create.fingerprint:
-            return KeyReused()
-        if status_code is not None:
-            current = decode_item(item) if item[0] is not None else None
-            return Replay(StoredResponse(item_id, int(version), int(status_code), current))
-        if stale and (rows := fetch(self.keys.take_over, {"key": create.key, "token": token, "age": lease})):
-            return Claim(create.key, token, str(rows[0][0]))
-        return KeyBusy(item_id)
+        answer = _answer(create, row)
+        stale = row[4]
+        if isinstance(answer, KeyBusy) and stale:
+            if rows := fetch(self.keys.take_over, {"key": create.key, "token": token, "age": lease}):
+                return Claim(create.key, token, str(rows[0][0]))
+        return answer
+
+    def create_keyed(
+        self,
+        create: KeyedCreate,
+        fields: dict[str, Any],
+        expect: Precondition,
+        lease: float,
+        deadline: Deadline,
+        max_keys: int = MAX_KEYS,
+    ) -> WriteResult | PreconditionFailed | Replay | KeyReused | KeyBusy:
+        """Claim `create.key`, write `create.item_id` and complete the key, in one transaction: a failure
+        (or a failed precondition) leaves no claim behind, and a duplicate running meanwhile waits for the
+        commit (its claim blocks on the key) and gets Replay. A key held by a claim committed on its own
+        (`claim_key`'s) answers KeyBusy, stale or not: `claim_key` takes such a claim over."""
+        token = secrets.token_hex(8)
+        try:
+            with self._within(deadline) as fetch:
+                held = self._claim_in(fetch, create, token, lease, max_keys)
+                if held is not None:
+                    return _answer(create, held)
+                if not isinstance(expect, Unconditional):
+                    result = self._upsert_in(fetch, create.item_id, fields, expect)
+                    if isinstance(result, PreconditionFailed):
+                        raise _RolledBack(result)  # the claim goes with it: a retry runs the request again
+                    fetch.send(self.keys.complete_written, {"key": create.key, "token": token})
+                    return result
+                written = self._send_upsert(fetch, create.item_id, fields, expect)
+                fetch.send(self.keys.complete_written, {"key": create.key, "token": token})
+        except _RolledBack as refused:
+            return refused.result
+        return written()
+
+    def _claim_in(
+        self, fetch: Fetch, create: KeyedCreate, token: str, lease: float, max_keys: int
+    ) -> Sequence[Any] | None:
+        """Claim the key in the open transaction (None), or the key's `find` row when another holds it."""
+        params = {"key": create.key, "fingerprint": create.fingerprint, "token": token, "item_id": create.item_id}
+        for _ in range(3):  # a key released between the two statements: claim it again
+            if rows := fetch(self.keys.claim, params):
+                fetch.send(self.keys.evict, {"seq": int(rows[0][1]), "keep": max_keys})  # goes with the write
+                return None
+            if rows := fetch(self.keys.find, {"key": create.key, "age": lease}):
+                return rows[0]
+        raise RuntimeError(f"idempotency key {create.key!r} kept vanishing while being claimed")
 
     def upsert_claimed(
         self, claim: Claim, fields: dict[str, Any], expect: Precondition, deadline: Deadline
@@ -157,3 +219,14 @@ class KeyStore:
     def purge_keys(self, older_than_s: float) -> int:
         """Delete keys created over `older_than_s` ago; returns how many."""
         return self._execute(self.keys.purge, {"age": float(older_than_s)})
+
+
+def _answer(create: KeyedCreate, row: Sequence[Any]) -> Replay | KeyReused | KeyBusy:
+    """What a key held by another request (its `find` row) answers `create`."""
+    fingerprint, item_id, status_code, version, _stale, *item = row
+    if fingerprint != create.fingerprint:
+        return KeyReused()
+    if status_code is not None:
+        current = decode_item(item) if item[0] is not None else None
+        return Replay(StoredResponse(item_id, int(version), int(status_code), current))
+    return KeyBusy(item_id)

@@ -99,6 +99,11 @@ WHERE key = %(key)s AND status_code IS NULL AND claimed_at <= {CUTOFF} RETURNING
 UPDATE idempotency_keys SET status_code = %(status_code)s, version = %(version)s
 WHERE key = %(key)s AND token = %(token)s AND status_code IS NULL RETURNING key
 """,
+    complete_written="""
+UPDATE idempotency_keys AS k
+SET status_code = CASE WHEN i.version = i.created_version THEN 201 ELSE 200 END, version = i.version
+FROM items AS i WHERE i.id = k.item_id AND k.key = %(key)s AND k.token = %(token)s AND k.status_code IS NULL
+""",
     release="DELETE FROM idempotency_keys WHERE key = %(key)s AND token = %(token)s AND status_code IS NULL",
     purge=f"DELETE FROM idempotency_keys WHERE created_at <= {CUTOFF}",
 )

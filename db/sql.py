@@ -5,14 +5,14 @@ from __future__ import annotations
 import builtins
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from db.base import Item, MalformedItem, WriteResult, decode_item, encode_fields
 from db.changes import ChangeCursor
 from db.deadline import Deadline
-from db.keys import Fetch, KeyStore
+from db.keys import Fetch, KeyStore, Pending
 from db.preconditions import (
     Deleted,
     IfAbsent,
@@ -96,12 +96,20 @@ class SQLStore(KeyStore):
         self, item_id: str, fields: dict[str, Any], expect: Precondition, deadline: Deadline
     ) -> WriteResult | PreconditionFailed:
         with self._within(deadline) as fetch:
-            return self._upsert_in(fetch, item_id, fields, expect)
+            result = self._send_upsert(fetch, item_id, fields, expect)  # sent with the COMMIT
+        return result()
 
     def _upsert_in(
         self, fetch: Fetch, item_id: str, fields: dict[str, Any], expect: Precondition
     ) -> WriteResult | PreconditionFailed:
-        """The conditional upsert as one statement in the caller's transaction."""
+        """The conditional upsert as one statement in the caller's transaction, its result read at once."""
+        return self._send_upsert(fetch, item_id, fields, expect)()
+
+    def _send_upsert(
+        self, fetch: Fetch, item_id: str, fields: dict[str, Any], expect: Precondition
+    ) -> Callable[[], WriteResult | PreconditionFailed]:
+        """Send the conditional upsert (one statement) and, for a condition, the live version to report if it
+        fails: neither waits for an answer, so both can go with the COMMIT. Returns its result's reader."""
         params: dict[str, Any] = {"id": item_id, "fields": encode_fields(fields)}
         match expect:
             case Unconditional():
@@ -112,36 +120,55 @@ class SQLStore(KeyStore):
                 sql = self.sql.update_live
             case IfVersionIn(versions):
                 sql, params["versions"] = self.sql.update_if_version, self._ids_param(sorted(versions))
-        rows = fetch(sql, params)
-        if not rows:
-            return PreconditionFailed(item_id, self._live_version(fetch, item_id))
-        version, created_version, updated_at = rows[0]
-        item = Item(id=item_id, fields=fields, version=int(version), updated_at=updated_at)
-        return WriteResult(item=item, created=version == created_version)
+        written = fetch.send(sql, params)
+        live = None if isinstance(expect, Unconditional) else self._send_live_version(fetch, item_id)
+
+        def result() -> WriteResult | PreconditionFailed:
+            rows = written()
+            if not rows:
+                assert live is not None  # an unconditional upsert always returns its row
+                return PreconditionFailed(item_id, live())
+            version, created_version, updated_at = rows[0]
+            item = Item(id=item_id, fields=fields, version=int(version), updated_at=updated_at)
+            return WriteResult(item=item, created=version == created_version)
+
+        return result
 
     def delete_if(
         self, item_id: str, expect: Precondition, deadline: Deadline
     ) -> Deleted | NotFound | PreconditionFailed:
+        deleted: Pending | None
+        live: Callable[[], int | None] | None
         with self._within(deadline) as fetch:
+            # Each statement is sent, not waited for: the transaction takes one round trip with its COMMIT.
             match expect:
                 case IfAbsent():  # "delete it only if it does not exist": nothing to do either way
-                    live = self._live_version(fetch, item_id)
-                    return NotFound() if live is None else PreconditionFailed(item_id, live)
+                    deleted, live = None, self._send_live_version(fetch, item_id)
                 case IfVersionIn(versions):
                     params = {"id": item_id, "versions": self._ids_param(sorted(versions))}
-                    rows = fetch(self.sql.delete_if_version, params)
+                    deleted = fetch.send(self.sql.delete_if_version, params)
+                    live = self._send_live_version(fetch, item_id)
                 case _:
-                    rows = fetch(self.sql.delete, {"id": item_id})
-            if rows:
-                return Deleted(int(rows[0][0]))
-            if isinstance(expect, Unconditional):
-                return NotFound()
-            # If-Match on an absent item is false (RFC 9110 13.1.1): 412, not 404.
-            return PreconditionFailed(item_id, self._live_version(fetch, item_id))
+                    deleted = fetch.send(self.sql.delete, {"id": item_id})
+                    live = None if isinstance(expect, Unconditional) else self._send_live_version(fetch, item_id)
+        if deleted is not None and (rows := deleted()):
+            return Deleted(int(rows[0][0]))
+        if live is None:  # unconditional: there was nothing to delete
+            return NotFound()
+        version = live()
+        if isinstance(expect, IfAbsent) and version is None:
+            return NotFound()
+        # If-Match on an absent item is false (RFC 9110 13.1.1): 412, not 404.
+        return PreconditionFailed(item_id, version)
 
-    def _live_version(self, fetch: Fetch, item_id: str) -> int | None:
-        rows = fetch(self.sql.live_version, {"id": item_id})
-        return int(rows[0][0]) if rows else None
+    def _send_live_version(self, fetch: Fetch, item_id: str) -> Callable[[], int | None]:
+        pending = fetch.send(self.sql.live_version, {"id": item_id})
+
+        def version() -> int | None:
+            rows = pending()
+            return int(rows[0][0]) if rows else None
+
+        return version
 
     def list(self, limit: int, after: str | None = None) -> list[Item]:
         items: list[Item] = []

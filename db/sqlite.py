@@ -16,7 +16,7 @@ from typing import Any
 from db.base import DatabaseUnavailable
 from db.changes import Change, ChangeBatch, ChangeCursor
 from db.deadline import Deadline, DeadlineExceeded
-from db.keys import Fetch
+from db.keys import Fetch, Pending
 from db.migrate import migrations, sqlite_statements
 from db.sql import Params, SQLStore, end_cursor
 from db.sqlite_sql import IS_APPLIED, KEY_STATEMENTS, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS
@@ -87,16 +87,19 @@ class SQLiteStore(SQLStore):
         # IMMEDIATE takes the lock first, so a statement never finds the database locked half-way.
         busy = min(deadline.check("the database's write lock"), self.timeout)
         conn = self._connection()
-        conn.execute(f"PRAGMA busy_timeout = {max(1, int(busy * 1000))}")
+        shortened = busy < self.timeout  # else the connection's own busy timeout is the bound: no PRAGMAs
+        if shortened:
+            conn.execute(f"PRAGMA busy_timeout = {max(1, int(busy * 1000))}")
         try:
             with self._transaction("BEGIN IMMEDIATE") as tx:
-                yield lambda sql, params: tx.execute(sql, params).fetchall()
+                yield _Immediate(tx)
         except DatabaseUnavailable as exc:
-            if busy < self.timeout and "locked" in str(exc):
+            if shortened and "locked" in str(exc):
                 raise DeadlineExceeded("the database's write lock") from exc
             raise
         finally:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            if shortened:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
 
     def _fetch(self, sql: str, params: Params | None = None) -> list[Any]:
         with self._errors():
@@ -148,6 +151,20 @@ class SQLiteStore(SQLStore):
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+class _Immediate:
+    """The open transaction (db.keys.Fetch): sqlite3 runs every statement at once, sent or fetched."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __call__(self, sql: str, params: Params, /) -> list[Any]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def send(self, sql: str, params: Params, /) -> Pending:
+        rows = self.conn.execute(sql, params).fetchall()
+        return lambda: rows
 
 
 class PollingWaiter:

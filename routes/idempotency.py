@@ -9,7 +9,7 @@ import json
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, cast
 
 from flask import Response, current_app, request, url_for
 
@@ -31,10 +31,12 @@ from db import (
     PreconditionFailed,
     Replay,
     StoredResponse,
+    WriteResult,
 )
 from routes.errors import ApiError, error_response
 
 logger = logging.getLogger(__name__)
+Answered = PreconditionFailed | Replay | KeyReused | KeyBusy  # a keyed create's outcomes that write nothing
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
 # Printable ASCII, capped: keys are stored and indexed, and a UUID (the draft's example) is 36.
@@ -103,9 +105,34 @@ def create_once(
     expect: Precondition,
     deadline: Deadline,
 ) -> Written | PreconditionFailed | Replay | KeyReused | KeyBusy:
-    """Write `create.item_id` once per key: the first request writes, its retries get Replay. A request
-    finding its key still running waits a little (KEY_BUSY_WAIT, never past its deadline) for the first to
-    finish, since a client's retry often races its own first attempt; then it is KeyBusy (409)."""
+    """Write `create.item_id` once per key: the key is claimed, the item written and the answer recorded in
+    one transaction; a duplicate arriving meanwhile waits for it in the database and replays it. A key held
+    by a claim committed on its own (`claim_key`: an older release, or a tool) is KeyBusy there: then wait a
+    little (KEY_BUSY_WAIT, never past the deadline) for it, taking it over once older than its lease."""
+    config = current_app.config["SERVICE_CONFIG"]
+    lease, max_keys = config.request_timeout + LEASE_MARGIN, config.idempotency_keys_max
+
+    def create_keyed() -> WriteResult | Answered:
+        return store.create_keyed(create, fields, expect, lease, deadline, max_keys)
+
+    # cast: mypy cannot solve write_through's `WriteResult | R` against this union (R is the rest of it).
+    outcome = cast("Written | Answered", item_cache.write_through(create.item_id, create_keyed))
+    if isinstance(outcome, Replay):
+        WRITES_BY_OUTCOME["replayed"].inc()
+    if not isinstance(outcome, KeyBusy):
+        return outcome
+    return _create_claimed(item_cache, store, create, fields, expect, deadline)
+
+
+def _create_claimed(
+    item_cache: ItemCache,
+    store: ItemStore,
+    create: KeyedCreate,
+    fields: dict[str, Any],
+    expect: Precondition,
+    deadline: Deadline,
+) -> Written | PreconditionFailed | Replay | KeyReused | KeyBusy:
+    """The key is held by a claim committed on its own: wait for it, or take it over when it is stale."""
     outcome = _claim(store, create, deadline)
     if isinstance(outcome, Replay):
         WRITES_BY_OUTCOME["replayed"].inc()

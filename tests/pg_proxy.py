@@ -37,8 +37,10 @@ class ClientMessages:
 
 
 def is_commit(kind: bytes, body: bytes) -> bool:
-    """A simple Query ('Q') that is COMMIT: how psycopg sends `conn.execute(b"COMMIT")` (no parameters)."""
-    return kind == b"Q" and body.rstrip(b"\0").strip().rstrip(b";").strip().upper() in (b"COMMIT", b"END")
+    """A simple Query ('Q') ending with COMMIT: how psycopg sends `conn.execute(b"COMMIT")`, and the store
+    its batched statements (db/postgres.py's _Batched: "...; COMMIT")."""
+    last = body.rstrip(b"\0").strip().rstrip(b";").rsplit(b";", 1)[-1].strip().upper()
+    return kind == b"Q" and last in (b"COMMIT", b"END")
 
 
 class PgProxy(TcpProxy):
@@ -86,8 +88,8 @@ class PgProxy(TcpProxy):
 
         def to_server(data: bytes) -> bool:
             for kind, body in frames.feed(data):
+                transaction.append(body)
                 if not is_commit(kind, body):
-                    transaction.append(body)
                     continue
                 if self._take_marker(b"".join(transaction)):
                     lose_reply.set()  # before the COMMIT is forwarded, so its answer finds it set

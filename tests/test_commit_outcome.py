@@ -4,33 +4,59 @@
 from __future__ import annotations
 
 import contextlib
+import select
+from types import SimpleNamespace
 
 import psycopg
 import psycopg_pool
 import pytest
 
-from db import UNCONDITIONAL, CommitOutcomeUnknown, DatabaseUnavailable, Deadline
-from db.postgres import DOWN_WAIT, PostgresStore, _Pool
-
-
-class FakeCursor:
-    description = ("version", "created_version", "updated_at")
-
-    def fetchall(self):
-        return [(2, 1, "2026-11-27T00:00:00.000Z")]
+import db.postgres
+from db import UNCONDITIONAL, CommitOutcomeUnknown, DatabaseUnavailable, Deadline, KeyedCreate
+from db.postgres import DOWN_WAIT, PostgresStore, _Pool, check_idle_connection
+from tests.support import wait_until
 
 
 class FakeConnection:
-    """Records the first word of each statement it is sent; raises `error` on the one whose first word is `fail_on`."""
+    """Records, per round trip, the first word of each statement sent; raises `error` on a round trip that
+    holds a statement whose first word is `fail_on`."""
 
-    def __init__(self, fail_on: bytes, error: Exception) -> None:
+    info = SimpleNamespace(encoding="utf-8")
+
+    def __init__(self, fail_on: str, error: Exception) -> None:
         self.fail_on, self.error, self.sent = fail_on, error, []
 
     def execute(self, sql: bytes, params=None):
-        self.sent.append(sql.split()[0].decode())
-        if sql.split()[0].rstrip(b";") == self.fail_on:
-            raise self.error
-        return FakeCursor()
+        return FakeCursor(self).execute(sql)
+
+
+class FakeCursor:
+    """psycopg's ClientCursor as db/postgres.py's _Batched uses it (one query of several statements)."""
+
+    def __init__(self, conn: FakeConnection) -> None:
+        self.conn, self.answers = conn, []
+
+    def mogrify(self, sql: str, params) -> str:
+        return sql.strip()
+
+    def execute(self, query: bytes):
+        statements = [statement.split()[0].decode() for statement in query.split(b";\n")]
+        self.conn.sent.append(statements)
+        if self.conn.fail_on in statements:
+            raise self.conn.error
+        self.answers = statements
+        return self
+
+    @property
+    def description(self):
+        return ("version", "created_version", "updated_at") if self.answers[0] in ("INSERT", "UPDATE") else None
+
+    def nextset(self) -> bool:
+        self.answers = self.answers[1:]
+        return bool(self.answers)
+
+    def fetchall(self):
+        return [(2, 1, "2026-11-27T00:00:00.000Z")]
 
 
 class FakePool:
@@ -45,10 +71,19 @@ class FakePool:
         yield self.conn
 
 
-def write_through(conn: FakeConnection) -> None:
+@pytest.fixture(autouse=True)
+def fake_cursors(monkeypatch):
+    monkeypatch.setattr(db.postgres, "ClientCursor", FakeCursor)
+
+
+def fake_store(conn: FakeConnection) -> PostgresStore:
     store = PostgresStore("postgresql://unused.invalid/none")
     store._pool = FakePool(conn)  # type: ignore[assignment]
-    store.upsert_if("a", {"n": 1}, UNCONDITIONAL, Deadline.never())
+    return store
+
+
+def write_through(conn: FakeConnection) -> None:
+    fake_store(conn).upsert_if("a", {"n": 1}, UNCONDITIONAL, Deadline.never())
 
 
 @pytest.mark.parametrize(
@@ -60,22 +95,24 @@ def write_through(conn: FakeConnection) -> None:
     ],
 )
 def test_a_connection_lost_during_commit_is_an_unknown_outcome(error):
-    conn = FakeConnection(b"COMMIT", error)
+    conn = FakeConnection("COMMIT", error)
     with pytest.raises(CommitOutcomeUnknown):
         write_through(conn)
-    assert conn.sent == ["BEGIN;", "INSERT", "COMMIT"]
+    assert conn.sent == [["BEGIN", "SET", "SET", "INSERT", "COMMIT"]]  # the write is one round trip
 
 
 def test_a_connection_lost_before_commit_wrote_nothing():
-    conn = FakeConnection(b"INSERT", psycopg.OperationalError("server closed the connection unexpectedly"))
+    # A keyed create reads its claim before it writes: a round trip without the COMMIT.
+    conn = FakeConnection("INSERT", psycopg.OperationalError("server closed the connection unexpectedly"))
     with pytest.raises(DatabaseUnavailable):
-        write_through(conn)
-    assert "COMMIT" not in conn.sent  # the transaction never asked to commit: nothing can have been written
+        fake_store(conn).create_keyed(KeyedCreate("k", "print", "a"), {}, UNCONDITIONAL, 60.0, Deadline.never())
+    assert conn.sent[0] == ["BEGIN", "SET", "SET", "INSERT"]
+    assert not any("COMMIT" in trip for trip in conn.sent)  # never asked to commit: nothing can have been written
 
 
 def test_commit_refused_by_the_server_wrote_nothing():
     # The server answered the COMMIT with an error: it rolled the transaction back.
-    conn = FakeConnection(b"COMMIT", psycopg.errors.SerializationFailure("could not serialize access"))
+    conn = FakeConnection("COMMIT", psycopg.errors.SerializationFailure("could not serialize access"))
     with pytest.raises(DatabaseUnavailable):
         write_through(conn)
 
@@ -118,3 +155,15 @@ def test_checkout_gives_up_after_one_wait_once_the_pool_knows_the_database_is_do
     with pytest.raises(psycopg_pool.PoolTimeout):
         pool.checkout(wait=3600.0)
     assert len(asked) == 2 and all(timeout <= DOWN_WAIT for timeout in asked)
+
+
+def test_the_checkout_check_fails_a_connection_the_server_ended_and_passes_a_live_one(postgres_url):
+    with (
+        psycopg.connect(postgres_url, autocommit=True) as conn,
+        psycopg.connect(postgres_url, autocommit=True) as admin,
+    ):
+        check_idle_connection(conn)  # idle and alive: passes (without a round trip: the server sent nothing)
+        admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        wait_until(lambda: bool(select.select([conn.fileno()], [], [], 0)[0]), timeout=5)
+        with pytest.raises(psycopg.OperationalError):
+            check_idle_connection(conn)

@@ -92,6 +92,49 @@ def test_keys_are_purged_after_their_lifetime(store):
     assert isinstance(store.claim_key(KeyedCreate("old", "other", "y"), LEASE, NEVER), Claim)
 
 
+def test_a_keyed_create_claims_writes_and_completes_in_one_go(store):
+    written = store.create_keyed(KeyedCreate("one", "print", "item-1"), {"n": 1}, UNCONDITIONAL, LEASE, NEVER)
+    assert isinstance(written, WriteResult) and written.created and store.get("item-1") == written.item
+    again = store.create_keyed(KeyedCreate("one", "print", "other-id"), {"n": 1}, UNCONDITIONAL, LEASE, NEVER)
+    assert again == Replay(StoredResponse("item-1", 1, 201, written.item))
+    assert store.create_keyed(KeyedCreate("one", "other", "x"), {}, UNCONDITIONAL, LEASE, NEVER) == KeyReused()
+    update = store.create_keyed(KeyedCreate("two", "print", "item-1"), {"n": 2}, UNCONDITIONAL, LEASE, NEVER)
+    assert isinstance(update, WriteResult) and not update.created
+    assert store.claim_key(KeyedCreate("two", "print", "y"), LEASE, NEVER) == Replay(
+        StoredResponse("item-1", 2, 200, update.item)
+    )
+
+
+def test_a_keyed_create_refused_by_its_precondition_leaves_no_claim(store):
+    store.upsert("taken", {})
+    refused = store.create_keyed(KeyedCreate("k6", "print", "taken"), {"n": 2}, IfAbsent(), LEASE, NEVER)
+    assert refused == PreconditionFailed("taken", 1)
+    assert isinstance(store.claim_key(KeyedCreate("k6", "print", "taken"), LEASE, NEVER), Claim)
+
+
+def test_a_keyed_create_finding_a_claim_committed_on_its_own_is_busy(store):
+    store.claim_key(KeyedCreate("k7", "print", "item-7"), LEASE, NEVER)
+    assert store.create_keyed(KeyedCreate("k7", "print", "x"), {}, UNCONDITIONAL, LEASE, NEVER) == KeyBusy("item-7")
+    assert store.get("x") is None and store.get("item-7") is None
+
+
+def test_concurrent_keyed_creates_of_one_key_write_once_and_replay(store):
+    threads = 8
+    start = threading.Barrier(threads)
+
+    def create(n: int) -> object:
+        start.wait(10)
+        return store.create_keyed(KeyedCreate("k8", "print", f"id-{n}"), {"n": 1}, UNCONDITIONAL, LEASE, NEVER)
+
+    with ThreadPoolExecutor(threads) as pool:
+        outcomes = list(pool.map(create, range(threads)))
+    written = [o for o in outcomes if isinstance(o, WriteResult)]
+    assert len(written) == 1  # the others waited for its transaction and replay it
+    assert all(
+        o == Replay(StoredResponse(written[0].item.id, 1, 201, written[0].item)) for o in outcomes if o not in written
+    )
+
+
 # --- HTTP ------------------------------------------------------------------------------------------------
 
 

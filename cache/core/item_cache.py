@@ -58,6 +58,7 @@ from db import (
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 ITEM_NAMESPACE = "item:"
 
 
@@ -161,7 +162,7 @@ class ItemCache:
         return self._then_l1(key, entry, generation, outcome)
 
     def refresh(self, key: str, entry: CacheEntry, ttl: float | None) -> SetOutcome:
-        """An early refresh: as `fill`, and a copy of this very version already in Redis takes `ttl`."""
+        """As `fill`, and a copy of this very version already in Redis takes `ttl` (an early refresh)."""
         generation = self.trust.generation
         outcome = self.redis.refresh(key, entry, self.ttl_ms(entry, ttl))
         return self._then_l1(key, entry, generation, outcome)
@@ -351,15 +352,13 @@ class ItemCache:
         store = self._store()
         return self.write_through(item_id, lambda: store.upsert_if(item_id, fields, expect, deadline))
 
-    def write_through(
-        self, item_id: str, write: Callable[[], WriteResult | PreconditionFailed]
-    ) -> Written | PreconditionFailed:
-        """Run a database `write` of `item_id` (cache_write_outcomes_total), then cache what it committed.
-        The Bloom filter learns the id first, so it never says "absent" for a committed item."""
+    def write_through(self, item_id: str, write: Callable[[], WriteResult | R]) -> Written | R:
+        """Run a database `write` of `item_id` (cache_write_outcomes_total), then cache what it committed
+        (any other outcome is returned as it is). The Bloom filter learns the id first: never "absent"."""
         if self.bloom is not None and not self.bloom.add(item_id):
             self.bloom_missed = True
         result = _counted(write)
-        if isinstance(result, PreconditionFailed):
+        if not isinstance(result, WriteResult):
             return result
         entry = CacheEntry.build(result.item.id, result.item.version, result.item.to_json())
         if self.settings.enabled:
@@ -395,5 +394,8 @@ def _counted(write: Callable[[], T]) -> T:
     except CommitOutcomeUnknown:
         WRITES_BY_OUTCOME["outcome_unknown"].inc()  # the change follower brings the cache to what committed
         raise
-    WRITES_BY_OUTCOME["precondition_failed" if isinstance(result, PreconditionFailed) else "written"].inc()
+    if isinstance(result, PreconditionFailed):
+        WRITES_BY_OUTCOME["precondition_failed"].inc()
+    elif isinstance(result, WriteResult | Deleted | NotFound):
+        WRITES_BY_OUTCOME["written"].inc()
     return result
