@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 from db.base import (
+    Claim,
+    ClaimLost,
     CommitOutcomeUnknown,
     ConnectionsRefused,
     DatabaseUnavailable,
+    Deadline,
+    DeadlineExceeded,
     Item,
     ItemStore,
-    MalformedItem,
-    WriteResult,
-)
-from db.changes import Change, ChangeBatch, ChangeCursor
-from db.deadline import Deadline, DeadlineExceeded
-from db.keys import (
-    KEY_LIFETIME,
-    Claim,
-    ClaimLost,
     KeyBusy,
     KeyedCreate,
     KeyReused,
+    MalformedItem,
     Replay,
     StoredResponse,
+    WriteResult,
 )
+from db.changes import Change, ChangeBatch, ChangeCursor
+from db.keys import KEY_LIFETIME
 from db.preconditions import (
     UNCONDITIONAL,
     Deleted,

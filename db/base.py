@@ -1,20 +1,20 @@
-"""What every store implements, and the shapes it returns."""
+"""What every store implements, and the shapes it returns: items and write results, idempotency keys'
+claims and answers, and the request's Deadline (what is left of REQUEST_TIMEOUT, passed to everything a
+request waits for)."""
 
 from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from db.changes import ChangeBatch, ChangeCursor
-from db.deadline import Deadline
 from db.preconditions import Deleted, NotFound, Precondition, PreconditionFailed
-
-if TYPE_CHECKING:  # db.keys builds on WriteResult, defined here
-    from db.keys import Claim, ClaimOutcome, KeyBusy, KeyedCreate, KeyReused, Replay
 
 
 class DatabaseUnavailable(Exception):
@@ -77,6 +77,100 @@ def decode_item(row: Sequence[Any]) -> Item:
 
 def encode_fields(fields: dict[str, Any]) -> str:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+
+
+class DeadlineExceeded(Exception):
+    """The request's time ran out while waiting for `waiting_for`; a write was rolled back, nothing committed."""
+
+    def __init__(self, waiting_for: str) -> None:
+        super().__init__(f"the request's deadline ran out waiting for {waiting_for}")
+        self.waiting_for = waiting_for
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    expires_at: float  # on `clock`'s scale; math.inf: never
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False)
+
+    @classmethod
+    def after(cls, seconds: float, clock: Callable[[], float] = time.monotonic) -> Deadline:
+        return cls(clock() + seconds, clock)
+
+    @classmethod
+    def never(cls) -> Deadline:
+        """No time limit (tools, tests, the store's unconditional calls)."""
+        return cls(math.inf)
+
+    def remaining(self) -> float:
+        """Seconds left, never below 0 (inf for `never`)."""
+        return max(0.0, self.expires_at - self.clock())
+
+    def expired(self) -> bool:
+        return self.remaining() <= 0.0
+
+    def cap(self, seconds: float) -> float:
+        """`seconds`, or what is left if that is less: a wait of its own that must also fit the deadline."""
+        return min(seconds, self.remaining())
+
+    def check(self, waiting_for: str) -> float:
+        """What is left; DeadlineExceeded (naming what the caller was about to wait for) when nothing is."""
+        left = self.remaining()
+        if left <= 0.0:
+            raise DeadlineExceeded(waiting_for)
+        return left
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedCreate:
+    """A POST with an Idempotency-Key: the key, its request's fingerprint, and the id it would write."""
+
+    key: str
+    fingerprint: str
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    key: str
+    token: str
+    item_id: str  # the key's id: a retry of a made-up id gets the first attempt's
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """What a key keeps of its first answer (status, the item's id and version then), and the item now
+    (None: deleted since)."""
+
+    item_id: str
+    version: int
+    status_code: int
+    current: Item | None
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """The key's request completed: answer its response again."""
+
+    response: StoredResponse
+
+
+@dataclass(frozen=True, slots=True)
+class KeyReused:
+    """The key belongs to a request with another fingerprint (a different body)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyBusy:
+    """The key's first request is still running (or died less than its lease ago)."""
+
+    item_id: str
+
+
+ClaimOutcome = Claim | Replay | KeyReused | KeyBusy
+
+
+class ClaimLost(Exception):
+    """The claim was taken over (its request outlived the lease); the write was rolled back."""
 
 
 class ItemStore(Protocol):

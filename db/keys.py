@@ -13,8 +13,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from db.base import Item, WriteResult, decode_item
-from db.deadline import Deadline
+from db.base import (
+    Claim,
+    ClaimLost,
+    ClaimOutcome,
+    Deadline,
+    KeyBusy,
+    KeyedCreate,
+    KeyReused,
+    Replay,
+    StoredResponse,
+    WriteResult,
+    decode_item,
+)
 from db.preconditions import Precondition, PreconditionFailed, Unconditional
 
 KEY_LIFETIME = 24 * 3600.0  # seconds a key is honoured (the draft's suggestion: at least 24 h)
@@ -45,59 +56,6 @@ class KeyStatements:
     complete_written: str
     release: str  # key, token
     purge: str  # age
-
-
-@dataclass(frozen=True, slots=True)
-class KeyedCreate:
-    """A POST with an Idempotency-Key: the key, its request's fingerprint, and the id it would write."""
-
-    key: str
-    fingerprint: str
-    item_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    key: str
-    token: str
-    item_id: str  # the key's id: a retry of a made-up id gets the first attempt's
-
-
-@dataclass(frozen=True, slots=True)
-class StoredResponse:
-    """What a key keeps of its first answer (status, the item's id and version then), and the item now
-    (None: deleted since)."""
-
-    item_id: str
-    version: int
-    status_code: int
-    current: Item | None
-
-
-@dataclass(frozen=True, slots=True)
-class Replay:
-    """The key's request completed: answer its response again."""
-
-    response: StoredResponse
-
-
-@dataclass(frozen=True, slots=True)
-class KeyReused:
-    """The key belongs to a request with another fingerprint (a different body)."""
-
-
-@dataclass(frozen=True, slots=True)
-class KeyBusy:
-    """The key's first request is still running (or died less than its lease ago)."""
-
-    item_id: str
-
-
-ClaimOutcome = Claim | Replay | KeyReused | KeyBusy
-
-
-class ClaimLost(Exception):
-    """The claim was taken over (its request outlived the lease); the write was rolled back."""
 
 
 class _RolledBack(Exception):

@@ -18,10 +18,9 @@ import psycopg_pool
 from psycopg import ClientCursor
 from psycopg_pool.base import AttemptWithBackoff
 
-from db import postgres_changes
-from db.base import CommitOutcomeUnknown, ConnectionsRefused, DatabaseUnavailable
+import db.postgres_changes as postgres_changes
+from db.base import CommitOutcomeUnknown, ConnectionsRefused, DatabaseUnavailable, Deadline, DeadlineExceeded
 from db.changes import ChangeBatch, ChangeCursor
-from db.deadline import Deadline, DeadlineExceeded
 from db.keys import Fetch, Pending
 from db.migrate import ADVISORY_LOCK_KEY, migrations
 from db.postgres_sql import IS_APPLIED, KEY_STATEMENTS, MIGRATIONS_TABLE, RECORD_APPLIED, STATEMENTS

@@ -9,9 +9,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from db.base import Item, MalformedItem, WriteResult, decode_item, encode_fields
+from db.base import Deadline, Item, MalformedItem, WriteResult, decode_item, encode_fields
 from db.changes import ChangeCursor
-from db.deadline import Deadline
 from db.keys import Fetch, KeyStore, Pending
 from db.preconditions import (
     Deleted,

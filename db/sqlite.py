@@ -13,9 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from db.base import DatabaseUnavailable
+from db.base import DatabaseUnavailable, Deadline, DeadlineExceeded
 from db.changes import Change, ChangeBatch, ChangeCursor
-from db.deadline import Deadline, DeadlineExceeded
 from db.keys import Fetch, Pending
 from db.migrate import migrations, sqlite_statements
 from db.sql import Params, SQLStore, end_cursor

@@ -10,7 +10,6 @@ then the cache. Everything that decides what a request sees lives here; the view
             announced to every process) -> L1. A failed precondition touches no cache.
     delete: database -> versioned tombstone in Redis and L1.
     time:   every wait draws on the request's Deadline.
-
 One ItemCache per process, built by the composition root (cache/service.py) and handed to whoever needs it.
 """
 
