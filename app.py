@@ -38,7 +38,8 @@ def create_app(
     overrides: Mapping[str, str] | None = None, wrap_store: Callable[[ItemStore], ItemStore] | None = None
 ) -> Flask:
     """Build the app from the environment, with `overrides` (same names as the variables) on top;
-    `wrap_store` wraps the database the cache loads from (the demo's slow database: demo/slow_app.py)."""
+    `wrap_store` wraps the database the cache loads from (the demo's slow database: demo/slow_app.py).
+    One app per process: building another replaces this process's cache (cache/service.py)."""
     config = load_config({**os.environ, **(overrides or {})})
     logs.configure(config.log_level, config.log_format)
     app = Flask(__name__)

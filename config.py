@@ -306,6 +306,4 @@ def load_config(environ: Mapping[str, str] | None = None, *, default_port: int =
         request_timeout=_float(env, "REQUEST_TIMEOUT", 10.0, high=29),
         idempotency_keys_max=_int(env, "IDEMPOTENCY_KEYS_MAX", 100_000, minimum=1, maximum=100_000_000),
         fast_path=_bool(env, "FAST_PATH", default=True),
-        # A slow database on purpose, so that `python -m demo` can show a stampede on SQLite (whose loads
-        # take microseconds and never collide). Logged loudly at start-up; never set it in production.
     )

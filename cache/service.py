@@ -54,7 +54,7 @@ class CacheService:
         self.listener = Listener(item_cache.redis.client, item_cache.redis.channel, Coherence(item_cache), Watchdog())
         self.workers = [self.listener, self.chores]
         if store is not None:
-            item_cache.trust.follows_log = True
+            item_cache.trust.follow_log()
             self.follower = ChangeFollower(item_cache, store, check_eviction_policy=self.check_eviction_policy)
             self.inspector = Inspector(item_cache, store)
             self.workers += [self.follower, self.inspector]

@@ -38,6 +38,11 @@ COMMIT_LOST_SQLSTATES = ("08", "57P01", "57P02")
 TOO_MANY = ("too many connections", "too many clients", "remaining connection slots are reserved")
 
 
+# A write sends BEGIN, its timeouts, its statements and COMMIT as one query: PostgreSQL 13 and newer time each
+# statement of such a query on its own, with the timeout set before it (older ones time the whole string).
+MIN_SERVER_VERSION = 130000
+
+
 class QuickReconnect(AttemptWithBackoff):
     """psycopg_pool waits 1, 2, 4, 8 s ... between attempts to replace lost connections, so a worker kept
     answering 503 for seconds after the database was back (seen: 5.8 s after an 8 s cut; and a worker the
@@ -120,8 +125,15 @@ def check_idle_connection(conn: psycopg.Connection[Any]) -> None:
     connection the server closed (a restart, pg_terminate_backend, a proxy cut) has its socket readable (the
     FATAL message or the end of the stream), and only then is psycopg_pool's check (an empty query) run, to
     fail it. A write sent on a connection found dead only by the write would answer CommitOutcomeUnknown."""
-    if conn.closed or select.select([conn.fileno()], [], [], 0)[0]:
+    if conn.closed or _readable(conn.fileno()):
         psycopg_pool.ConnectionPool.check_connection(conn)
+
+
+def _readable(fd: int) -> bool:
+    """Whether `fd` has something to read now (poll, not select: a worker's descriptors may pass 1024)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class _QuietRefusals(logging.Filter):
@@ -217,7 +229,15 @@ class PostgresStore(SQLStore):
         return ids
 
     def init_schema(self) -> None:
-        """Apply the migrations not yet applied, each in a transaction of its own (see db.migrate)."""
+        """Apply the migrations not yet applied, each in a transaction of its own (see db.migrate).
+        DatabaseUnavailable, naming the version, from a server older than MIN_SERVER_VERSION."""
+        with self._connection() as conn:
+            if conn.info.server_version < MIN_SERVER_VERSION:
+                raise DatabaseUnavailable(
+                    f"postgresql {conn.info.server_version // 10000} is older than 13, the oldest this service runs "
+                    "on: a write's deadline (SET LOCAL statement_timeout) bounds each statement of its one query "
+                    "only from 13 on"
+                )
         for migration in migrations("postgres"):
             with self._connection() as conn, conn.transaction():
                 # Several workers or instances may start at once: one migrates, the others then skip.
@@ -276,8 +296,10 @@ def _bounded_transaction(conn: psycopg.Connection[Any], deadline: Deadline) -> I
     batch = _Batched(conn, [b"BEGIN", b"SET LOCAL statement_timeout = %d" % ms, b"SET LOCAL lock_timeout = %d" % ms])
     try:
         yield batch
-        batch.flush(commit=True)
+        batch.commit()
     except BaseException as exc:
+        if batch.committed:  # the server answered the COMMIT: never report this write as failed
+            raise CommitOutcomeUnknown(f"postgresql: committed, then {type(exc).__name__}") from exc
         lost = isinstance(exc, psycopg.OperationalError) and (
             exc.sqlstate is None or exc.sqlstate.startswith(COMMIT_LOST_SQLSTATES)
         )
@@ -299,6 +321,7 @@ class _Batched:
         self.encoding = conn.info.encoding
         self.queued: list[tuple[bytes, _Answer | None]] = [(sql, None) for sql in first]
         self.commit_sent = False
+        self.committed = False  # the server answered the COMMIT
 
     def __call__(self, sql: str, params: Params, /) -> list[Any]:
         return self.send(sql, params)()
@@ -308,14 +331,21 @@ class _Batched:
         self.queued.append((self.cursor.mogrify(sql, params).encode(self.encoding), answer))
         return answer
 
-    def flush(self, commit: bool = False) -> None:
-        """Send what is queued (and COMMIT) as one query; each statement's answer is kept for its reader."""
-        queued = self.queued + [(b"COMMIT", None)] if commit else self.queued
-        self.queued = []
-        if not queued:
-            return
-        self.commit_sent = commit
+    def flush(self) -> None:
+        """Send what is queued as one query (a round trip); each statement's answer is kept for its reader."""
+        queued, self.queued = self.queued, []
+        if queued:
+            self._send(queued)
+
+    def commit(self) -> None:
+        """Send what is queued and COMMIT as one query."""
+        queued, self.queued = [*self.queued, (b"COMMIT", None)], []
+        self.commit_sent = True
+        self._send(queued)
+
+    def _send(self, queued: list[tuple[bytes, _Answer | None]]) -> None:
         self.cursor.execute(b";\n".join(sql for sql, _ in queued))
+        self.committed = self.commit_sent  # the server ran every statement: the COMMIT too, if it was sent
         for n, (_, answer) in enumerate(queued):
             if n and not self.cursor.nextset():
                 raise psycopg.InterfaceError(f"{len(queued)} statements sent, {n} answered")

@@ -263,7 +263,7 @@ class FastPath:
         self.item_cache = item_cache
         self.config = config
         self.metrics = metrics
-        self.cors_options = cors_options  # flask-cors's, as http_headers resolved them; None: CORS off
+        self.cors_options = cors_options  # flask-cors's, as routes/http.py resolved them; None: CORS off
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

@@ -110,6 +110,19 @@ def test_a_connection_lost_before_commit_wrote_nothing():
     assert not any("COMMIT" in trip for trip in conn.sent)  # never asked to commit: nothing can have been written
 
 
+def test_a_failure_after_the_server_answered_commit_is_never_reported_as_nothing_written(monkeypatch):
+    # Reading a statement's answer fails after the COMMIT was answered: it committed, so the client must be
+    # told "may have committed" (503 outcome_unknown), not an error that says the write failed.
+    def broken_rows(cursor):
+        raise psycopg.InterfaceError("could not read the answers")
+
+    monkeypatch.setattr(db.postgres, "_rows", broken_rows)
+    conn = FakeConnection("", psycopg.Error("unused"))
+    with pytest.raises(CommitOutcomeUnknown, match="committed"):
+        write_through(conn)
+    assert conn.sent == [["BEGIN", "SET", "SET", "INSERT", "COMMIT"]]  # and no ROLLBACK after it
+
+
 def test_commit_refused_by_the_server_wrote_nothing():
     # The server answered the COMMIT with an error: it rolled the transaction back.
     conn = FakeConnection("COMMIT", psycopg.errors.SerializationFailure("could not serialize access"))
@@ -157,6 +170,26 @@ def test_checkout_gives_up_after_one_wait_once_the_pool_knows_the_database_is_do
     assert len(asked) == 2 and all(timeout <= DOWN_WAIT for timeout in asked)
 
 
+def test_the_checkout_check_reads_descriptors_above_1024():
+    """A worker holds up to worker_connections client sockets, so a database connection's descriptor may
+    pass select()'s limit of 1024: the check must still tell a readable one from a quiet one."""
+    import os
+    import socket
+
+    from db.postgres import _readable
+
+    ours, theirs = socket.socketpair()
+    high = os.dup2(ours.fileno(), 1500)
+    try:
+        assert _readable(high) is False
+        theirs.send(b"x")
+        assert _readable(high) is True
+    finally:
+        os.close(high)
+        ours.close()
+        theirs.close()
+
+
 def test_the_checkout_check_fails_a_connection_the_server_ended_and_passes_a_live_one(postgres_url):
     with (
         psycopg.connect(postgres_url, autocommit=True) as conn,
@@ -167,3 +200,12 @@ def test_the_checkout_check_fails_a_connection_the_server_ended_and_passes_a_liv
         wait_until(lambda: bool(select.select([conn.fileno()], [], [], 0)[0]), timeout=5)
         with pytest.raises(psycopg.OperationalError):
             check_idle_connection(conn)
+
+
+def test_a_postgresql_older_than_13_is_refused_at_start_naming_its_version():
+    """A write's one query relies on 13's per-statement timeouts: an older server would let the deadline lapse."""
+    conn = FakeConnection("", psycopg.Error("unused"))
+    conn.info = SimpleNamespace(encoding="utf-8", server_version=120017)
+    with pytest.raises(DatabaseUnavailable, match="postgresql 12 is older than 13"):
+        fake_store(conn).init_schema()
+    assert conn.sent == []  # no migration was tried

@@ -22,7 +22,7 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def test_a_doubt_ends_only_when_the_log_is_applied_up_to_a_head_taken_after_it():
-    trust = L1Trust(FakeClock())
+    trust = L1Trust(FakeClock(), follows_log=True)
     generation = trust.generation
     trust.doubt_redis()
     assert not trust.redis_current and not trust.usable and trust.generation > generation
@@ -34,7 +34,7 @@ def test_a_doubt_ends_only_when_the_log_is_applied_up_to_a_head_taken_after_it()
 
 
 def test_a_new_doubt_voids_the_head_and_the_announcement_of_the_one_before():
-    trust = L1Trust(FakeClock())
+    trust = L1Trust(FakeClock(), follows_log=True)
     trust.doubt_redis()
     stale = trust.epoch
     assert trust.set_head(stale, 5)
@@ -46,7 +46,7 @@ def test_a_new_doubt_voids_the_head_and_the_announcement_of_the_one_before():
 
 
 def test_l1_needs_the_listener_redis_and_the_catch_up():
-    trust = L1Trust(FakeClock())
+    trust = L1Trust(FakeClock(), follows_log=True)
     trust.doubt_redis()
     trust.set_head(trust.epoch, 1)
     trust.set_subscribed(False)
@@ -58,7 +58,7 @@ def test_l1_needs_the_listener_redis_and_the_catch_up():
 
 def test_without_an_announcement_redis_is_trusted_again_after_the_limit_counted_from_the_head():
     clock = FakeClock()
-    trust = L1Trust(clock)
+    trust = L1Trust(clock, follows_log=True)
     trust.doubt_redis()
     clock.tick(CATCH_UP_LIMIT * 2)  # Redis away all this time: no head, no giving up
     assert not trust.give_up(trust.epoch)
@@ -76,7 +76,7 @@ def doubting(make_app, stack):
     chores (not started either), and an outside writer's connection to its database."""
     app = make_app()
     s = running_cache()
-    s.trust.follows_log = True
+    s.trust.follow_log()
     follower = ChangeFollower(s, app.extensions["item_store"])
     assert follower.hold_lease()
     follower.run_once()

@@ -28,7 +28,7 @@ class L1Trust:
     that it must not fill L1 afterwards. `epoch` changes on every doubt about Redis, so a catch-up that
     began before it cannot end it."""
 
-    def __init__(self, timer: Callable[[], float] = time.monotonic, follows_log: bool = True) -> None:
+    def __init__(self, timer: Callable[[], float] = time.monotonic, *, follows_log: bool) -> None:
         self.timer = timer
         # Only a process that follows the change log can tell when Redis has caught up: one that does not
         # never doubts Redis (it would read through to the database for good).
@@ -43,6 +43,10 @@ class L1Trust:
         self.head_at = 0.0
         self.usable = True  # read on every request: an attribute, kept equal to the rule below
         self._lock = threading.Lock()
+
+    def follow_log(self) -> None:
+        """A change follower runs in this process now: doubts about Redis can be ended, so they count."""
+        self.follows_log = True
 
     def set_subscribed(self, subscribed: bool) -> None:
         with self._lock:
