@@ -93,7 +93,11 @@ def test_database_unreachable_cached_reads_answer_writes_503_nothing_half_writte
                 f"in {write_seconds:.2f}s; uncached read: {uncached[0]}; readiness: {ready[0]}"
             )
         assert reads == [200] * 40
-        assert status == 503 and headers["Retry-After"] and json.loads(body)["error"] == "database_unavailable"
+        # database_unavailable when the pool found its connection closed before the write; outcome_unknown
+        # when the write found it (its COMMIT travels with it: the proxy's close may reach us only after the
+        # write was sent). Either way nothing was written: checked below, in every tier.
+        error = json.loads(body)["error"]
+        assert status == 503 and headers["Retry-After"] and error in ("database_unavailable", "outcome_unknown")
         assert create[0] == 503 and uncached[0] == 503
         assert ready[0] == 503 and json.loads(ready[2])["checks"]["database"].startswith("unavailable")
         wait_until(lambda: base.get("/health/ready")[0] == 200, timeout=20)
