@@ -64,8 +64,9 @@ return 1
 )
 
 # KEYS[1], KEYS[2]: the live filter's meta and bits; KEYS[3], KEYS[4]: those of a filter being built
-# ARGV[1]: the id.  Adds it to each filter that exists; returns how many that was. A live filter whose bits
-# were evicted is dropped, not refilled with this one id (which would make every other id "absent").
+# ARGV: the ids.  Adds them to each filter that exists; returns how many filters that was. A live filter
+# whose bits were evicted is dropped, not refilled with these ids (which would make every other id "absent").
+# Every key under one hash tag: many ids in one call is legal on a Redis Cluster too.
 ADD = (
     _POSITIONS_LUA
     + """
@@ -77,8 +78,11 @@ for f = 1, 3, 2 do
     m = nil
   end
   if m then
-    for _, p in ipairs(positions(ARGV[1], m, tonumber(redis.call('HGET', KEYS[f], 'k')))) do
-      redis.call('SETBIT', KEYS[f + 1], p, 1)
+    local k = tonumber(redis.call('HGET', KEYS[f], 'k'))
+    for _, id in ipairs(ARGV) do
+      for _, p in ipairs(positions(id, m, k)) do
+        redis.call('SETBIT', KEYS[f + 1], p, 1)
+      end
     end
     added = added + 1
   end
@@ -140,9 +144,10 @@ class BloomFilter:
         keys = [self.meta, self.bits, self.next_meta, self.next_bits]
         return not isinstance(self.guard("bloom", item_id, self._add, keys=keys, args=[item_id]), RedisDown)
 
-    def queue_add(self, pipe: redis.client.Pipeline, item_id: str) -> None:
-        """Queue an add on the caller's pipeline (EVAL: nothing to preload on every cluster node)."""
-        pipe.execute_command("EVAL", ADD, 4, self.meta, self.bits, self.next_meta, self.next_bits, item_id)
+    def queue_add(self, pipe: redis.client.Pipeline, item_ids: list[str]) -> None:
+        """Queue one add of `item_ids` on the caller's pipeline (EVAL: nothing to preload on every cluster
+        node)."""
+        pipe.execute_command("EVAL", ADD, 4, self.meta, self.bits, self.next_meta, self.next_bits, *item_ids)
 
     def disable(self) -> bool:
         """Stop answering "absent" until rebuilt (the filter may lack an id). False when Redis failed."""

@@ -27,11 +27,12 @@ logger = logging.getLogger(__name__)
 
 # ---- announcements: what the write scripts publish on the invalidation channel, atomically with the
 # write, and every process's listener hears, as JSON {"k": key, "v": version, "o": sender's origin,
-# "t": sender's wall-clock time}.
+# "t": sender's wall-clock time}; a whole-L1 flush has the key FLUSH_ALL and its reason in "r".
 
 CHANNEL = "cache-invalidate"
 FLUSH_ALL = "*"  # the key of a message that tells every process to flush its whole L1
 UNVERSIONED = -1  # the version of a message that drops a key whatever version a process holds
+FLUSH_REASONS = ("admin", "bulk_change")  # a flush message's reasons (metric labels: any other is "admin")
 
 
 def new_origin() -> str:
@@ -40,7 +41,20 @@ def new_origin() -> str:
 
 
 def encode_message(key: str, version: int, origin: str) -> bytes:
-    return json.dumps({"k": key, "v": version, "o": origin, "t": time.time()}, separators=(",", ":")).encode()
+    """An announcement of `key` at `version`; the origin first, so that its sender can skip it unparsed
+    (`own_marker`)."""
+    return json.dumps({"o": origin, "k": key, "v": version, "t": time.time()}, separators=(",", ":")).encode()
+
+
+def encode_flush(origin: str, reason: str) -> bytes:
+    """An announcement that every process flushes its whole L1, counted under `reason` (FLUSH_REASONS)."""
+    message = {"o": origin, "k": FLUSH_ALL, "v": 0, "t": time.time(), "r": reason}
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def own_marker(origin: str) -> bytes:
+    """How every announcement encode_message makes for `origin` begins."""
+    return b'{"o":' + json.dumps(origin).encode() + b","
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +63,22 @@ class Invalidation:
     version: int
     origin: str
     sent_at: float  # the sender's wall clock
+    reason: str = "admin"  # a flush's (key FLUSH_ALL) reason, one of FLUSH_REASONS
 
 
 def decode_message(data: bytes) -> Invalidation | None:
     """The message, or None (logged) when it is malformed."""
     try:
         payload = json.loads(data)
-        return Invalidation(str(payload["k"]), int(payload["v"]), str(payload["o"]), float(payload["t"]))
-    except (ValueError, KeyError, TypeError):
+        reason = payload.get("r")
+        return Invalidation(
+            str(payload["k"]),
+            int(payload["v"]),
+            str(payload["o"]),
+            float(payload["t"]),
+            reason if reason in FLUSH_REASONS else "admin",
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
         logger.warning("ignored a malformed invalidation message (%d bytes)", len(data))
         return None
 
@@ -124,25 +146,52 @@ READ = _READ_FIELDS + "return false"
 # One round trip for "still missing? then I load it": no fill can land between the look and the lock.
 READ_OR_LOCK = _READ_FIELDS + f"if {take_lua('KEYS[2]', 'ARGV[1]', 'ARGV[2]')} then return 1 end return 0"
 
-# KEYS[1]: the item's key   ARGV[1]: a version the database has committed   ARGV[2]: the floor's TTL (ms)
-# ARGV[3]: channel   ARGV[4]: the announcement
-# returns: 0 Redis already holds that version or newer; 1 an older copy (or none) is now a floor at that
-#          version, and every process told. A floor, not a DEL: a reader that loaded the older row before
-#          the commit cannot put it back afterwards (the stale-set race, closed for outside writers too).
-#          DEL first: on a Redis at maxmemory it lets the floor through (SET_IF_NEWER says why); a Redis that
-#          refuses it (READONLY) gets the announcement all the same, and the refusal is the script's error.
+# KEYS[1..n]: item keys (one slot: on a Redis Cluster, one key a call)
+# ARGV[1]: the floors' TTL (ms)   ARGV[2]: channel   ARGV[3]: the announcements' origin   ARGV[4]: their time
+# ARGV[5]: the most keys announced one by one; when more became floors, ARGV[6] is published once instead
+#          (a whole-L1 flush; '' for none: the caller announces them after the call)
+# ARGV[6 + i]: a version the database has committed for KEYS[i]
+# returns: {r1, ..., rn, error}: ri 1 an older copy (or none) of KEYS[i] is now a floor at its version;
+#          0 Redis already held that version or newer; -1 refused (READONLY: the DEL failed): announced all
+#          the same; error: the first refusal's message ('' when none)
+# A floor, not a DEL: a reader that loaded the older row before the commit cannot put it back afterwards
+# (the stale-set race, closed for outside writers too). DEL first: on a Redis at maxmemory it lets the floor
+# through, and makes every later HSET of the call pass (Redis refuses for memory only a script's first write:
+# SET_IF_NEWER). A key that already holds the version (the service's own write) costs one HGET, unannounced.
+# Each announcement follows its floor, so a reader that loaded the older row before the commit can neither
+# fill Redis afterwards (the floor refuses it) nor L1 (the announcement leaves an L1 floor; the flush, a new
+# generation: ItemCache.fill_l1).
 FLOOR = """
-local held = tonumber(redis.call('HGET', KEYS[1], 'v'))
-if held and held >= tonumber(ARGV[1]) then return 0 end
-local deleted = redis.pcall('DEL', KEYS[1])
-if type(deleted) == 'table' and deleted.err then
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
-  return redis.error_reply(deleted.err)
+local announce, results, err = {}, {}, ''
+local version
+for i, key in ipairs(KEYS) do
+  version = tonumber(ARGV[6 + i])
+  local held = tonumber(redis.call('HGET', key, 'v'))
+  if held and held >= version then
+    results[i] = 0
+  else
+    local deleted = redis.pcall('DEL', key)
+    if type(deleted) == 'table' and deleted.err then
+      results[i] = -1
+      if err == '' then err = deleted.err end
+    else
+      redis.call('HSET', key, 'v', ARGV[6 + i], 'f', '1')
+      redis.call('PEXPIRE', key, ARGV[1])
+      results[i] = 1
+    end
+    announce[#announce + 1] = i
+  end
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'f', '1')
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
+if #announce > tonumber(ARGV[5]) then
+  if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[6]) end
+else
+  for _, i in ipairs(announce) do
+    local message = {o = ARGV[3], k = KEYS[i], v = tonumber(ARGV[6 + i]), t = tonumber(ARGV[4])}
+    redis.call('PUBLISH', ARGV[2], cjson.encode(message))
+  end
+end
+results[#results + 1] = err
+return results
 """
 
 # KEYS[1]: the item's key   ARGV[1]: channel   ARGV[2]: the announcement
@@ -223,7 +272,6 @@ class RedisTier:
         self._set_if_newer = client.register_script(SET_IF_NEWER)
         self._read = client.register_script(READ)
         self._read_or_lock = client.register_script(READ_OR_LOCK)
-        self._floor = client.register_script(FLOOR)
         self._delete = client.register_script(DELETE)
         self._announce_applied = client.register_script(ANNOUNCE_APPLIED)
 
@@ -273,9 +321,15 @@ class RedisTier:
         args = self._args(entry, ttl_ms, "extend", NO_ANNOUNCEMENT)
         pipe.execute_command("EVAL", SET_IF_NEWER, 1, key, *args)
 
-    def queue_floor(self, pipe: Any, key: str, version: int, ttl_ms: int, origin: str) -> None:
-        """Queue FLOOR on `pipe`: any copy older than `version` becomes a floor, announced as `origin`."""
-        pipe.execute_command("EVAL", FLOOR, 1, key, version, ttl_ms, *self._announce(key, version, origin))
+    def queue_floors(
+        self, pipe: Any, keys: list[str], versions: list[int], ttl_ms: int, origin: str, most_announced: int
+    ) -> None:
+        """Queue FLOOR on `pipe` for `keys` at `versions`: up to `most_announced` floors announced one by
+        one as `origin`, more with one flush of every L1 ("bulk_change"), or none (`most_announced` < 0: the
+        caller announces them)."""
+        flush = encode_flush(origin, "bulk_change") if most_announced >= 0 else b""
+        args = [ttl_ms, self.channel, origin, repr(time.time()), max(most_announced, 0), flush, *versions]
+        pipe.execute_command("EVAL", FLOOR, len(keys), *keys, *args)
 
     def queue_set(self, pipe: Any, key: str, entry: CacheEntry, ttl_ms: int, origin: str) -> None:
         """Queue SET_IF_NEWER on `pipe`, announced as `origin`."""
@@ -303,7 +357,7 @@ class RedisTier:
         return self.guard("ping", "-", self.client.ping) is True
 
     def _announce(self, key: str, version: int, origin: str) -> tuple[str, bytes]:
-        """SET_IF_NEWER's and FLOOR's (channel, message) arguments."""
+        """SET_IF_NEWER's (channel, message) arguments."""
         return self.channel, encode_message(key, version, origin)
 
     def _own_args(self, key: str, entry: CacheEntry, ttl_ms: int, mode: str) -> list[Any]:
