@@ -31,17 +31,18 @@ HEADROOM = 1.5  # size for 1.5x today's items, so growth does not degrade it bef
 
 PRIME1, BASE1, PRIME2, BASE2 = 2147483647, 257, 2147483629, 263
 
+# Lua's % on doubles is exact here (every operand below 2^53); one pass over the bytes for both hashes.
 _POSITIONS_LUA = f"""
-local function poly(id, prime, base)
-  local h = 0
-  for i = 1, #id do h = math.fmod(h * base + string.byte(id, i), prime) end
-  return h
-end
 local function positions(id, m, k)
-  local h1 = math.fmod(poly(id, {PRIME1}, {BASE1}), m)
-  local h2 = 1 + math.fmod(poly(id, {PRIME2}, {BASE2}), m - 1)
+  local h1, h2 = 0, 0
+  for i = 1, #id do
+    local byte = string.byte(id, i)
+    h1 = (h1 * {BASE1} + byte) % {PRIME1}
+    h2 = (h2 * {BASE2} + byte) % {PRIME2}
+  end
+  h1, h2 = h1 % m, 1 + h2 % (m - 1)
   local out = {{}}
-  for i = 0, k - 1 do out[#out + 1] = string.format('%d', math.fmod(h1 + i * h2, m)) end
+  for i = 0, k - 1 do out[i + 1] = string.format('%d', (h1 + i * h2) % m) end
   return out
 end
 """
