@@ -437,3 +437,24 @@ def test_on_a_cluster_a_bulk_changes_flush_that_failed_is_published_before_the_n
     assert follower.run_once() >= 5  # the batch again (and the recent log: Redis failed)
     assert [(m.key, m.reason) for m in heard.take()] == [("*", "bulk_change")]
     assert follower.run_once() == 0 and heard.take() == []
+
+
+def test_a_batch_listed_ahead_is_used_only_after_the_position_it_was_listed_from(served, monkeypatch):
+    """A full batch has the next one listed while it is applied; a follower whose position moved otherwise
+    (a rewind) lists anew."""
+    monkeypatch.setattr(follower_module, "BATCH", 3)
+    app, client, sql = served
+    state = running_cache()
+    follower = follower_for(app)
+    follower.run_once()
+    for n in range(7):
+        sql.execute(f"INSERT INTO items (id, fields) VALUES ('ahead-{n}', '{{}}')")
+    start = follower.cursor
+    assert follower.run_once() == 3
+    follower.cursor = start  # rewound: the batch listed ahead (after the first three) does not fit
+    assert follower.run_once() == 3  # the first three again, not the three listed ahead
+    assert not state.redis.client.exists(cache.cache_key("ahead-3"))
+    assert [follower.run_once() for _ in range(3)] == [3, 1, 0]
+    for n in range(7):
+        assert state.redis.client.hmget(cache.cache_key(f"ahead-{n}"), "v", "f") == [b"1", b"1"]
+    follower.stop()
