@@ -41,15 +41,15 @@ def new_origin() -> str:
 
 
 def encode_message(key: str, version: int, origin: str) -> bytes:
-    """An announcement of `key` at `version`; the origin first, so that its sender can skip it unparsed
-    (`own_marker`)."""
+    """An announcement of `key` at `version`, the origin first: its sender skips it unparsed (`own_marker`)."""
     return json.dumps({"o": origin, "k": key, "v": version, "t": time.time()}, separators=(",", ":")).encode()
 
 
 def encode_flush(origin: str, reason: str) -> bytes:
     """An announcement that every process flushes its whole L1, counted under `reason` (FLUSH_REASONS)."""
-    message = {"o": origin, "k": FLUSH_ALL, "v": 0, "t": time.time(), "r": reason}
-    return json.dumps(message, separators=(",", ":")).encode()
+    return json.dumps(
+        {"o": origin, "k": FLUSH_ALL, "v": 0, "t": time.time(), "r": reason}, separators=(",", ":")
+    ).encode()
 
 
 def own_marker(origin: str) -> bytes:
@@ -70,14 +70,8 @@ def decode_message(data: bytes) -> Invalidation | None:
     """The message, or None (logged) when it is malformed."""
     try:
         payload = json.loads(data)
-        reason = payload.get("r")
-        return Invalidation(
-            str(payload["k"]),
-            int(payload["v"]),
-            str(payload["o"]),
-            float(payload["t"]),
-            reason if reason in FLUSH_REASONS else "admin",
-        )
+        reason = payload.get("r") if payload.get("r") in FLUSH_REASONS else "admin"
+        return Invalidation(str(payload["k"]), int(payload["v"]), str(payload["o"]), float(payload["t"]), reason)
     except (ValueError, KeyError, TypeError, AttributeError):
         logger.warning("ignored a malformed invalidation message (%d bytes)", len(data))
         return None
@@ -146,34 +140,24 @@ READ = _READ_FIELDS + "return false"
 # One round trip for "still missing? then I load it": no fill can land between the look and the lock.
 READ_OR_LOCK = _READ_FIELDS + f"if {take_lua('KEYS[2]', 'ARGV[1]', 'ARGV[2]')} then return 1 end return 0"
 
-# KEYS[1..n]: item keys (one slot: on a Redis Cluster, one key a call)
-# ARGV[1]: the floors' TTL (ms)   ARGV[2]: channel   ARGV[3]: the announcements' origin   ARGV[4]: their time
-# ARGV[5]: the most keys announced one by one; when more became floors, ARGV[6] is published once instead
-#          (a whole-L1 flush; '' for none: the caller announces them after the call)
-# ARGV[6 + i]: a version the database has committed for KEYS[i]
-# returns: {r1, ..., rn, error}: ri 1 an older copy (or none) of KEYS[i] is now a floor at its version;
-#          0 Redis already held that version or newer; -1 refused (READONLY: the DEL failed): announced all
-#          the same; error: the first refusal's message ('' when none)
-# A floor, not a DEL: a reader that loaded the older row before the commit cannot put it back afterwards
-# (the stale-set race, closed for outside writers too). DEL first: on a Redis at maxmemory it lets the floor
-# through, and makes every later HSET of the call pass (Redis refuses for memory only a script's first write:
-# SET_IF_NEWER). A key that already holds the version (the service's own write) costs one HGET, unannounced.
-# Each announcement follows its floor, so a reader that loaded the older row before the commit can neither
-# fill Redis afterwards (the floor refuses it) nor L1 (the announcement leaves an L1 floor; the flush, a new
-# generation: ItemCache.fill_l1).
+# KEYS[1..n]: item keys (one slot: on a Redis Cluster, one key a call)   ARGV[1]: the floors' TTL (ms)
+# ARGV[2]: channel   ARGV[3], ARGV[4]: the announcements' origin and time   ARGV[6 + i]: KEYS[i]'s version
+# ARGV[5]: the most new floors announced key by key; above it ARGV[6] (an L1 flush; '' none) is published once
+# returns: {r1..rn, error}: ri 1 an older copy (or none) is now a floor at that version; 0 that version or
+#          newer was there (the service's own write: one HGET, no announcement); -1 refused (READONLY, the
+#          DEL failed), announced all the same; error: the first refusal's message ('' for none)
+# A floor, not a DEL: a reader that loaded the older row before the commit puts it back in neither Redis nor L1
+# (each announcement follows its floor). DEL first: at maxmemory it lets the floors through (SET_IF_NEWER).
 FLOOR = """
 local announce, results, err = {}, {}, ''
-local version
 for i, key in ipairs(KEYS) do
-  version = tonumber(ARGV[6 + i])
   local held = tonumber(redis.call('HGET', key, 'v'))
-  if held and held >= version then
+  if held and held >= tonumber(ARGV[6 + i]) then
     results[i] = 0
   else
     local deleted = redis.pcall('DEL', key)
     if type(deleted) == 'table' and deleted.err then
-      results[i] = -1
-      if err == '' then err = deleted.err end
+      results[i], err = -1, (err ~= '' and err or deleted.err)
     else
       redis.call('HSET', key, 'v', ARGV[6 + i], 'f', '1')
       redis.call('PEXPIRE', key, ARGV[1])
@@ -322,18 +306,17 @@ class RedisTier:
         pipe.execute_command("EVAL", SET_IF_NEWER, 1, key, *args)
 
     def queue_floors(
-        self, pipe: Any, keys: list[str], versions: list[int], ttl_ms: int, origin: str, most_announced: int
+        self, pipe: Any, keys: list[str], versions: list[int], ttl_ms: int, origin: str, most: int
     ) -> None:
-        """Queue FLOOR on `pipe` for `keys` at `versions`: up to `most_announced` floors announced one by
-        one as `origin`, more with one flush of every L1 ("bulk_change"), or none (`most_announced` < 0: the
-        caller announces them)."""
-        flush = encode_flush(origin, "bulk_change") if most_announced >= 0 else b""
-        args = [ttl_ms, self.channel, origin, repr(time.time()), max(most_announced, 0), flush, *versions]
+        """Queue FLOOR on `pipe` for `keys` at `versions`, announced as `origin`: up to `most` new floors key
+        by key, more by one flush of every L1 ("bulk_change"); none if `most` < 0 (the caller announces)."""
+        flush = encode_flush(origin, "bulk_change") if most >= 0 else b""
+        args = [ttl_ms, self.channel, origin, repr(time.time()), max(most, 0), flush, *versions]
         pipe.execute_command("EVAL", FLOOR, len(keys), *keys, *args)
 
     def queue_set(self, pipe: Any, key: str, entry: CacheEntry, ttl_ms: int, origin: str) -> None:
         """Queue SET_IF_NEWER on `pipe`, announced as `origin`."""
-        args = self._args(entry, ttl_ms, "", self._announce(key, entry.version, origin))
+        args = self._args(entry, ttl_ms, "", (self.channel, encode_message(key, entry.version, origin)))
         pipe.execute_command("EVAL", SET_IF_NEWER, 1, key, *args)
 
     def delete(self, key: str) -> bool | RedisDown:
@@ -356,13 +339,9 @@ class RedisTier:
     def ping(self) -> bool:
         return self.guard("ping", "-", self.client.ping) is True
 
-    def _announce(self, key: str, version: int, origin: str) -> tuple[str, bytes]:
-        """SET_IF_NEWER's (channel, message) arguments."""
-        return self.channel, encode_message(key, version, origin)
-
     def _own_args(self, key: str, entry: CacheEntry, ttl_ms: int, mode: str) -> list[Any]:
         """SET_IF_NEWER's ARGV for this process's own write of `entry`, announced under its origin."""
-        return self._args(entry, ttl_ms, mode, self._announce(key, entry.version, self.origin))
+        return self._args(entry, ttl_ms, mode, (self.channel, encode_message(key, entry.version, self.origin)))
 
     def _args(self, entry: CacheEntry, ttl_ms: int, mode: str, announce: tuple[str, bytes]) -> list[Any]:
         """SET_IF_NEWER's ARGV[1..7]."""
@@ -397,16 +376,9 @@ class RedisTier:
         )
 
 
-INFO_FIELDS = (
-    "redis_version",
-    "used_memory",
-    "used_memory_human",
-    "maxmemory",
-    "maxmemory_policy",
-    "keyspace_hits",
-    "keyspace_misses",
-    "evicted_keys",
-    "connected_clients",
+INFO_FIELDS = tuple(
+    "redis_version used_memory used_memory_human maxmemory maxmemory_policy keyspace_hits keyspace_misses "
+    "evicted_keys connected_clients".split()
 )
 
 
