@@ -51,7 +51,10 @@ class CacheService:
         item_cache, store = self.cache, self.cache.store
         item_cache.trust.set_subscribed(False)
         self.chores = Maintenance(item_cache)
-        self.listener = Listener(item_cache.redis.client, item_cache.redis.channel, Coherence(item_cache), Watchdog())
+        redis_tier = item_cache.redis
+        self.listener = Listener(
+            redis_tier.client, redis_tier.channel, Coherence(item_cache), Watchdog(), origin=item_cache.origin
+        )
         self.workers = [self.listener, self.chores]
         if store is not None:
             item_cache.trust.follow_log()

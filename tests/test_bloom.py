@@ -85,3 +85,16 @@ def test_redis_down_means_doubt_not_absent(key_prefix):
     dead = BloomFilter(connect(f"redis://127.0.0.1:{free_port()}/0", 0.2), Guard(CircuitBreaker()), key_prefix)
     assert dead.might_contain("x")
     assert not dead.add("x")
+
+
+def test_one_queued_add_of_many_ids_sets_each_ids_bits_in_both_filters_during_a_rebuild(bloom, redis_client):
+    m, k = build(bloom, ["old"])
+    ids = [f"bulk-{n}" for n in range(300)]
+    next_m, next_k = bloom.begin_build(1000)
+    pipe = bloom.client.pipeline(transaction=False)
+    bloom.queue_add(pipe, ids)  # one script call for all of them (one hash tag: legal on a cluster too)
+    assert pipe.execute() == [2]  # both filters
+    assert all(redis_client.getbit(bloom.bits, p) for i in ids for p in positions(i, m, k))
+    assert all(redis_client.getbit(bloom.next_bits, p) for i in ids for p in positions(i, next_m, next_k))
+    bloom.finish_build()
+    assert all(bloom.might_contain(i) for i in ids)

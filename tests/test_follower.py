@@ -16,8 +16,10 @@ from cache.changelog import inspector as inspector_module
 from cache.changelog.follower import ChangeFollower
 from cache.changelog.inspector import Inspector
 from cache.changelog.warm import CacheUnavailable
+from cache.coherence.apply import Coherence
 from cache.core.guard import OPEN
-from cache.core.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, INSPECTOR_CHECKED, INSPECTOR_STALE
+from cache.core.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, INSPECTOR_CHECKED, INSPECTOR_STALE, L1_FLUSHES
+from cache.core.redis_tier import decode_message, encode_flush
 from tests.support import FakeClock, open_breaker, running_cache, sql_connection, wait_until
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -315,3 +317,144 @@ def test_with_the_breaker_open_the_holder_keeps_its_lease_and_no_other_follower_
     assert holder.hold_lease() and not standby.hold_lease()
     assert s.redis.client.get(holder.lease.key) == holder.lease.token.encode()
     assert s.redis.client.pttl(holder.lease.key) > half  # renewed
+
+
+class Announcements:
+    """What `origin` (a follower) publishes on the invalidation channel, as decoded messages."""
+
+    def __init__(self, client: redis.Redis, channel: str, origin: str) -> None:
+        self.origin = origin
+        self.pubsub = client.pubsub()
+        self.pubsub.subscribe(channel)
+        self.take()  # the subscribe confirmation
+
+    def take(self) -> list:
+        heard, quiet_since = [], time.monotonic()
+        while time.monotonic() - quiet_since < 0.5:
+            message = self.pubsub.get_message(timeout=0.1)
+            if message is not None and message["type"] == "message":
+                decoded = decode_message(message["data"])
+                heard += [decoded] if decoded is not None and decoded.origin == self.origin else []
+                quiet_since = time.monotonic()
+        return heard
+
+
+def put_items(client, ids) -> None:
+    for item_id in ids:
+        assert client.put(f"/items/{item_id}", data=json.dumps({"v": 1}), headers=JSON_HEADERS).status_code == 201
+
+
+def test_a_bulk_change_is_announced_by_l1_flushes_and_a_few_rows_key_by_key(served, monkeypatch):
+    """Chunks of CHUNK floors; a chunk with more than MOST_ANNOUNCED new floors is one flush of every L1
+    (on a cluster: one flush for the batch); the service's own writes are floored already: not announced."""
+    monkeypatch.setattr(follower_module, "CHUNK", 20)
+    monkeypatch.setattr(follower_module, "MOST_ANNOUNCED", 5)
+    app, client, sql = served
+    state = running_cache()
+    follower = follower_for(app)
+    follower.run_once()
+    heard = Announcements(state.redis.client, state.redis.channel, follower.origin)
+    ids = [f"b{n:02d}" for n in range(30)]
+    put_items(client, ids)
+    assert follower.run_once() == 30 and heard.take() == []  # its own writes: Redis holds them already
+
+    sql.execute("""UPDATE items SET fields = '{"v": 2}'""")
+    assert follower.run_once() == 30
+    flushes = heard.take()
+    cluster = hasattr(state.bulk, "get_nodes")
+    assert [(m.key, m.reason, m.origin) for m in flushes] == [("*", "bulk_change", follower.origin)] * (
+        1 if cluster else 2  # 20 + 10 floors, each chunk above 5
+    )
+    for item_id in ids:  # every key a floor at version 2
+        assert state.redis.client.hmget(cache.cache_key(item_id), "v", "f") == [b"2", b"1"]
+
+    sql.execute("""UPDATE items SET fields = '{"v": 3}' WHERE id IN ('b00', 'b01', 'b02')""")
+    assert follower.run_once() == 3
+    assert sorted((m.key, m.version) for m in heard.take()) == [(cache.cache_key(f"b0{n}"), 3) for n in range(3)]
+
+    flushed = value(L1_FLUSHES, "bulk_change")
+    Coherence(state).on_message(flushes[0])  # what every listener does with it (no listener in this test)
+    assert value(L1_FLUSHES, "bulk_change") == flushed + 1 and len(state.lru) == 0
+    got = client.get("/items/b05")
+    assert got.json["v"] == 2 and got.headers["X-Cache"] == "db"  # the floor: loaded anew ...
+    assert client.get("/items/b05").headers["X-Cache"] == "lru"  # ... and kept in L1
+
+
+def test_a_reader_that_loaded_before_a_bulk_change_fills_no_tier_after_its_flush(served):
+    app, client, sql = served
+    state = running_cache()
+    follower = follower_for(app)
+    follower.run_once()
+    put_items(client, ["s"])
+    follower.run_once()
+    key, before = cache.cache_key("s"), cache.CacheEntry.build("s", 1, b'{"id":"s","v":1}')
+    generation = state.trust.generation  # a reader began: it loaded version 1 ...
+    sql.execute("""UPDATE items SET fields = '{"v": 2}'""")
+    follower.run_once()
+    Coherence(state).on_message(decode_message(encode_flush(follower.origin, "bulk_change")))
+    state.fill_l1(key, before, generation)  # ... and fills after the flush
+    assert state.lru.get(key) is None  # the flush began a new generation
+    assert cache.cache_fill(key, before) is cache.SetOutcome.NEWER  # the floor refuses it
+    assert client.get("/items/s").json["v"] == 2
+
+
+def test_a_bulk_insert_adds_every_id_to_the_bloom_filter(served):
+    app, client, sql = served
+    state = running_cache()
+    assert state.bloom is not None
+    follower = follower_for(app)
+    follower.run_once()
+    m, k = state.bloom.begin_build(10)
+    state.bloom.finish_build()  # built, empty
+    for n in range(follower_module.CHUNK + 20):  # two Bloom adds
+        sql.execute(f"INSERT INTO items (id, fields) VALUES ('new-{n}', '{{}}')")
+    assert follower.run_once() == follower_module.CHUNK + 20
+    assert all(state.bloom.might_contain(f"new-{n}") for n in range(follower_module.CHUNK + 20))
+    assert not state.bloom.might_contain("never-written-anywhere")  # the filter is used, not disabled
+
+
+@pytest.mark.parametrize("stack", ["cluster"], indirect=True)
+def test_on_a_cluster_a_bulk_changes_flush_that_failed_is_published_before_the_next_batch(served, monkeypatch):
+    """The floors landed, the flush after them did not: applied again they are no news (no flush), so the
+    flush stays due until Redis takes it."""
+    monkeypatch.setattr(follower_module, "MOST_ANNOUNCED", 2)
+    app, client, sql = served
+    state = running_cache()
+    follower = follower_for(app)
+    follower.run_once()
+    put_items(client, [f"c{n}" for n in range(5)])
+    follower.run_once()
+    heard = Announcements(state.redis.client, state.redis.channel, follower.origin)
+    sql.execute("""UPDATE items SET fields = '{"v": 2}'""")
+    publish = state.bulk.publish
+
+    def refused(*args, **kwargs):
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(state.bulk, "publish", refused)
+    assert follower.run_once() == 0 and heard.take() == []
+    monkeypatch.setattr(state.bulk, "publish", publish)
+    assert follower.run_once() >= 5  # the batch again (and the recent log: Redis failed)
+    assert [(m.key, m.reason) for m in heard.take()] == [("*", "bulk_change")]
+    assert follower.run_once() == 0 and heard.take() == []
+
+
+def test_a_batch_listed_ahead_is_used_only_after_the_position_it_was_listed_from(served, monkeypatch):
+    """A full batch has the next one listed while it is applied; a follower whose position moved otherwise
+    (a rewind) lists anew."""
+    monkeypatch.setattr(follower_module, "BATCH", 3)
+    app, client, sql = served
+    state = running_cache()
+    follower = follower_for(app)
+    follower.run_once()
+    for n in range(7):
+        sql.execute(f"INSERT INTO items (id, fields) VALUES ('ahead-{n}', '{{}}')")
+    start = follower.cursor
+    assert follower.run_once() == 3
+    follower.cursor = start  # rewound: the batch listed ahead (after the first three) does not fit
+    assert follower.run_once() == 3  # the first three again, not the three listed ahead
+    assert not state.redis.client.exists(cache.cache_key("ahead-3"))
+    assert [follower.run_once() for _ in range(3)] == [3, 1, 0]
+    for n in range(7):
+        assert state.redis.client.hmget(cache.cache_key(f"ahead-{n}"), "v", "f") == [b"1", b"1"]
+    follower.stop()

@@ -16,7 +16,7 @@ from cache.coherence.listener import ConnectionSilent, Listener, Watchdog
 from cache.core.guard import CircuitBreaker, Guard
 from cache.core.item_cache import ItemCache
 from cache.core.metrics import INVALIDATION_LAG, INVALIDATIONS, L1_FLUSHES
-from cache.core.redis_tier import RedisTier, decode_message, encode_message
+from cache.core.redis_tier import RedisTier, decode_message, encode_flush, encode_message
 from config import load_config
 from tests.support import FakeClock, running_cache, wait_until
 
@@ -162,3 +162,43 @@ def test_an_unversioned_delete_drops_every_other_processs_copy(redis_client, lis
     assert other.delete(key) is True
     wait_until(lambda: counter(INVALIDATIONS, "applied") == applied + 1, timeout=5)
     assert cache_get(key) == (cache.MISS, None)  # gone from Redis and from this process's L1
+
+
+def test_own_announcements_are_counted_without_being_parsed(monkeypatch):
+    """The listener tells this process's own announcements apart by how they begin: no JSON parse for them."""
+    from cache.coherence import listener as listener_module
+
+    events = RecordingEvents()
+    listener = Listener(None, "c", events, Watchdog(), origin="here:1:ab")
+    parsed: list[bytes] = []
+    monkeypatch.setattr(listener_module, "decode_message", lambda data: parsed.append(data) or decode_message(data))
+    listener._dispatch({"type": "message", "data": encode_message("item:a", 3, "here:1:ab")})
+    listener._dispatch({"type": "message", "data": encode_message("item:a", 4, "here:1:abc")})  # another's
+    assert events.own == 1 and len(parsed) == 1  # only the other process's message was parsed
+    assert [(m.key, m.version, m.origin) for m in events.messages] == [("item:a", 4, "here:1:abc")]
+
+
+def test_a_flush_message_says_its_reason_and_an_unknown_one_counts_as_admin():
+    bulk = decode_message(encode_flush("elsewhere", "bulk_change"))
+    assert bulk is not None and (bulk.key, bulk.reason) == ("*", "bulk_change")
+    odd = decode_message(b'{"o":"x","k":"*","v":0,"t":1.0,"r":"anything a sender says"}')
+    assert odd is not None and odd.reason == "admin"  # metric labels stay bounded
+    plain = decode_message(encode_message("item:a", 3, "elsewhere"))
+    assert plain is not None and plain.reason == "admin"
+
+
+class RecordingEvents:
+    def __init__(self) -> None:
+        self.own, self.messages = 0, []
+
+    def before_subscribe(self) -> None: ...
+
+    def on_subscribed(self, reason: str) -> None: ...
+
+    def on_lost(self) -> None: ...
+
+    def on_message(self, message) -> None:
+        self.messages.append(message)
+
+    def on_own(self) -> None:
+        self.own += 1

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from cache.changelog import eviction, warm
 from cache.core.background import Background
@@ -34,12 +35,18 @@ from cache.core.guard import RedisDown
 from cache.core.item_cache import ItemCache
 from cache.core.lock import Lease
 from cache.core.metrics import CHANGELOG_APPLIED, CHANGELOG_GAPS, CHANGELOG_LAG
+from cache.core.redis_tier import FLUSH_ALL, encode_flush
 from db import KEY_LIFETIME, DatabaseUnavailable, ItemStore
-from db.changes import Change, ChangeCursor
+from db.changes import Change, ChangeBatch, ChangeCursor
 
 logger = logging.getLogger(__name__)
 
 BATCH = 1000
+CHUNK = 500  # keys per FLOOR_MANY call and ids per Bloom filter add: a call of a few ms, others served between
+# The most new floors of one call announced key by key; more are announced by one flush of every L1. Each
+# message costs every listener of the fleet a parse and an L1 lookup, a flush only the later re-reads of
+# the entries it dropped: a statement's few rows keep L1, a bulk change (hundreds of rows a chunk) flushes.
+MOST_ANNOUNCED = 100
 LEASE_MS = 3000  # a dead follower's lease frees itself within this; renewed every pass
 WAIT_SECONDS = 0.2  # the longest wait between looks at the log (SQLite's poll; PostgreSQL's fallback)
 GATHER_SECONDS = 0.01  # after a wake-up, let a burst of commits gather into one batch (one pass, not many)
@@ -91,9 +98,15 @@ class ChangeFollower(Background):
         )
         self._next_purge = self._next_save = self._quiet_until = float("-inf")
         self._saved: ChangeCursor | None = None
+        self._flush_due = False  # a bulk change's floors are in a Redis Cluster; its flush not yet published
+        self._lister: ThreadPoolExecutor | None = None
+        self._ahead: tuple[ChangeCursor, Future[ChangeBatch]] | None = None  # the next batch, being listed
 
     def stop(self, timeout: float = 5.0) -> None:
         super().stop(timeout)
+        if self._lister is not None:
+            self._lister.shutdown(wait=True, cancel_futures=True)
+            self._lister, self._ahead = None, None
         if self.lease.held is not None:
             self._save_now()
             self.lease.release()
@@ -139,7 +152,7 @@ class ChangeFollower(Background):
             self.cursor = ChangeCursor.from_text(saved) if saved else None
         if self.rewind_due and self.cursor is not None:
             self._rewind(self.cursor)
-        batch = self.store.changes_after(self.cursor, BATCH)
+        batch = self._list(self.cursor)
         if batch.gap:
             self._flush_for_gap()
         elif batch.changes and not self.apply(batch.changes):
@@ -160,44 +173,101 @@ class ChangeFollower(Background):
         self._purge()
         return len(batch.changes)
 
+    def _list(self, cursor: ChangeCursor | None) -> ChangeBatch:
+        """The batch after `cursor`: the one listed ahead if it was listed after this very cursor. A full
+        batch has the next one listed meanwhile (another thread), while this one is applied to Redis: a bulk
+        change takes about as long to list as to apply."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == cursor:
+            batch = ahead[1].result()
+        else:
+            batch = self.store.changes_after(cursor, BATCH)
+        if len(batch.changes) == BATCH and not batch.gap:
+            if self._lister is None:  # made here, in the follower's thread: never before a fork
+                self._lister = ThreadPoolExecutor(1, thread_name_prefix="cache-change-lister")
+            self._ahead = (batch.cursor, self._lister.submit(self.store.changes_after, batch.cursor, BATCH))
+        return batch
+
     def apply(self, changes: list[Change]) -> bool:
         """One pipeline for the batch; False when Redis failed or refused a floor (nothing is assumed
         applied). A refused tombstone is still announced (SET_IF_NEWER); a refused Bloom filter add (Redis at
-        maxmemory) has the filter disabled until rebuilt, as a write's does."""
+        maxmemory) has the filter disabled until rebuilt, as a write's does.
+
+        Floors go CHUNK keys a call (FLOOR_MANY); a chunk with more than MOST_ANNOUNCED new floors is
+        announced as one flush of every L1 ("bulk_change") instead of key by key. On a Redis Cluster the keys'
+        slots differ: one call a key, and a batch of more than MOST_ANNOUNCED updates is announced by one
+        flush after the pipeline (retried before the next batch if that publish fails)."""
         cache = self.cache
+        if self._flush_due and not self._publish_flush():
+            return False
         pipe = cache.bulk.pipeline(transaction=False)
         # A floor outlives any read that began before its commit: such a read fills within CACHE_TTL.
         floor_ttl_ms = jittered(cache.settings.ttl, cache.settings.ttl_jitter)
-        queued: list[str] = []  # per queued command, its item's key ("" for a Bloom filter add)
+        queued: list[tuple[str, list[str]]] = []  # per queued command: its kind and its items' keys
+        updated: list[Change] = []
         for change in changes:
-            key = cache.key(change.id)
             if change.deleted:
+                key = cache.key(change.id)
                 tombstone = CacheEntry.build(change.id, change.version, None)
                 cache.redis.queue_set(pipe, key, tombstone, cache.ttl_ms(tombstone), self.origin)
-                queued.append(key)
+                queued.append(("set", [key]))
             else:
-                cache.redis.queue_floor(pipe, key, change.version, floor_ttl_ms, self.origin)
-                queued.append(key)
-                if cache.bloom is not None:
-                    cache.bloom.queue_add(pipe, change.id)
-                    queued.append("")
+                updated.append(change)
+        cluster = hasattr(cache.bulk, "get_nodes")  # a RedisCluster: every key in a slot of its own
+        flush_after = cluster and len(updated) > MOST_ANNOUNCED
+        chunk = 1 if cluster else CHUNK
+        most_announced = -1 if flush_after else MOST_ANNOUNCED
+        for start in range(0, len(updated), chunk):
+            keys = [cache.key(change.id) for change in updated[start : start + chunk]]
+            versions = [change.version for change in updated[start : start + chunk]]
+            cache.redis.queue_floors(pipe, keys, versions, floor_ttl_ms, self.origin, most_announced)
+            queued.append(("floors", keys))
+        if cache.bloom is not None:
+            for start in range(0, len(updated), CHUNK):
+                cache.bloom.queue_add(pipe, [change.id for change in updated[start : start + CHUNK]])
+                queued.append(("bloom", []))
         results = cache.redis.guard.even_if_open("changelog", "-", pipe.execute, raise_on_error=False)
-        if isinstance(results, RedisDown) or not self._absorb_refusals(queued, results):
+        if isinstance(results, RedisDown):
+            return False
+        applied, floored = self._absorb_refusals(queued, results)
+        if flush_after and floored:  # after every floor of the batch: no reader loads the old row after it
+            self._flush_due = True
+            if not self._publish_flush():
+                return False
+        if not applied:
             return False
         CHANGELOG_APPLIED.inc(len(changes))
         return True
 
-    def _absorb_refusals(self, queued: list[str], results: list[object]) -> bool:
-        """Count the batch's refused commands; False if a floor was among them (the batch is applied again)."""
-        refusals, applied = self.cache.redis.guard.refusals, True
-        for key, result in zip(queued, results, strict=True):
-            if isinstance(result, list):  # SET_IF_NEWER's refusal, announced all the same
-                refusals.refused("changelog", key, result[1].decode(errors="replace"))
+    def _absorb_refusals(self, queued: list[tuple[str, list[str]]], results: list[object]) -> tuple[bool, bool]:
+        """Count the batch's refused commands; (False if a floor was among them: the batch is applied again,
+        whether any floor was written or refused: announced)."""
+        refusals, applied, floored = self.cache.redis.guard.refusals, True, False
+        for (kind, keys), result in zip(queued, results, strict=True):
+            if kind == "set" and isinstance(result, list):  # SET_IF_NEWER's refusal, announced all the same
+                refusals.refused("changelog", keys[0], result[1].decode(errors="replace"))
             elif isinstance(result, Exception):
-                refusals.refused("changelog", key or "{bloom}", f"{type(result).__name__}: {result}")
-                applied = applied and not key
-                self.cache.bloom_missed = self.cache.bloom_missed or not key
-        return applied
+                refusals.refused("changelog", keys[0] if keys else "{bloom}", f"{type(result).__name__}: {result}")
+                applied = applied and kind == "bloom"
+                self.cache.bloom_missed = self.cache.bloom_missed or kind == "bloom"
+            elif kind == "floors":
+                assert isinstance(result, list)
+                *outcomes, error = result
+                floored = floored or any(outcomes)
+                for key, outcome in zip(keys, outcomes, strict=True):
+                    if outcome == -1:
+                        refusals.refused("changelog", key, error.decode(errors="replace"))
+                        applied = False
+        return applied, floored
+
+    def _publish_flush(self) -> bool:
+        """Tell every process to flush its L1 for a bulk change (due until Redis took it)."""
+        message = encode_flush(self.origin, "bulk_change")
+        sent = self.cache.redis.guard.even_if_open(
+            "changelog", FLUSH_ALL, self.cache.bulk.publish, self.cache.redis.channel, message
+        )
+        self._flush_due = isinstance(sent, RedisDown)
+        return not self._flush_due
 
     def _announce(self, upto: int) -> None:
         """Tell every process that the log is applied up to `upto` in Redis, unless Redis turns out to have

@@ -38,13 +38,16 @@ class Coherence:
         self.cache.trust.set_subscribed(False)
         self.cache.trust.doubt_redis()
 
+    def on_own(self) -> None:
+        INVALIDATIONS.labels("own").inc()
+
     def on_message(self, message: Invalidation) -> None:
         cache = self.cache
         if message.origin == cache.origin:
-            INVALIDATIONS.labels("own").inc()
+            self.on_own()
             return
         if message.key == FLUSH_ALL:
-            cache.flush_l1("admin")
+            cache.flush_l1(message.reason)
         else:
             cache.fills.notify(message.key)  # a reader here may be waiting for that very fill
             if message.version == UNVERSIONED:

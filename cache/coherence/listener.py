@@ -21,7 +21,7 @@ import redis
 from cache.core.background import Background
 from cache.core.guard import REDIS_ERRORS_CAUGHT
 from cache.core.metrics import LISTENER_SUBSCRIBED
-from cache.core.redis_tier import Invalidation, decode_message
+from cache.core.redis_tier import Invalidation, decode_message, own_marker
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ class ListenerEvents(Protocol):
         """Not subscribed any more: messages may be missed from now on."""
 
     def on_message(self, message: Invalidation) -> None: ...
+
+    def on_own(self) -> None:
+        """One of this process's own announcements (told apart unparsed: `own_marker`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +59,13 @@ class ConnectionSilent(Exception):
 class Listener(Background):
     thread_name = "cache-invalidation-listener"
 
-    def __init__(self, client: redis.Redis, channel: str, events: ListenerEvents, watchdog: Watchdog) -> None:
+    def __init__(
+        self, client: redis.Redis, channel: str, events: ListenerEvents, watchdog: Watchdog, origin: str = ""
+    ) -> None:
+        """`origin`: this process's, whose announcements go to `on_own` without being parsed."""
         super().__init__()
         self.client, self.channel, self.events, self.watchdog = client, channel, events, watchdog
+        self.own_marker = own_marker(origin) if origin else None
         self.subscribed = False
         self._flush_reason = "subscribe"
 
@@ -118,7 +125,11 @@ class Listener(Background):
             self.subscribed = True
             LISTENER_SUBSCRIBED.set(1)
         elif message["type"] == "message":
-            parsed = decode_message(message["data"])
+            data = message["data"]
+            if self.own_marker is not None and data.startswith(self.own_marker):
+                self.events.on_own()  # most of what a busy writer hears: no JSON parse for it
+                return
+            parsed = decode_message(data)
             if parsed is not None:
                 self.events.on_message(parsed)
 

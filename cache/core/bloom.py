@@ -31,17 +31,18 @@ HEADROOM = 1.5  # size for 1.5x today's items, so growth does not degrade it bef
 
 PRIME1, BASE1, PRIME2, BASE2 = 2147483647, 257, 2147483629, 263
 
+# Lua's % on doubles is exact here (every operand below 2^53); one pass over the bytes for both hashes.
 _POSITIONS_LUA = f"""
-local function poly(id, prime, base)
-  local h = 0
-  for i = 1, #id do h = math.fmod(h * base + string.byte(id, i), prime) end
-  return h
-end
 local function positions(id, m, k)
-  local h1 = math.fmod(poly(id, {PRIME1}, {BASE1}), m)
-  local h2 = 1 + math.fmod(poly(id, {PRIME2}, {BASE2}), m - 1)
+  local h1, h2 = 0, 0
+  for i = 1, #id do
+    local byte = string.byte(id, i)
+    h1 = (h1 * {BASE1} + byte) % {PRIME1}
+    h2 = (h2 * {BASE2} + byte) % {PRIME2}
+  end
+  h1, h2 = h1 % m, 1 + h2 % (m - 1)
   local out = {{}}
-  for i = 0, k - 1 do out[#out + 1] = string.format('%d', math.fmod(h1 + i * h2, m)) end
+  for i = 0, k - 1 do out[i + 1] = string.format('%d', (h1 + i * h2) % m) end
   return out
 end
 """
@@ -64,8 +65,9 @@ return 1
 )
 
 # KEYS[1], KEYS[2]: the live filter's meta and bits; KEYS[3], KEYS[4]: those of a filter being built
-# ARGV[1]: the id.  Adds it to each filter that exists; returns how many that was. A live filter whose bits
-# were evicted is dropped, not refilled with this one id (which would make every other id "absent").
+# ARGV: the ids.  Adds them to each filter that exists; returns how many filters that was. A live filter
+# whose bits were evicted is dropped, not refilled with these ids (which would make every other id "absent").
+# Every key under one hash tag: many ids in one call is legal on a Redis Cluster too.
 ADD = (
     _POSITIONS_LUA
     + """
@@ -77,8 +79,11 @@ for f = 1, 3, 2 do
     m = nil
   end
   if m then
-    for _, p in ipairs(positions(ARGV[1], m, tonumber(redis.call('HGET', KEYS[f], 'k')))) do
-      redis.call('SETBIT', KEYS[f + 1], p, 1)
+    local k = tonumber(redis.call('HGET', KEYS[f], 'k'))
+    for _, id in ipairs(ARGV) do
+      for _, p in ipairs(positions(id, m, k)) do
+        redis.call('SETBIT', KEYS[f + 1], p, 1)
+      end
     end
     added = added + 1
   end
@@ -140,9 +145,10 @@ class BloomFilter:
         keys = [self.meta, self.bits, self.next_meta, self.next_bits]
         return not isinstance(self.guard("bloom", item_id, self._add, keys=keys, args=[item_id]), RedisDown)
 
-    def queue_add(self, pipe: redis.client.Pipeline, item_id: str) -> None:
-        """Queue an add on the caller's pipeline (EVAL: nothing to preload on every cluster node)."""
-        pipe.execute_command("EVAL", ADD, 4, self.meta, self.bits, self.next_meta, self.next_bits, item_id)
+    def queue_add(self, pipe: redis.client.Pipeline, item_ids: list[str]) -> None:
+        """Queue one add of `item_ids` on the caller's pipeline (EVAL: nothing to preload on every cluster
+        node)."""
+        pipe.execute_command("EVAL", ADD, 4, self.meta, self.bits, self.next_meta, self.next_bits, *item_ids)
 
     def disable(self) -> bool:
         """Stop answering "absent" until rebuilt (the filter may lack an id). False when Redis failed."""

@@ -25,7 +25,9 @@ INVALIDATION_LAG = Histogram(
     "Publish (in the writing process) to applied (in this one)",
     buckets=(0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.1, 0.5, 2.5),
 )
-L1_FLUSHES = Counter("cache_l1_flushes", "Whole-L1 flushes: subscribe, watchdog, admin", ["reason"])
+L1_FLUSHES = Counter(
+    "cache_l1_flushes", "Whole-L1 flushes: subscribe, watchdog, admin, catch_up, bulk_change", ["reason"]
+)
 LISTENER_SUBSCRIBED = Gauge(
     "cache_listener_subscribed", "1 while every worker's listener is subscribed", multiprocess_mode="livemin"
 )

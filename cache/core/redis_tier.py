@@ -27,11 +27,12 @@ logger = logging.getLogger(__name__)
 
 # ---- announcements: what the write scripts publish on the invalidation channel, atomically with the
 # write, and every process's listener hears, as JSON {"k": key, "v": version, "o": sender's origin,
-# "t": sender's wall-clock time}.
+# "t": sender's wall-clock time}; a whole-L1 flush has the key FLUSH_ALL and its reason in "r".
 
 CHANNEL = "cache-invalidate"
 FLUSH_ALL = "*"  # the key of a message that tells every process to flush its whole L1
 UNVERSIONED = -1  # the version of a message that drops a key whatever version a process holds
+FLUSH_REASONS = ("admin", "bulk_change")  # a flush message's reasons (metric labels: any other is "admin")
 
 
 def new_origin() -> str:
@@ -40,7 +41,20 @@ def new_origin() -> str:
 
 
 def encode_message(key: str, version: int, origin: str) -> bytes:
-    return json.dumps({"k": key, "v": version, "o": origin, "t": time.time()}, separators=(",", ":")).encode()
+    """An announcement of `key` at `version`, the origin first: its sender skips it unparsed (`own_marker`)."""
+    return json.dumps({"o": origin, "k": key, "v": version, "t": time.time()}, separators=(",", ":")).encode()
+
+
+def encode_flush(origin: str, reason: str) -> bytes:
+    """An announcement that every process flushes its whole L1, counted under `reason` (FLUSH_REASONS)."""
+    return json.dumps(
+        {"o": origin, "k": FLUSH_ALL, "v": 0, "t": time.time(), "r": reason}, separators=(",", ":")
+    ).encode()
+
+
+def own_marker(origin: str) -> bytes:
+    """How every announcement encode_message makes for `origin` begins."""
+    return b'{"o":' + json.dumps(origin).encode() + b","
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +63,16 @@ class Invalidation:
     version: int
     origin: str
     sent_at: float  # the sender's wall clock
+    reason: str = "admin"  # a flush's (key FLUSH_ALL) reason, one of FLUSH_REASONS
 
 
 def decode_message(data: bytes) -> Invalidation | None:
     """The message, or None (logged) when it is malformed."""
     try:
         payload = json.loads(data)
-        return Invalidation(str(payload["k"]), int(payload["v"]), str(payload["o"]), float(payload["t"]))
-    except (ValueError, KeyError, TypeError):
+        reason = payload.get("r") if payload.get("r") in FLUSH_REASONS else "admin"
+        return Invalidation(str(payload["k"]), int(payload["v"]), str(payload["o"]), float(payload["t"]), reason)
+    except (ValueError, KeyError, TypeError, AttributeError):
         logger.warning("ignored a malformed invalidation message (%d bytes)", len(data))
         return None
 
@@ -124,25 +140,42 @@ READ = _READ_FIELDS + "return false"
 # One round trip for "still missing? then I load it": no fill can land between the look and the lock.
 READ_OR_LOCK = _READ_FIELDS + f"if {take_lua('KEYS[2]', 'ARGV[1]', 'ARGV[2]')} then return 1 end return 0"
 
-# KEYS[1]: the item's key   ARGV[1]: a version the database has committed   ARGV[2]: the floor's TTL (ms)
-# ARGV[3]: channel   ARGV[4]: the announcement
-# returns: 0 Redis already holds that version or newer; 1 an older copy (or none) is now a floor at that
-#          version, and every process told. A floor, not a DEL: a reader that loaded the older row before
-#          the commit cannot put it back afterwards (the stale-set race, closed for outside writers too).
-#          DEL first: on a Redis at maxmemory it lets the floor through (SET_IF_NEWER says why); a Redis that
-#          refuses it (READONLY) gets the announcement all the same, and the refusal is the script's error.
+# KEYS[1..n]: item keys (one slot: on a Redis Cluster, one key a call)   ARGV[1]: the floors' TTL (ms)
+# ARGV[2]: channel   ARGV[3], ARGV[4]: the announcements' origin and time   ARGV[6 + i]: KEYS[i]'s version
+# ARGV[5]: the most new floors announced key by key; above it ARGV[6] (an L1 flush; '' none) is published once
+# returns: {r1..rn, error}: ri 1 an older copy (or none) is now a floor at that version; 0 that version or
+#          newer was there (the service's own write: one HGET, no announcement); -1 refused (READONLY, the
+#          DEL failed), announced all the same; error: the first refusal's message ('' for none)
+# A floor, not a DEL: a reader that loaded the older row before the commit puts it back in neither Redis nor L1
+# (each announcement follows its floor). DEL first: at maxmemory it lets the floors through (SET_IF_NEWER).
 FLOOR = """
-local held = tonumber(redis.call('HGET', KEYS[1], 'v'))
-if held and held >= tonumber(ARGV[1]) then return 0 end
-local deleted = redis.pcall('DEL', KEYS[1])
-if type(deleted) == 'table' and deleted.err then
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
-  return redis.error_reply(deleted.err)
+local announce, results, err = {}, {}, ''
+for i, key in ipairs(KEYS) do
+  local held = tonumber(redis.call('HGET', key, 'v'))
+  if held and held >= tonumber(ARGV[6 + i]) then
+    results[i] = 0
+  else
+    local deleted = redis.pcall('DEL', key)
+    if type(deleted) == 'table' and deleted.err then
+      results[i], err = -1, (err ~= '' and err or deleted.err)
+    else
+      redis.call('HSET', key, 'v', ARGV[6 + i], 'f', '1')
+      redis.call('PEXPIRE', key, ARGV[1])
+      results[i] = 1
+    end
+    announce[#announce + 1] = i
+  end
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'f', '1')
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
+if #announce > tonumber(ARGV[5]) then
+  if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[6]) end
+else
+  for _, i in ipairs(announce) do
+    local message = {o = ARGV[3], k = KEYS[i], v = tonumber(ARGV[6 + i]), t = tonumber(ARGV[4])}
+    redis.call('PUBLISH', ARGV[2], cjson.encode(message))
+  end
+end
+results[#results + 1] = err
+return results
 """
 
 # KEYS[1]: the item's key   ARGV[1]: channel   ARGV[2]: the announcement
@@ -223,7 +256,6 @@ class RedisTier:
         self._set_if_newer = client.register_script(SET_IF_NEWER)
         self._read = client.register_script(READ)
         self._read_or_lock = client.register_script(READ_OR_LOCK)
-        self._floor = client.register_script(FLOOR)
         self._delete = client.register_script(DELETE)
         self._announce_applied = client.register_script(ANNOUNCE_APPLIED)
 
@@ -273,13 +305,18 @@ class RedisTier:
         args = self._args(entry, ttl_ms, "extend", NO_ANNOUNCEMENT)
         pipe.execute_command("EVAL", SET_IF_NEWER, 1, key, *args)
 
-    def queue_floor(self, pipe: Any, key: str, version: int, ttl_ms: int, origin: str) -> None:
-        """Queue FLOOR on `pipe`: any copy older than `version` becomes a floor, announced as `origin`."""
-        pipe.execute_command("EVAL", FLOOR, 1, key, version, ttl_ms, *self._announce(key, version, origin))
+    def queue_floors(
+        self, pipe: Any, keys: list[str], versions: list[int], ttl_ms: int, origin: str, most: int
+    ) -> None:
+        """Queue FLOOR on `pipe` for `keys` at `versions`, announced as `origin`: up to `most` new floors key
+        by key, more by one flush of every L1 ("bulk_change"); none if `most` < 0 (the caller announces)."""
+        flush = encode_flush(origin, "bulk_change") if most >= 0 else b""
+        args = [ttl_ms, self.channel, origin, repr(time.time()), max(most, 0), flush, *versions]
+        pipe.execute_command("EVAL", FLOOR, len(keys), *keys, *args)
 
     def queue_set(self, pipe: Any, key: str, entry: CacheEntry, ttl_ms: int, origin: str) -> None:
         """Queue SET_IF_NEWER on `pipe`, announced as `origin`."""
-        args = self._args(entry, ttl_ms, "", self._announce(key, entry.version, origin))
+        args = self._args(entry, ttl_ms, "", (self.channel, encode_message(key, entry.version, origin)))
         pipe.execute_command("EVAL", SET_IF_NEWER, 1, key, *args)
 
     def delete(self, key: str) -> bool | RedisDown:
@@ -302,13 +339,9 @@ class RedisTier:
     def ping(self) -> bool:
         return self.guard("ping", "-", self.client.ping) is True
 
-    def _announce(self, key: str, version: int, origin: str) -> tuple[str, bytes]:
-        """SET_IF_NEWER's and FLOOR's (channel, message) arguments."""
-        return self.channel, encode_message(key, version, origin)
-
     def _own_args(self, key: str, entry: CacheEntry, ttl_ms: int, mode: str) -> list[Any]:
         """SET_IF_NEWER's ARGV for this process's own write of `entry`, announced under its origin."""
-        return self._args(entry, ttl_ms, mode, self._announce(key, entry.version, self.origin))
+        return self._args(entry, ttl_ms, mode, (self.channel, encode_message(key, entry.version, self.origin)))
 
     def _args(self, entry: CacheEntry, ttl_ms: int, mode: str, announce: tuple[str, bytes]) -> list[Any]:
         """SET_IF_NEWER's ARGV[1..7]."""
@@ -343,16 +376,9 @@ class RedisTier:
         )
 
 
-INFO_FIELDS = (
-    "redis_version",
-    "used_memory",
-    "used_memory_human",
-    "maxmemory",
-    "maxmemory_policy",
-    "keyspace_hits",
-    "keyspace_misses",
-    "evicted_keys",
-    "connected_clients",
+INFO_FIELDS = tuple(
+    "redis_version used_memory used_memory_human maxmemory maxmemory_policy keyspace_hits keyspace_misses "
+    "evicted_keys connected_clients".split()
 )
 
 
