@@ -109,8 +109,7 @@ def create_once(
     one transaction; a duplicate arriving meanwhile waits for it in the database and replays it. A key held
     by a claim committed on its own (`claim_key`: an older release, or a tool) is KeyBusy there: then wait a
     little (KEY_BUSY_WAIT, never past the deadline) for it, taking it over once older than its lease."""
-    config = current_app.config["SERVICE_CONFIG"]
-    lease, max_keys = config.request_timeout + LEASE_MARGIN, config.idempotency_keys_max
+    lease, max_keys = _key_limits()
 
     def create_keyed() -> WriteResult | Answered:
         return store.create_keyed(create, fields, expect, lease, deadline, max_keys)
@@ -151,9 +150,14 @@ def _create_claimed(
     return result
 
 
-def _claim(store: ItemStore, create: KeyedCreate, deadline: Deadline) -> Claim | Replay | KeyReused | KeyBusy:
+def _key_limits() -> tuple[float, int]:
+    """A claim's lease (REQUEST_TIMEOUT + LEASE_MARGIN) and how many keys are kept (IDEMPOTENCY_KEYS_MAX)."""
     config = current_app.config["SERVICE_CONFIG"]
-    lease, max_keys = config.request_timeout + LEASE_MARGIN, config.idempotency_keys_max
+    return config.request_timeout + LEASE_MARGIN, config.idempotency_keys_max
+
+
+def _claim(store: ItemStore, create: KeyedCreate, deadline: Deadline) -> Claim | Replay | KeyReused | KeyBusy:
+    lease, max_keys = _key_limits()
     outcome = store.claim_key(create, lease, deadline, max_keys)
     for delay in backoff_delays(deadline.cap(KEY_BUSY_WAIT)):
         if not isinstance(outcome, KeyBusy) or deadline.remaining() <= delay:

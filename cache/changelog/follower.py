@@ -93,9 +93,8 @@ class ChangeFollower(Background):
         self.rewind_due = False  # Redis may have lost or missed writes: apply the recent log again
         self.rewind_to = -1  # ... from at most here too: the position a Redis restored from a snapshot held
         self.caught_up_at = timer()
-        self.policy_checked = (
-            False  # Redis's maxmemory-policy, said once by the first holder (cache/changelog/eviction.py)
-        )
+        # Redis's maxmemory-policy, said once by the first holder (cache/changelog/eviction.py)
+        self.policy_checked = False
         self._next_purge = self._next_save = self._quiet_until = float("-inf")
         self._saved: ChangeCursor | None = None
         self._flush_due = False  # a bulk change's floors are in a Redis Cluster; its flush not yet published

@@ -16,7 +16,7 @@ from cache.core.entry import CacheEntry, jittered
 from cache.core.guard import REDIS_ERRORS_CAUGHT, RedisDown
 from cache.core.item_cache import ItemCache
 from cache.core.lock import Acquired, HeldByOther
-from cache.core.redis_tier import FLUSH_ALL, encode_message
+from cache.core.redis_tier import encode_flush
 from db import Item, ItemStore
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def flush(cache: ItemCache) -> int:
     deleted = cache.redis.guard("flush", "-", _unlink_items, cache)
     if isinstance(deleted, RedisDown):
         raise CacheUnavailable("Redis is not answering; nothing was flushed")
-    message = encode_message(FLUSH_ALL, 0, cache.origin)
+    message = encode_flush(cache.origin, "admin")
     cache.redis.guard("flush", "-", cache.redis.client.publish, cache.redis.channel, message)  # other processes
     cache.flush_l1("admin")
     return deleted
