@@ -56,6 +56,9 @@ class KeyStatements:
     complete_written: str
     release: str  # key, token
     purge: str  # age
+    # `claim` and, when no row was claimed, `find`, in one statement: (True, seq, None x 9) when claimed, else
+    # (False, None, *find's row); no row: claim again. None: the backend runs the two statements.
+    claim_or_find: str | None = None
 
 
 class _RolledBack(Exception):
@@ -143,12 +146,20 @@ class KeyStore:
     ) -> Sequence[Any] | None:
         """Claim the key in the open transaction (None), or the key's `find` row when another holds it."""
         params = {"key": create.key, "fingerprint": create.fingerprint, "token": token, "item_id": create.item_id}
-        for _ in range(3):  # a key released between the two statements: claim it again
-            if rows := fetch(self.keys.claim, params):
-                fetch.send(self.keys.evict, {"seq": int(rows[0][1]), "keep": max_keys})  # goes with the write
+        for _ in range(3):  # a key released between the statements, or committed after the snapshot: again
+            if self.keys.claim_or_find is not None:
+                rows = fetch(self.keys.claim_or_find, {**params, "age": lease})
+                if rows and not rows[0][0]:
+                    return rows[0][2:]
+                seq = rows[0][1] if rows else None
+            else:
+                rows = fetch(self.keys.claim, params)
+                seq = rows[0][1] if rows else None
+                if seq is None and (rows := fetch(self.keys.find, {"key": create.key, "age": lease})):
+                    return rows[0]
+            if seq is not None:
+                fetch.send(self.keys.evict, {"seq": int(seq), "keep": max_keys})  # goes with the write
                 return None
-            if rows := fetch(self.keys.find, {"key": create.key, "age": lease}):
-                return rows[0]
         raise RuntimeError(f"idempotency key {create.key!r} kept vanishing while being claimed")
 
     def upsert_claimed(

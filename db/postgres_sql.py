@@ -106,6 +106,21 @@ FROM items AS i WHERE i.id = k.item_id AND k.key = %(key)s AND k.token = %(token
 """,
     release="DELETE FROM idempotency_keys WHERE key = %(key)s AND token = %(token)s AND status_code IS NULL",
     purge=f"DELETE FROM idempotency_keys WHERE created_at <= {CUTOFF}",
+    # A replay in one round trip. The SELECT reads the statement's snapshot: a duplicate that committed while
+    # the INSERT waited for it is not in it (no row: claimed again, and found then).
+    claim_or_find=f"""
+WITH claimed AS (
+    INSERT INTO idempotency_keys (key, fingerprint, token, item_id)
+    VALUES (%(key)s, %(fingerprint)s, %(token)s, %(item_id)s)
+    ON CONFLICT (key) DO NOTHING RETURNING item_id, seq
+)
+SELECT false, NULL::bigint, k.fingerprint, k.item_id, k.status_code, k.version, k.claimed_at <= {CUTOFF},
+    i.id, i.fields::text, i.version, {_iso("i.updated_at")}
+FROM idempotency_keys AS k LEFT JOIN items AS i ON i.id = k.item_id AND NOT i.deleted
+WHERE k.key = %(key)s AND NOT EXISTS (SELECT 1 FROM claimed)
+UNION ALL
+SELECT true, seq, NULL, item_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM claimed
+""",
 )
 
 # db.migrate's record of what is applied (positional parameters: these run in init_schema only).

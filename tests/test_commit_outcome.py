@@ -12,7 +12,7 @@ import psycopg_pool
 import pytest
 
 import db.postgres
-from db import UNCONDITIONAL, CommitOutcomeUnknown, DatabaseUnavailable, Deadline, KeyedCreate
+from db import UNCONDITIONAL, CommitOutcomeUnknown, DatabaseUnavailable, Deadline, KeyedCreate, Replay
 from db.postgres import DOWN_WAIT, PostgresStore, _Pool, check_idle_connection
 from tests.support import wait_until
 
@@ -23,8 +23,9 @@ class FakeConnection:
 
     info = SimpleNamespace(encoding="utf-8")
 
-    def __init__(self, fail_on: str, error: Exception) -> None:
+    def __init__(self, fail_on: str, error: Exception, claim_or_find: tuple | None = None) -> None:
         self.fail_on, self.error, self.sent = fail_on, error, []
+        self.claim_or_find = claim_or_find  # the row a keyed create's first statement answers
 
     def execute(self, sql: bytes, params=None):
         return FakeCursor(self).execute(sql)
@@ -49,6 +50,8 @@ class FakeCursor:
 
     @property
     def description(self):
+        if self.answers[0] == "WITH" and self.conn.claim_or_find:
+            return ("claimed",) * len(self.conn.claim_or_find)
         return ("version", "created_version", "updated_at") if self.answers[0] in ("INSERT", "UPDATE") else None
 
     def nextset(self) -> bool:
@@ -56,6 +59,8 @@ class FakeCursor:
         return bool(self.answers)
 
     def fetchall(self):
+        if self.answers[0] == "WITH":
+            return [self.conn.claim_or_find]
         return [(2, 1, "2026-11-27T00:00:00.000Z")]
 
 
@@ -103,11 +108,19 @@ def test_a_connection_lost_during_commit_is_an_unknown_outcome(error):
 
 def test_a_connection_lost_before_commit_wrote_nothing():
     # A keyed create reads its claim before it writes: a round trip without the COMMIT.
-    conn = FakeConnection("INSERT", psycopg.OperationalError("server closed the connection unexpectedly"))
+    conn = FakeConnection("WITH", psycopg.OperationalError("server closed the connection unexpectedly"))
     with pytest.raises(DatabaseUnavailable):
         fake_store(conn).create_keyed(KeyedCreate("k", "print", "a"), {}, UNCONDITIONAL, 60.0, Deadline.never())
-    assert conn.sent[0] == ["BEGIN", "SET", "SET", "INSERT"]
+    assert conn.sent[0] == ["BEGIN", "SET", "SET", "WITH"]  # the claim (or the key's row, when held)
     assert not any("COMMIT" in trip for trip in conn.sent)  # never asked to commit: nothing can have been written
+
+
+def test_a_replayed_keyed_create_is_one_round_trip_and_its_commit():
+    found = (False, None, "print", "a", 201, 2, False, "a", '{"n": 1}', 2, "2026-11-27T00:00:00.000Z")
+    conn = FakeConnection("", psycopg.Error("unused"), claim_or_find=found)
+    replay = fake_store(conn).create_keyed(KeyedCreate("k", "print", "a"), {}, UNCONDITIONAL, 60.0, Deadline.never())
+    assert isinstance(replay, Replay) and replay.response.status_code == 201 and replay.response.current.version == 2
+    assert conn.sent == [["BEGIN", "SET", "SET", "WITH"], ["COMMIT"]]  # the key's row came with the claim
 
 
 def test_a_failure_after_the_server_answered_commit_is_never_reported_as_nothing_written(monkeypatch):
