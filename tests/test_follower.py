@@ -76,6 +76,19 @@ def test_rows_updated_and_deleted_by_sql_replace_what_is_cached(served):
     assert client.get("/items").json["items"] == [updated.json]  # the list agrees with GET
 
 
+def test_after_a_batch_of_the_services_own_writes_the_next_pass_gathers_longer(served):
+    app, client, sql = served
+    follower = follower_for(app)
+    follower.run_once()
+    for n in range(3):
+        assert client.put(f"/items/own-{n}", data=json.dumps({"v": 1}), headers=JSON_HEADERS).status_code == 201
+    assert follower.run_once() == 3 and follower.held_all  # Redis already held all three: nothing urgent
+    sql.execute("""UPDATE items SET fields = '{"v": 2}' WHERE id = 'own-0'""")
+    assert follower.run_once() == 1 and not follower.held_all  # news for Redis: the short gather again
+    assert client.delete("/items/own-1").status_code == 204
+    assert follower.run_once() == 1 and not follower.held_all  # a delete's tombstone is never assumed held
+
+
 def test_a_listening_process_serves_outside_writes_from_every_tier(served):
     app, client, sql = served
     cache_service.start_listener()  # listener + follower threads, as in a gunicorn worker

@@ -50,6 +50,9 @@ MOST_ANNOUNCED = 100
 LEASE_MS = 3000  # a dead follower's lease frees itself within this; renewed every pass
 WAIT_SECONDS = 0.2  # the longest wait between looks at the log (SQLite's poll; PostgreSQL's fallback)
 GATHER_SECONDS = 0.01  # after a wake-up, let a burst of commits gather into one batch (one pass, not many)
+# ... and longer after a batch Redis already held every change of (the service's own writes): a stream of
+# them costs a few passes a second, not one per write; a write from elsewhere waits at most this much more.
+GATHER_HELD_SECONDS = 0.05
 SAVE_INTERVAL = 1.0  # the position is saved at most this often (a restart repeats at most this much work)
 RETRY_SECONDS = 1.0  # after the database or Redis failed
 PURGE_INTERVAL = 60.0  # seconds between purges of applied log rows and old tombstones
@@ -98,6 +101,7 @@ class ChangeFollower(Background):
         self._next_purge = self._next_save = self._quiet_until = float("-inf")
         self._saved: ChangeCursor | None = None
         self._flush_due = False  # a bulk change's floors are in a Redis Cluster; its flush not yet published
+        self.held_all = False  # the last batch brought Redis nothing new (no new floor, no delete)
         self._lister: ThreadPoolExecutor | None = None
         self._ahead: tuple[ChangeCursor, Future[ChangeBatch]] | None = None  # the next batch, being listed
 
@@ -126,7 +130,7 @@ class ChangeFollower(Background):
             if applied is None:  # another process follows; be ready to take over
                 self.stopped.wait(LEASE_MS / 3000)
             elif applied < BATCH and self.store.wait_for_changes(WAIT_SECONDS):
-                self.stopped.wait(GATHER_SECONDS)
+                self.stopped.wait(GATHER_HELD_SECONDS if self.held_all else GATHER_SECONDS)
 
     def hold_lease(self) -> bool:
         """Take or renew the lease; a follower that loses it forgets its position (the next holder's wins)."""
@@ -229,6 +233,7 @@ class ChangeFollower(Background):
         if isinstance(results, RedisDown):
             return False
         applied, floored = self._absorb_refusals(queued, results)
+        self.held_all = applied and not floored and len(updated) == len(changes)
         if flush_after and floored:  # after every floor of the batch: no reader loads the old row after it
             self._flush_due = True
             if not self._publish_flush():
