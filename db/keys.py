@@ -25,6 +25,7 @@ from db.base import (
     StoredResponse,
     WriteResult,
     decode_item,
+    encode_fields,
 )
 from db.preconditions import Precondition, PreconditionFailed, Unconditional
 
@@ -59,6 +60,9 @@ class KeyStatements:
     # `claim` and, when no row was claimed, `find`, in one statement: (True, seq, None x 9) when claimed, else
     # (False, None, *find's row); no row: claim again. None: the backend runs the two statements.
     claim_or_find: str | None = None
+    # key, fingerprint, token, item_id, keep, id, fields: `claim`, `evict` and, only when claimed, the
+    # unconditional upsert, in one statement: the upsert's RETURNING row, none when the key was held.
+    claim_and_upsert: str | None = None
 
 
 class _RolledBack(Exception):
@@ -124,6 +128,18 @@ class KeyStore:
         commit (its claim blocks on the key) and gets Replay. A key held by a claim committed on its own
         (`claim_key`'s) answers KeyBusy, stale or not: `claim_key` takes such a claim over."""
         token = secrets.token_hex(8)
+        if isinstance(expect, Unconditional) and self.keys.claim_and_upsert is not None:
+            # In one round trip: the claim, the write only if claimed, the record, the COMMIT; or the key's row.
+            params: dict[str, Any] = {"key": create.key, "fingerprint": create.fingerprint, "token": token}
+            params |= {"item_id": create.item_id}
+            params |= {"keep": max_keys, "age": lease, "fields": encode_fields(fields)}
+            with self._within(deadline) as fetch:
+                sent = fetch.send(self.keys.claim_and_upsert, params)
+                fetch.send(self.keys.complete_written, {"key": create.key, "token": token})
+            if rows := sent():
+                claimed, *row = rows[0]
+                return WriteResult.from_row(create.item_id, fields, row[:3]) if claimed else _answer(create, row[3:])
+            # No row: the key's holder committed while the claim waited for it. Claim again, as below.
         try:
             with self._within(deadline) as fetch:
                 held = self._claim_in(fetch, create, token, lease, max_keys)

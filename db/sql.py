@@ -83,9 +83,7 @@ class SQLStore(KeyStore):
 
     def upsert(self, item_id: str, fields: dict[str, Any]) -> WriteResult:
         rows = self._fetch(self.sql.upsert, {"id": item_id, "fields": encode_fields(fields)})
-        version, created_version, updated_at = rows[0]
-        item = Item(id=item_id, fields=fields, version=int(version), updated_at=updated_at)
-        return WriteResult(item=item, created=version == created_version)
+        return WriteResult.from_row(item_id, fields, rows[0])
 
     def delete(self, item_id: str) -> int | None:
         rows = self._fetch(self.sql.delete, {"id": item_id})
@@ -127,9 +125,7 @@ class SQLStore(KeyStore):
             if not rows:
                 assert live is not None  # an unconditional upsert always returns its row
                 return PreconditionFailed(item_id, live())
-            version, created_version, updated_at = rows[0]
-            item = Item(id=item_id, fields=fields, version=int(version), updated_at=updated_at)
-            return WriteResult(item=item, created=version == created_version)
+            return WriteResult.from_row(item_id, fields, rows[0])
 
         return result
 
