@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from cache.changelog import warm
 from cache.changelog.eviction import POLICIES_WARNED, policy_warning
 from cache.core.entry import CacheEntry
 from cache.core.guard import REFUSAL_LOG_INTERVAL, CircuitBreaker, Guard, Refusals
@@ -18,9 +19,10 @@ from cache.core.lock import FleetLock, Lease
 from cache.core.metrics import REDIS_REFUSALS
 from cache.core.redis_tier import RedisTier, SetOutcome
 from tests.integration.maxmemory import fill
-from tests.support import FakeClock, RedisServer, free_port, redis_server_available, wait_until
+from tests.support import FakeClock, RedisServer, free_port, redis_server_available, running_cache, wait_until
 
 CHANNEL = "test-invalidate"
+OOM = "OOM command not allowed when used memory > 'maxmemory'."
 
 
 @pytest.fixture
@@ -130,3 +132,28 @@ def test_every_evicting_policy_is_warned_about_saying_why(policy):
 
 def test_noeviction_is_supported():
     assert policy_warning("noeviction") is None
+
+
+def test_a_bloom_filter_rebuild_refused_by_a_full_redis_is_no_warning_each_try(make_app, caplog, monkeypatch):
+    # The chores retry a missing filter every 30 s in every worker: a Redis refusing the bits (OOM) is logged
+    # once by the guard, not again by each try.
+    app = make_app()
+    item_cache, store = running_cache(), app.extensions["item_store"]
+    monkeypatch.setattr(warm, "BLOOM_GRACE", 0.0)
+    real_pipeline = item_cache.bulk.pipeline
+
+    def refusing_pipeline(*args, **kwargs):
+        pipe = real_pipeline(*args, **kwargs)
+        pipe.execute = lambda *a, **k: (_ for _ in ()).throw(redis.exceptions.OutOfMemoryError(OOM))
+        return pipe
+
+    monkeypatch.setattr(item_cache.bulk, "pipeline", refusing_pipeline)
+    store.upsert("a", {"n": 1})
+    with caplog.at_level(logging.INFO, logger="cache.changelog.warm"):
+        for _ in range(3):
+            thread = warm.rebuild_bloom_in_background(item_cache, store)
+            assert thread is not None
+            thread.join(10)
+    stops = [r for r in caplog.records if r.name == "cache.changelog.warm" and "rebuild stopped" in r.getMessage()]
+    assert len(stops) == 3 and all(r.levelno == logging.INFO for r in stops)
+    assert not any(r.levelno >= logging.WARNING for r in caplog.records if r.name == "cache.changelog.warm")

@@ -84,7 +84,9 @@ def rebuild_bloom_in_background(cache: ItemCache, store: ItemStore) -> threading
     except (WarmInProgress, CacheUnavailable) as exc:
         logger.info("bloom filter rebuild skipped: %s", exc)
         return None
-    return _in_background(functools.partial(rebuild_bloom, cache, store, hold))
+    # At INFO: the chores try again every half minute, and a Redis that fails or refuses writes is reported by
+    # the guard already (a full Redis would otherwise add a warning per worker per try).
+    return _in_background(functools.partial(rebuild_bloom, cache, store, hold), "bloom filter rebuild", logging.INFO)
 
 
 def log_progress() -> Progress:
@@ -169,12 +171,15 @@ def _unlink_items(cache: ItemCache) -> int:
     return deleted
 
 
-def _in_background(run: Callable[[], WarmResult]) -> threading.Thread:
+def _in_background(run: Callable[[], WarmResult], what: str = "warm", level: int = logging.WARNING) -> threading.Thread:
+    """Run `run` in a daemon thread; a stop (Redis failed or refused, or another builder took over) is logged
+    at `level`."""
+
     def guarded() -> None:
         try:
             run()
         except (WarmInProgress, CacheUnavailable) as exc:
-            logger.warning("warm stopped: %s", exc)
+            logger.log(level, "%s stopped: %s", what, exc)
         except Exception:  # a failed warm must not take the worker down; it is logged
             logger.exception("warm failed")
 
