@@ -60,8 +60,9 @@ class KeyStatements:
     # `claim` and, when no row was claimed, `find`, in one statement: (True, seq, None x 9) when claimed, else
     # (False, None, *find's row); no row: claim again. None: the backend runs the two statements.
     claim_or_find: str | None = None
-    # key, fingerprint, token, item_id, keep, id, fields: `claim`, `evict` and, only when claimed, the
-    # unconditional upsert, in one statement: the upsert's RETURNING row, none when the key was held.
+    # key, fingerprint, token, item_id, fields, keep, age: `claim`, `evict` and, only when claimed, the
+    # unconditional upsert of item_id, in one statement: (True, the upsert's RETURNING row, None x 9) when
+    # claimed, else (False, None x 3, *find's row); no row: claim again.
     claim_and_upsert: str | None = None
 
 
@@ -130,9 +131,15 @@ class KeyStore:
         token = secrets.token_hex(8)
         if isinstance(expect, Unconditional) and self.keys.claim_and_upsert is not None:
             # In one round trip: the claim, the write only if claimed, the record, the COMMIT; or the key's row.
-            params: dict[str, Any] = {"key": create.key, "fingerprint": create.fingerprint, "token": token}
-            params |= {"item_id": create.item_id}
-            params |= {"keep": max_keys, "age": lease, "fields": encode_fields(fields)}
+            params = {
+                "key": create.key,
+                "fingerprint": create.fingerprint,
+                "token": token,
+                "item_id": create.item_id,
+                "fields": encode_fields(fields),
+                "keep": max_keys,
+                "age": lease,
+            }
             with self._within(deadline) as fetch:
                 sent = fetch.send(self.keys.claim_and_upsert, params)
                 fetch.send(self.keys.complete_written, {"key": create.key, "token": token})
