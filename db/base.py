@@ -57,14 +57,6 @@ class WriteResult:
     item: Item
     created: bool  # True when the id did not exist (or had been deleted) before this write
 
-    @classmethod
-    def from_row(cls, item_id: str, fields: dict[str, Any], row: Sequence[Any]) -> WriteResult:
-        """From a write statement's RETURNING version, created_version, updated_at."""
-        version, created_version, updated_at = row
-        return cls(
-            Item(id=item_id, fields=fields, version=int(version), updated_at=updated_at), version == created_version
-        )
-
 
 def utc_now() -> str:
     """The server's `updated_at`: UTC, ISO 8601, milliseconds."""

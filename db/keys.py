@@ -25,7 +25,6 @@ from db.base import (
     StoredResponse,
     WriteResult,
     decode_item,
-    encode_fields,
 )
 from db.preconditions import Precondition, PreconditionFailed, Unconditional
 
@@ -57,13 +56,6 @@ class KeyStatements:
     complete_written: str
     release: str  # key, token
     purge: str  # age
-    # `claim` and, when no row was claimed, `find`, in one statement: (True, seq, None x 9) when claimed, else
-    # (False, None, *find's row); no row: claim again. None: the backend runs the two statements.
-    claim_or_find: str | None = None
-    # key, fingerprint, token, item_id, fields, keep, age: `claim`, `evict` and, only when claimed, the
-    # unconditional upsert of item_id, in one statement: (True, the upsert's RETURNING row, None x 9) when
-    # claimed, else (False, None x 3, *find's row); no row: claim again.
-    claim_and_upsert: str | None = None
 
 
 class _RolledBack(Exception):
@@ -129,24 +121,6 @@ class KeyStore:
         commit (its claim blocks on the key) and gets Replay. A key held by a claim committed on its own
         (`claim_key`'s) answers KeyBusy, stale or not: `claim_key` takes such a claim over."""
         token = secrets.token_hex(8)
-        if isinstance(expect, Unconditional) and self.keys.claim_and_upsert is not None:
-            # In one round trip: the claim, the write only if claimed, the record, the COMMIT; or the key's row.
-            params = {
-                "key": create.key,
-                "fingerprint": create.fingerprint,
-                "token": token,
-                "item_id": create.item_id,
-                "fields": encode_fields(fields),
-                "keep": max_keys,
-                "age": lease,
-            }
-            with self._within(deadline) as fetch:
-                sent = fetch.send(self.keys.claim_and_upsert, params)
-                fetch.send(self.keys.complete_written, {"key": create.key, "token": token})
-            if rows := sent():
-                claimed, *row = rows[0]
-                return WriteResult.from_row(create.item_id, fields, row[:3]) if claimed else _answer(create, row[3:])
-            # No row: the key's holder committed while the claim waited for it. Claim again, as below.
         try:
             with self._within(deadline) as fetch:
                 held = self._claim_in(fetch, create, token, lease, max_keys)
@@ -169,20 +143,12 @@ class KeyStore:
     ) -> Sequence[Any] | None:
         """Claim the key in the open transaction (None), or the key's `find` row when another holds it."""
         params = {"key": create.key, "fingerprint": create.fingerprint, "token": token, "item_id": create.item_id}
-        for _ in range(3):  # a key released between the statements, or committed after the snapshot: again
-            if self.keys.claim_or_find is not None:
-                rows = fetch(self.keys.claim_or_find, {**params, "age": lease})
-                if rows and not rows[0][0]:
-                    return rows[0][2:]
-                seq = rows[0][1] if rows else None
-            else:
-                rows = fetch(self.keys.claim, params)
-                seq = rows[0][1] if rows else None
-                if seq is None and (rows := fetch(self.keys.find, {"key": create.key, "age": lease})):
-                    return rows[0]
-            if seq is not None:
-                fetch.send(self.keys.evict, {"seq": int(seq), "keep": max_keys})  # goes with the write
+        for _ in range(3):  # a key released between the two statements: claim it again
+            if rows := fetch(self.keys.claim, params):
+                fetch.send(self.keys.evict, {"seq": int(rows[0][1]), "keep": max_keys})  # goes with the write
                 return None
+            if rows := fetch(self.keys.find, {"key": create.key, "age": lease}):
+                return rows[0]
         raise RuntimeError(f"idempotency key {create.key!r} kept vanishing while being claimed")
 
     def upsert_claimed(

@@ -78,24 +78,19 @@ ON CONFLICT (name) DO UPDATE SET cursor = excluded.cursor, saved_at = statement_
 """,
 )
 
-CLAIM = """
+KEY_STATEMENTS = KeyStatements(
+    claim="""
 INSERT INTO idempotency_keys (key, fingerprint, token, item_id)
 VALUES (%(key)s, %(fingerprint)s, %(token)s, %(item_id)s)
-ON CONFLICT (key) DO NOTHING"""
-FIND = f"""
+ON CONFLICT (key) DO NOTHING RETURNING item_id, seq
+""",
+    evict="DELETE FROM idempotency_keys WHERE seq <= %(seq)s - %(keep)s",
+    find=f"""
 SELECT k.fingerprint, k.item_id, k.status_code, k.version, k.claimed_at <= {CUTOFF},
     i.id, i.fields::text, i.version, {_iso("i.updated_at")}
 FROM idempotency_keys AS k LEFT JOIN items AS i ON i.id = k.item_id AND NOT i.deleted
 WHERE k.key = %(key)s
-"""
-# The key's row when it is held, as FIND, with the statement's snapshot: a duplicate that committed while
-# the claim waited for it is not in it (no row at all: the caller claims again, and finds it then).
-FIND_HELD = f"SELECT * FROM ({FIND}) AS f WHERE NOT EXISTS (SELECT 1 FROM claimed)"
-
-KEY_STATEMENTS = KeyStatements(
-    claim=f"{CLAIM} RETURNING item_id, seq",
-    evict="DELETE FROM idempotency_keys WHERE seq <= %(seq)s - %(keep)s",
-    find=FIND,
+""",
     take_over=f"""
 UPDATE idempotency_keys SET token = %(token)s, claimed_at = statement_timestamp()
 WHERE key = %(key)s AND status_code IS NULL AND claimed_at <= {CUTOFF} RETURNING item_id
@@ -111,23 +106,6 @@ FROM items AS i WHERE i.id = k.item_id AND k.key = %(key)s AND k.token = %(token
 """,
     release="DELETE FROM idempotency_keys WHERE key = %(key)s AND token = %(token)s AND status_code IS NULL",
     purge=f"DELETE FROM idempotency_keys WHERE created_at <= {CUTOFF}",
-    claim_or_find=f"""
-WITH claimed AS ({CLAIM} RETURNING seq)
-SELECT true, seq, NULL, NULL, NULL::integer, NULL::bigint, NULL::boolean, NULL, NULL, NULL::bigint, NULL
-FROM claimed
-UNION ALL
-SELECT false, NULL, f.* FROM ({FIND_HELD}) AS f
-""",
-    claim_and_upsert=f"""
-WITH claimed AS ({CLAIM} RETURNING seq),
-evicted AS (DELETE FROM idempotency_keys WHERE seq <= (SELECT seq FROM claimed) - %(keep)s),
-written AS (
-{UPSERT.replace("VALUES (%(id)s, %(fields)s::json)", "SELECT %(item_id)s, %(fields)s::json FROM claimed")}{RETURNING})
-SELECT true, w.*, NULL, NULL, NULL::integer, NULL::bigint, NULL::boolean, NULL, NULL, NULL::bigint, NULL
-FROM written AS w
-UNION ALL
-SELECT false, NULL, NULL, NULL, f.* FROM ({FIND_HELD}) AS f
-""",
 )
 
 # db.migrate's record of what is applied (positional parameters: these run in init_schema only).

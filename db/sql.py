@@ -83,7 +83,9 @@ class SQLStore(KeyStore):
 
     def upsert(self, item_id: str, fields: dict[str, Any]) -> WriteResult:
         rows = self._fetch(self.sql.upsert, {"id": item_id, "fields": encode_fields(fields)})
-        return WriteResult.from_row(item_id, fields, rows[0])
+        version, created_version, updated_at = rows[0]
+        item = Item(id=item_id, fields=fields, version=int(version), updated_at=updated_at)
+        return WriteResult(item=item, created=version == created_version)
 
     def delete(self, item_id: str) -> int | None:
         rows = self._fetch(self.sql.delete, {"id": item_id})
@@ -125,7 +127,9 @@ class SQLStore(KeyStore):
             if not rows:
                 assert live is not None  # an unconditional upsert always returns its row
                 return PreconditionFailed(item_id, live())
-            return WriteResult.from_row(item_id, fields, rows[0])
+            version, created_version, updated_at = rows[0]
+            item = Item(id=item_id, fields=fields, version=int(version), updated_at=updated_at)
+            return WriteResult(item=item, created=version == created_version)
 
         return result
 

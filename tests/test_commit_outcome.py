@@ -12,16 +12,7 @@ import psycopg_pool
 import pytest
 
 import db.postgres
-from db import (
-    UNCONDITIONAL,
-    CommitOutcomeUnknown,
-    DatabaseUnavailable,
-    Deadline,
-    IfAbsent,
-    KeyedCreate,
-    Replay,
-    WriteResult,
-)
+from db import UNCONDITIONAL, CommitOutcomeUnknown, DatabaseUnavailable, Deadline, KeyedCreate
 from db.postgres import DOWN_WAIT, PostgresStore, _Pool, check_idle_connection
 from tests.support import wait_until
 
@@ -32,9 +23,8 @@ class FakeConnection:
 
     info = SimpleNamespace(encoding="utf-8")
 
-    def __init__(self, fail_on: str, error: Exception, with_row: tuple | None = None) -> None:
+    def __init__(self, fail_on: str, error: Exception) -> None:
         self.fail_on, self.error, self.sent = fail_on, error, []
-        self.with_row = with_row  # the row a keyed create's first statement (WITH ...) answers
 
     def execute(self, sql: bytes, params=None):
         return FakeCursor(self).execute(sql)
@@ -59,8 +49,6 @@ class FakeCursor:
 
     @property
     def description(self):
-        if self.answers[0] == "WITH" and self.conn.with_row:
-            return ("column",) * len(self.conn.with_row)
         return ("version", "created_version", "updated_at") if self.answers[0] in ("INSERT", "UPDATE") else None
 
     def nextset(self) -> bool:
@@ -68,8 +56,6 @@ class FakeCursor:
         return bool(self.answers)
 
     def fetchall(self):
-        if self.answers[0] == "WITH":
-            return [self.conn.with_row]
         return [(2, 1, "2026-11-27T00:00:00.000Z")]
 
 
@@ -116,34 +102,12 @@ def test_a_connection_lost_during_commit_is_an_unknown_outcome(error):
 
 
 def test_a_connection_lost_before_commit_wrote_nothing():
-    # A conditional keyed create reads its claim before it writes: a round trip without the COMMIT.
-    conn = FakeConnection("WITH", psycopg.OperationalError("server closed the connection unexpectedly"))
+    # A keyed create reads its claim before it writes: a round trip without the COMMIT.
+    conn = FakeConnection("INSERT", psycopg.OperationalError("server closed the connection unexpectedly"))
     with pytest.raises(DatabaseUnavailable):
-        fake_store(conn).create_keyed(KeyedCreate("k", "print", "a"), {}, IfAbsent(), 60.0, Deadline.never())
-    assert conn.sent[0] == ["BEGIN", "SET", "SET", "WITH"]  # the claim (or the key's row, when held)
+        fake_store(conn).create_keyed(KeyedCreate("k", "print", "a"), {}, UNCONDITIONAL, 60.0, Deadline.never())
+    assert conn.sent[0] == ["BEGIN", "SET", "SET", "INSERT"]
     assert not any("COMMIT" in trip for trip in conn.sent)  # never asked to commit: nothing can have been written
-
-
-NO_KEY_ROW = (None,) * 9
-
-
-def test_a_keyed_create_is_one_round_trip_with_its_commit():
-    written = (True, 2, 2, "2026-11-27T00:00:00.000Z", *NO_KEY_ROW)
-    conn = FakeConnection("", psycopg.Error("unused"), with_row=written)
-    result = fake_store(conn).create_keyed(
-        KeyedCreate("k", "print", "a"), {"n": 1}, UNCONDITIONAL, 60.0, Deadline.never()
-    )
-    assert isinstance(result, WriteResult) and result.created and result.item.version == 2
-    # the claim with the write, the key's record, and the COMMIT
-    assert conn.sent == [["BEGIN", "SET", "SET", "WITH", "UPDATE", "COMMIT"]]
-
-
-def test_a_replayed_keyed_create_is_one_round_trip_too():
-    held = (False, None, None, None, "print", "a", 201, 2, False, "a", '{"n": 1}', 2, "2026-11-27T00:00:00.000Z")
-    conn = FakeConnection("", psycopg.Error("unused"), with_row=held)
-    replay = fake_store(conn).create_keyed(KeyedCreate("k", "print", "a"), {}, UNCONDITIONAL, 60.0, Deadline.never())
-    assert isinstance(replay, Replay) and replay.response.status_code == 201 and replay.response.current.version == 2
-    assert conn.sent == [["BEGIN", "SET", "SET", "WITH", "UPDATE", "COMMIT"]]  # the key's row came instead
 
 
 def test_a_failure_after_the_server_answered_commit_is_never_reported_as_nothing_written(monkeypatch):
