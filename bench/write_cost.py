@@ -37,13 +37,14 @@ BODY = {"name": "widget", "tags": ["a", "b"], "price": 12.5, "stock": {"here": 3
 TIMEOUT = 10.0
 Op = Callable[[int], object]
 NOTES = [
-    "Reading it: today's plain write is one transaction bounded by the request's deadline (PostgreSQL: BEGIN +",
-    "SET LOCAL statement_timeout/lock_timeout in one round trip, the statement, COMMIT), where the write before",
-    "issue 12 was one autocommit statement: the `upsert (autocommit)` row is the price of the deadline in the",
-    "store; in a whole request it is diluted by Flask, Redis and the network. If-Match adds only a WHERE on the",
-    "version to the same statement. A keyed create is one transaction: the claim and the key lookup in one round",
-    "trip, then the write and the key's response with the COMMIT in another (a duplicate waits for it in the",
-    "database). A replay is one short read-mostly transaction and no write, so it beats a plain write.",
+    "Reading it: today's plain write is one transaction bounded by the request's deadline, sent with its COMMIT",
+    "as one query (PostgreSQL: BEGIN, the SET LOCALs, the statement, COMMIT), where the write before issue 12 was",
+    "one autocommit statement: the `upsert (autocommit)` row is the price of the deadline in the store; in a",
+    "whole request it is diluted by Flask, Redis and the network. If-Match adds only a WHERE on the version to",
+    "the same statement. A keyed create is one transaction of two round trips: the claim, then the write and the",
+    "key's record with the COMMIT (a duplicate waits for it in the database). A replay is the claim that finds",
+    "the key, its lookup and the COMMIT, and no write: in the store about a plain write on PostgreSQL, faster",
+    "on SQLite and over HTTP, where it skips Redis.",
 ]
 
 
