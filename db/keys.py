@@ -67,7 +67,7 @@ class _RolledBack(Exception):
 
 
 class KeyStore:
-    """The idempotency half of SQLStore: it provides `keys`, `_within` and `_upsert_in`."""
+    """The idempotency half of SQLStore: it provides `keys`, `_within`, `_upsert_in` and `_send_upsert`."""
 
     keys: KeyStatements
 
@@ -126,13 +126,11 @@ class KeyStore:
                 held = self._claim_in(fetch, create, token, lease, max_keys)
                 if held is not None:
                     return _answer(create, held)
-                if not isinstance(expect, Unconditional):
-                    result = self._upsert_in(fetch, create.item_id, fields, expect)
-                    if isinstance(result, PreconditionFailed):
-                        raise _RolledBack(result)  # the claim goes with it: a retry runs the request again
-                    fetch.send(self.keys.complete_written, {"key": create.key, "token": token})
-                    return result
                 written = self._send_upsert(fetch, create.item_id, fields, expect)
+                # A condition is read before the commit (a round trip): refused, the claim goes with the
+                # rollback and a retry runs the request again. An unconditional write goes with the COMMIT.
+                if not isinstance(expect, Unconditional) and isinstance(failed := written(), PreconditionFailed):
+                    raise _RolledBack(failed)
                 fetch.send(self.keys.complete_written, {"key": create.key, "token": token})
         except _RolledBack as refused:
             return refused.result

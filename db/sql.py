@@ -83,9 +83,7 @@ class SQLStore(KeyStore):
 
     def upsert(self, item_id: str, fields: dict[str, Any]) -> WriteResult:
         rows = self._fetch(self.sql.upsert, {"id": item_id, "fields": encode_fields(fields)})
-        version, created_version, updated_at = rows[0]
-        item = Item(id=item_id, fields=fields, version=int(version), updated_at=updated_at)
-        return WriteResult(item=item, created=version == created_version)
+        return _written(item_id, fields, rows[0])
 
     def delete(self, item_id: str) -> int | None:
         rows = self._fetch(self.sql.delete, {"id": item_id})
@@ -127,9 +125,7 @@ class SQLStore(KeyStore):
             if not rows:
                 assert live is not None  # an unconditional upsert always returns its row
                 return PreconditionFailed(item_id, live())
-            version, created_version, updated_at = rows[0]
-            item = Item(id=item_id, fields=fields, version=int(version), updated_at=updated_at)
-            return WriteResult(item=item, created=version == created_version)
+            return _written(item_id, fields, rows[0])
 
         return result
 
@@ -242,3 +238,10 @@ class SQLStore(KeyStore):
 def end_cursor(log_end: Sequence[Any]) -> ChangeCursor:
     """The cursor at the end of the log from a `log_end` row (last seq, purged upto)."""
     return ChangeCursor(max(int(log_end[0]), int(log_end[1])))
+
+
+def _written(item_id: str, fields: dict[str, Any], row: Sequence[Any]) -> WriteResult:
+    """A write statement's result from its RETURNING version, created_version, updated_at."""
+    version, created_version, updated_at = row
+    item = Item(id=item_id, fields=fields, version=int(version), updated_at=updated_at)
+    return WriteResult(item=item, created=version == created_version)

@@ -104,7 +104,7 @@ def create_once(
     fields: dict[str, Any],
     expect: Precondition,
     deadline: Deadline,
-) -> Written | PreconditionFailed | Replay | KeyReused | KeyBusy:
+) -> Written | Answered:
     """Write `create.item_id` once per key: the key is claimed, the item written and the answer recorded in
     one transaction; a duplicate arriving meanwhile waits for it in the database and replays it. A key held
     by a claim committed on its own (`claim_key`: an older release, or a tool) is KeyBusy there: then wait a
@@ -130,7 +130,7 @@ def _create_claimed(
     fields: dict[str, Any],
     expect: Precondition,
     deadline: Deadline,
-) -> Written | PreconditionFailed | Replay | KeyReused | KeyBusy:
+) -> Written | Answered:
     """The key is held by a claim committed on its own: wait for it, or take it over when it is stale."""
     outcome = _claim(store, create, deadline)
     if isinstance(outcome, Replay):
