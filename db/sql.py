@@ -118,13 +118,13 @@ class SQLStore(KeyStore):
             case IfVersionIn(versions):
                 sql, params["versions"] = self.sql.update_if_version, self._ids_param(sorted(versions))
         written = fetch.send(sql, params)
-        live = None if isinstance(expect, Unconditional) else self._send_live_version(fetch, item_id)
+        # An unconditional upsert always returns its row; If-Match: * fails only where no row is live.
+        live = None if isinstance(expect, Unconditional | IfExists) else self._send_live_version(fetch, item_id)
 
         def result() -> WriteResult | PreconditionFailed:
             rows = written()
             if not rows:
-                assert live is not None  # an unconditional upsert always returns its row
-                return PreconditionFailed(item_id, live())
+                return PreconditionFailed(item_id, live() if live is not None else None)
             return _written(item_id, fields, rows[0])
 
         return result

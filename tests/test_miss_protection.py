@@ -11,7 +11,7 @@ import cache
 from cache import CacheEntry
 from cache.changelog import warm
 from cache.core.lock import Acquired
-from cache.core.metrics import DB_LOADS, REQUESTS_BY_TIER, STAMPEDE_WAITS
+from cache.core.metrics import DB_LOADS, REQUESTS_BY_TIER, STAMPEDE_WAITS, WRITES_BY_OUTCOME
 from tests.support import running_cache
 
 TOKEN = "s3cret-token"
@@ -103,6 +103,55 @@ def test_bloom_filter_answers_never_existing_ids_without_the_database(make_app, 
     assert client.get("/items/brand-new").status_code == 200  # never a false 404
     running_cache().lru.clear()
     assert client.get("/items/brand-new").status_code == 200
+
+
+def counting_bloom_adds(monkeypatch) -> list[str]:
+    """The ids this process's writes add to the Bloom filter from now on (each add still made)."""
+    bloom, added = running_cache().bloom, []
+    real_add = bloom.add
+    monkeypatch.setattr(bloom, "add", lambda item_id: added.append(item_id) or real_add(item_id))
+    return added
+
+
+def test_a_write_that_cannot_add_an_id_makes_no_bloom_filter_add(make_app, quick_bloom, monkeypatch):
+    app = make_app()
+    _warm(app.extensions["item_store"])
+    client, added = app.test_client(), counting_bloom_adds(monkeypatch)
+    failed = value(WRITES_BY_OUTCOME["precondition_failed"])
+    assert client.put("/items/a", data='{"n": 1}', headers=JSON_HEADERS).status_code == 201
+    assert added == ["a"]  # a new id: added before the commit
+    updated = client.put("/items/a", data='{"n": 2}', headers=JSON_HEADERS)  # seen written here: an update
+    assert updated.status_code == 200 and updated.headers["ETag"] == '"a.2"'
+    if_match = {**JSON_HEADERS, "If-Match": updated.headers["ETag"]}
+    assert client.put("/items/a", data='{"n": 3}', headers=if_match).status_code == 200
+    assert client.put("/items/a", data='{"n": 4}', headers={**JSON_HEADERS, "If-Match": "*"}).status_code == 200
+    missing = client.put("/items/b", data="{}", headers={**JSON_HEADERS, "If-Match": "*"})
+    assert missing.status_code == 412 and "ETag" not in missing.headers
+    assert added == ["a"]  # an update of a live row, or a write only to one, adds nothing
+    assert value(WRITES_BY_OUTCOME["precondition_failed"]) == failed + 1  # the 412 only, not the updates
+    running_cache().lru.clear()
+    assert client.get("/items/a").json["n"] == 4
+
+
+def test_an_id_deleted_elsewhere_and_rebuilt_out_of_the_filter_is_added_again_when_written_back(
+    make_app, quick_bloom, monkeypatch
+):
+    """This process saw `a` written, so it first tries an update; but another process deleted `a` and the
+    filter was rebuilt without it. No live row: the write is made in full, its id added before the commit."""
+    app = make_app()
+    store, client = app.extensions["item_store"], app.test_client()
+    assert client.put("/items/a", data="{}", headers=JSON_HEADERS).status_code == 201
+    store.delete("a")  # another process's delete; no listener here, so L1 still holds `a`
+    _warm(store)
+    cache_now = running_cache()
+    assert cache_now.lru.known_version(cache.cache_key("a")) > 0 and not cache_now.bloom.might_contain("a")
+    added = counting_bloom_adds(monkeypatch)
+    written_back = client.put("/items/a", data='{"n": "back"}', headers=JSON_HEADERS)
+    assert written_back.status_code == 201 and added == ["a"]
+    assert cache_now.bloom.might_contain("a")
+    cache_now.lru.clear()
+    cache_now.redis.client.delete(cache.cache_key("a"))
+    assert client.get("/items/a").json["n"] == "back"  # never a false 404
 
 
 def test_warm_fills_redis_with_long_ttl_and_reads_skip_the_database(make_app, quick_bloom):

@@ -2,7 +2,8 @@
 ids that never existed are answered without the database.
 
 It may say "maybe" for an id that does not exist (about 1% of them at its sized capacity) but must never
-say "absent" for one that does. Hence: a write adds its id *before* the database commits it; a filter
+say "absent" for one that does. Hence: a write that may create its id adds it *before* the database
+commits it (an update of a live row adds nothing: the filter holds every live id); a filter
 is ignored until it has been built; a rebuild marks itself first so that writes during the build are
 added to the new filter too, and swaps in atomically; and a process whose add failed (Redis down)
 disables the filter when Redis returns, until it is rebuilt.

@@ -6,7 +6,7 @@ then the cache. Everything that decides what a request sees lives here; the view
             miss -> Bloom filter says "never existed" -> 404.
             miss -> one loader per key in this process (single-flight) and in the fleet (the load lock in
                     the same Redis step as the look); the others wait for its fill; it loads and fills.
-    write:  Bloom add -> database (If-Match / If-None-Match checked in the write) -> Redis (only if newer,
+    write:  Bloom add (an id it may create) -> database (If-Match / If-None-Match checked in the write) -> Redis (only if newer,
             announced to every process) -> L1. A failed precondition touches no cache.
     delete: database -> versioned tombstone in Redis and L1.
     time:   every wait draws on the request's Deadline.
@@ -36,27 +36,27 @@ from cache.core.metrics import (
     REFRESH_FAILURES,
     REQUESTS_BY_TIER,
     STAMPEDE_WAITS,
-    WRITES_BY_OUTCOME,
+    counted_write,
 )
 from cache.core.redis_tier import Found, RedisTier, SetOutcome
 from cache.core.stampede import FillNotifier, SingleFlight, backoff_delays
 from cache.core.topology import Topology
 from cache.core.trust import L1Trust
 from db import (
-    CommitOutcomeUnknown,
     DatabaseUnavailable,
     Deadline,
-    DeadlineExceeded,
     Deleted,
+    IfExists,
+    IfVersionIn,
     ItemStore,
     NotFound,
     Precondition,
     PreconditionFailed,
+    Unconditional,
     WriteResult,
 )
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 R = TypeVar("R")
 ITEM_NAMESPACE = "item:"
 
@@ -349,14 +349,21 @@ class ItemCache:
         """Upsert in the database if `expect` holds, then refresh both tiers. A failed precondition, a
         database failure or the deadline running out (DeadlineExceeded: rolled back) leave the cache as it was."""
         store = self._store()
-        return self.write_through(item_id, lambda: store.upsert_if(item_id, fields, expect, deadline))
+        if isinstance(expect, Unconditional) and self.lru.known_version(self.key(item_id)) > 0:
+            # Seen written here: most likely an update of the live row, which needs no Bloom filter add.
+            update = lambda: _live_only(store.upsert_if(item_id, fields, IfExists(), deadline))  # noqa: E731
+            if (updated := self.write_through(item_id, update, new_id=False)) is not None:
+                return updated  # else no live row: written in full below
+        new_id = not isinstance(expect, IfExists | IfVersionIn)  # If-Match: only a live row, never a new id
+        return self.write_through(item_id, lambda: store.upsert_if(item_id, fields, expect, deadline), new_id)
 
-    def write_through(self, item_id: str, write: Callable[[], WriteResult | R]) -> Written | R:
+    def write_through(self, item_id: str, write: Callable[[], WriteResult | R], new_id: bool = True) -> Written | R:
         """Run a database `write` of `item_id` (cache_write_outcomes_total), then cache what it committed
-        (any other outcome is returned as it is). The Bloom filter learns the id first: never "absent"."""
-        if self.bloom is not None and not self.bloom.add(item_id):
+        (any other outcome is returned as it is). A write that may create the id (`new_id`) adds it to the
+        Bloom filter first: never "absent" for a committed id. An update of a live row adds nothing."""
+        if new_id and self.bloom is not None and not self.bloom.add(item_id):
             self.bloom_missed = True
-        result = _counted(write)
+        result = counted_write(write)
         if not isinstance(result, WriteResult):
             return result
         entry = CacheEntry.build(result.item.id, result.item.version, result.item.to_json())
@@ -369,7 +376,7 @@ class ItemCache:
     ) -> Deleted | NotFound | PreconditionFailed:
         """Delete in the database if `expect` holds, then leave a versioned tombstone in both tiers."""
         store = self._store()
-        result = _counted(lambda: store.delete_if(item_id, expect, deadline))
+        result = counted_write(lambda: store.delete_if(item_id, expect, deadline))
         if isinstance(result, Deleted) and self.settings.enabled:
             self.delete(self.key(item_id), result.version)
         return result
@@ -383,18 +390,5 @@ def _cached(entry: CacheEntry, tier: str) -> Read:
     return Read(entry, tier if entry.exists else "negative")
 
 
-def _counted(write: Callable[[], T]) -> T:
-    """Run a database write, counting its outcome in cache_write_outcomes_total."""
-    try:
-        result = write()
-    except DeadlineExceeded:
-        WRITES_BY_OUTCOME["deadline_exceeded"].inc()
-        raise
-    except CommitOutcomeUnknown:
-        WRITES_BY_OUTCOME["outcome_unknown"].inc()  # the change follower brings the cache to what committed
-        raise
-    if isinstance(result, PreconditionFailed):
-        WRITES_BY_OUTCOME["precondition_failed"].inc()
-    elif isinstance(result, WriteResult | Deleted | NotFound):
-        WRITES_BY_OUTCOME["written"].inc()
-    return result
+def _live_only(result: WriteResult | PreconditionFailed) -> WriteResult | None:
+    return result if isinstance(result, WriteResult) else None

@@ -3,7 +3,14 @@ worker, and /metrics aggregates them (gunicorn.conf.py sets the directory before
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+from db import CommitOutcomeUnknown, DeadlineExceeded, Deleted, NotFound, PreconditionFailed, WriteResult
+
+T = TypeVar("T")
 
 disable_created_metrics()  # *_created series double the output and no dashboard here reads them
 
@@ -66,3 +73,20 @@ TIERS = ("lru", "redis", "db", "negative", "bloom")
 REQUESTS_BY_TIER = {tier: REQUESTS.labels(tier) for tier in TIERS}
 WRITE_OUTCOME_NAMES = ("written", "precondition_failed", "deadline_exceeded", "outcome_unknown", "replayed")
 WRITES_BY_OUTCOME = {outcome: WRITE_OUTCOMES.labels(outcome) for outcome in WRITE_OUTCOME_NAMES}
+
+
+def counted_write(write: Callable[[], T]) -> T:
+    """Run a database write, counting its outcome in cache_write_outcomes_total (None: not counted)."""
+    try:
+        result = write()
+    except DeadlineExceeded:
+        WRITES_BY_OUTCOME["deadline_exceeded"].inc()
+        raise
+    except CommitOutcomeUnknown:
+        WRITES_BY_OUTCOME["outcome_unknown"].inc()  # the change follower brings the cache to what committed
+        raise
+    if isinstance(result, PreconditionFailed):
+        WRITES_BY_OUTCOME["precondition_failed"].inc()
+    elif isinstance(result, WriteResult | Deleted | NotFound):
+        WRITES_BY_OUTCOME["written"].inc()
+    return result
