@@ -6,8 +6,8 @@ then the cache. Everything that decides what a request sees lives here; the view
             miss -> Bloom filter says "never existed" -> 404.
             miss -> one loader per key in this process (single-flight) and in the fleet (the load lock in
                     the same Redis step as the look); the others wait for its fill; it loads and fills.
-    write:  Bloom add (an id it may create) -> database (If-Match / If-None-Match checked in the write) -> Redis (only if newer,
-            announced to every process) -> L1. A failed precondition touches no cache.
+    write:  Bloom add (if it may create the id) -> database (If-Match / If-None-Match checked in the write)
+            -> Redis (only if newer, announced to every process) -> L1. A failed precondition touches no cache.
     delete: database -> versioned tombstone in Redis and L1.
     time:   every wait draws on the request's Deadline.
 One ItemCache per process, built by the composition root (cache/service.py) and handed to whoever needs it.
