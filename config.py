@@ -64,7 +64,7 @@ class Config:
     cors_origins: tuple[str, ...]  # browser origins allowed to call the API (CORS); empty: none
     request_timeout: float  # seconds a request may wait in all (database, locks, other loads) before it gives up
     idempotency_keys_max: int  # Idempotency-Key records kept, at most (the oldest claimed go first)
-    fast_path: bool  # answer a plain GET /items/<id> that L1 holds before Flask's routing (routes/items.py)
+    fast_path: bool  # answer an L1 hit of a plain GET /items/<id> and a plain PUT before Flask (routes/fast_path.py)
 
     @property
     def fakeredis(self) -> bool:

@@ -3,7 +3,7 @@ bench.bare_app:app` reads the project's gunicorn.conf.py):
 
 - `app`: a bare WSGI callable that answers 2 bytes (issue 17's baseline);
 - `item_app`: a bare WSGI callable that answers what an L1 hit answers (the same status, headers and a body
-  of the same size, built once by routes/items.py), doing nothing per request: what gunicorn itself
+  of the same size, built once by routes/items.py found_headers), doing nothing per request: what gunicorn itself
   spends on that answer (its header checks, the bytes), which no fast path can go below;
 - `observed_app`: `item_app` plus the work issue 17 requires of every L1 hit besides finding it and building
   its headers: the tier counter, the request metrics (the exporter's own series, resolved as the fast path
@@ -23,8 +23,9 @@ from flask import Flask
 from cache.core.entry import CacheEntry
 from cache.core.metrics import REQUESTS_BY_TIER
 from config import load_config
+from routes.fast_path import GET_ENDPOINT, STATUS_LINES, request_metrics
 from routes.http import init_request_metrics, log_request, new_request_id
-from routes.items import STATUS, STATUS_LINE, found_headers, request_metrics
+from routes.items import found_headers
 
 # An item as tests.support.seed_items writes it, as L1 holds it; a made-up request id of the usual length.
 BODY = b'{"id":"item-0","seeded":true,"version":1,"updated_at":"2026-01-01T00:00:00.000Z"}'
@@ -45,7 +46,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
 
 
 def item_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    start_response(STATUS_LINE, ITEM_HEADERS)
+    start_response(STATUS_LINES[200], ITEM_HEADERS)
     return [ITEM.body or b""]
 
 
@@ -53,9 +54,9 @@ def observed_app(environ: dict[str, Any], start_response: Callable[..., Any]) ->
     started = time.perf_counter()
     L1_READS.inc()
     request_id = new_request_id(environ.get("HTTP_X_REQUEST_ID", ""))
-    start_response(STATUS_LINE, ITEM_HEADERS)
+    start_response(STATUS_LINES[200], ITEM_HEADERS)
     if METRICS is not None:
-        METRICS.record(max(time.perf_counter() - started, 0))
+        METRICS.record("GET", GET_ENDPOINT, 200, max(time.perf_counter() - started, 0))
     if CONFIG.access_log:
-        log_request("GET", environ["PATH_INFO"], STATUS, started, len(BODY), "lru", request_id)
+        log_request("GET", environ["PATH_INFO"], 200, started, len(BODY), "lru", request_id)
     return [BODY]

@@ -1,4 +1,4 @@
-"""What the fast path (routes/items.py) buys, and that it costs every other route nothing.
+"""What the fast path (routes/fast_path.py) buys, and that it costs every other route nothing.
 
     python -m bench.fast_path [--seconds 5] [--rounds 4] [--connections 64] [--threads 2] [--shared-cpus]
                               [--declined] [--no-write]

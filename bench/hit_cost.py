@@ -88,7 +88,7 @@ def measure(tmp: str) -> tuple[float, ...]:
 def declines(wrapper: Any, environ: dict[str, Any]) -> tuple[float, float]:
     """What the fast path adds to a request it does not answer, in microseconds: one outside /items/, and
     an item GET that L1 does not hold (the wrapper in front of an app that does nothing, less that app)."""
-    from routes.items import FastPath
+    from routes.fast_path import FastPath
 
     def nothing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         return []

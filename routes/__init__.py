@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from routes import admin, dashboard, errors, health, http, items, metrics, openapi
+from routes import admin, dashboard, errors, fast_path, health, http, items, metrics, openapi
 
 
 def register(app: Flask) -> None:
@@ -24,4 +24,4 @@ def register(app: Flask) -> None:
     http.install_served_methods(
         app, app.config["SERVICE_CONFIG"].access_log
     )  # after every route: it knows their methods
-    items.install_fast_path(app, app.config["SERVICE_CONFIG"])  # last: it answers in front of everything above
+    fast_path.install_fast_path(app, app.config["SERVICE_CONFIG"])  # last: it answers in front of everything above

@@ -60,7 +60,7 @@ def register(app: Flask, config: Config) -> None:
         }
         CORS(app, **settings)
         # The same options, resolved as flask-cors resolves them for its one resource (/*), for the answers
-        # that set their CORS headers themselves (routes/items.py).
+        # that set their CORS headers themselves (routes/fast_path.py).
         app.extensions["cors_options"] = get_cors_options(app, settings)
 
 
@@ -211,8 +211,12 @@ def require_metrics_token() -> None:
 
 
 def _bearer_is(token: str) -> bool:
-    """The request's `Authorization: Bearer` credential is `token` (compared in constant time)."""
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return bearer_matches(request.headers.get("Authorization", ""), token)
+
+
+def bearer_matches(authorization: str, token: str) -> bool:
+    """An `Authorization` header value is `Bearer <token>` (compared in constant time)."""
+    scheme, _, given = authorization.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 

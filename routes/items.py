@@ -1,27 +1,17 @@
-"""The items resource: its views (which translate HTTP to the cache-aside flow, cache/core/item_cache.py,
-and back), the one definition of a found item's answer, and the fast path: a WSGI wrapper in front of
-Flask (FAST_PATH, on by default) that answers exactly one kind of request itself, a plain
-`GET /items/<id>` (a valid id, no query string, no body, no `If-None-Match`) whose item L1 holds, fresh
-and trusted. Its answer is the view's (found_headers), counted in the same metrics and logged in the same
-access line; everything else goes to Flask untouched: it decides nothing the view would decide
-differently, it only declines (tests/test_fast_path.py holds it to that). Flask's after_request hooks
-set some of these headers again on the routed answer, to the same values: a header a later change adds in
-a hook for every response must be added to found_headers too; the parity suite fails until it is.
+"""The items resource: its views, which translate HTTP to the cache-aside flow (cache/core/item_cache.py)
+and back, and the one definition of a found item's and a written item's answer, which the fast path
+(routes/fast_path.py) gives too. Flask's after_request hooks set some of these headers again on the routed
+answer, to the same values: a header a later change adds in a hook for every response must be added to
+found_headers and written_headers too; tests/test_fast_path.py fails until it is.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
 import secrets
-import time
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request, url_for
-from werkzeug.datastructures import EnvironHeaders
+from flask import Blueprint, Response, current_app, g, request, url_for
 
 from cache.core.entry import CacheEntry, make_etag
 from cache.core.item_cache import ItemCache, Written
@@ -30,28 +20,20 @@ from db import Deadline, ItemStore, KeyBusy, KeyedCreate, KeyReused, NotFound, P
 from routes.errors import ApiError, error_response
 from routes.http import (
     SECURITY_HEADERS,
-    RequestMetricsRegistry,
-    StartResponse,
-    WSGIApp,
     cache_status,
     cors_headers,
     item_cache_control,
-    log_request,
-    new_request_id,
     request_id,
     require_token,
 )
 from routes.idempotency import create_once, fingerprint, idempotency_key, key_busy, key_reused, replayed
 from routes.writes import parse_item_body, write_precondition
 
-logger = logging.getLogger(__name__)
-
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 LIMIT_PATTERN = re.compile(r"[0-9]{1,4}")
-STATUS = 200
-STATUS_LINE = "200 OK"  # as werkzeug writes it
 bp = Blueprint("items", __name__, url_prefix="/items")
 JSON = "application/json"
+FAILED_WRITE = "items.failed_write"  # environ: what the fast path's write of this request raised
 
 
 @bp.before_request
@@ -81,10 +63,6 @@ def _cache() -> ItemCache:
     return item_cache
 
 
-def _item_response(entry: CacheEntry, status: int) -> Response:
-    return Response(entry.body, status=status, headers={"ETag": entry.etag}, content_type=JSON)
-
-
 @bp.get("/<item_id>")
 def get_item(item_id: str) -> Response:
     read = _cache().read_item(check_id(item_id), _deadline())
@@ -95,7 +73,7 @@ def get_item(item_id: str) -> Response:
     # If-None-Match uses the weak comparison (RFC 9110 13.1.2): W/"x" matches "x".
     if if_none_match and request.if_none_match.contains_weak(entry.etag.strip('"')):
         return Response(status=304, headers={"ETag": entry.etag, "X-Cache": tier})
-    # The same answer the fast path gives an L1 hit before routing (routes/items.py).
+    # The same answer the fast path gives an L1 hit before routing (routes/fast_path.py).
     cors = cors_headers(current_app.extensions.get("cors_options"), request.headers, request.method)
     return found_response(entry, tier, current_app.config["SERVICE_CONFIG"], request_id(), cors)
 
@@ -136,6 +114,8 @@ def create_item() -> Response:
 
 @bp.put("/<item_id>")
 def put_item(item_id: str) -> Response:
+    if (failed := request.environ.pop(FAILED_WRITE, None)) is not None:
+        raise failed  # the fast path's write of this request failed: answered as every failed write is
     expect = write_precondition(check_id(item_id))
     body = parse_item_body()
     if body.pop("id", item_id) != item_id:
@@ -146,10 +126,15 @@ def put_item(item_id: str) -> Response:
 def _written(result: Written | PreconditionFailed) -> Response:
     if isinstance(result, PreconditionFailed):
         return _precondition_failed(result)
-    response = _item_response(result.entry, 201 if result.created else 200)
-    if result.created:
-        response.headers["Location"] = url_for("items.get_item", item_id=result.item_id)
-    return response
+    location = url_for("items.get_item", item_id=result.item_id) if result.created else None
+    return Response(result.entry.body, status=201 if result.created else 200, headers=written_headers(result, location))
+
+
+def written_headers(written: Written, location: str | None) -> list[tuple[str, str]]:
+    """A write's own headers (the hooks in routes/http.py add the rest): its item's, and for a created
+    item its `location`."""
+    headers = [("Content-Type", JSON), ("ETag", written.entry.etag)]
+    return [*headers, ("Location", location)] if location is not None else headers
 
 
 def _precondition_failed(failed: PreconditionFailed) -> Response:
@@ -215,96 +200,4 @@ def found_response(
     entry: CacheEntry, tier: str, config: Config, request_id: str, cors: list[tuple[str, str]]
 ) -> Response:
     """The same answer as a Flask response (the routed view's)."""
-    return Response(entry.body, status=STATUS, headers=found_headers(entry, tier, config, request_id, cors))
-
-
-ENDPOINT = "items.get_item"  # the view's endpoint: the label its request metrics are grouped under
-ITEM_PREFIX = "/items/"
-ITEM_PATH = re.compile(f"{ITEM_PREFIX}({ID_PATTERN.pattern})")
-# Either header in the request and the view might answer differently (a 304, a body): decline. Two names
-# tested one by one, not a tuple looped over: no generator per request, and no third name silently ignored.
-IF_NONE_MATCH, TRANSFER_ENCODING = "HTTP_IF_NONE_MATCH", "HTTP_TRANSFER_ENCODING"
-# prometheus-flask-exporter's default metrics (group_by="endpoint"): recorded here under the same labels.
-# Family names: prometheus_client names the counter flask_http_request_total without its _total.
-DURATION_METRIC = "flask_http_request_duration_seconds"
-TOTAL_METRIC = "flask_http_request"
-
-
-@dataclass(frozen=True)
-class RequestMetrics:
-    """The exporter's series for a 200 answer of GET on the item view (what its after_request records)."""
-
-    duration: Any  # a Histogram child
-    total: Any  # a Counter child
-
-    def record(self, seconds: float) -> None:
-        self.duration.observe(seconds)
-        self.total.inc()
-
-
-def request_metrics(registry: RequestMetricsRegistry) -> RequestMetrics | None:
-    """The exporter's request metrics in `registry`, labelled as its hooks label a 200 GET of the item view;
-    None when it exports none there (REQUEST_METRICS=false) or under other names (an exporter upgrade)."""
-    duration, total = registry.collectors.get(DURATION_METRIC), registry.collectors.get(TOTAL_METRIC)
-    if duration is None or total is None:
-        return None
-    return RequestMetrics(
-        duration.labels(method="GET", endpoint=ENDPOINT, status=STATUS), total.labels(method="GET", status=STATUS)
-    )
-
-
-class FastPath:
-    """WSGI middleware: an L1 hit of a plain GET /items/<id> answered here, everything else by `app`."""
-
-    def __init__(
-        self, app: WSGIApp, item_cache: ItemCache, config: Config, metrics: RequestMetrics | None, cors_options: Any
-    ) -> None:
-        self.app = app
-        self.item_cache = item_cache
-        self.config = config
-        self.metrics = metrics
-        self.cors_options = cors_options  # flask-cors's, as routes/http.py resolved them; None: CORS off
-
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if not path.startswith(ITEM_PREFIX):  # every other route: one check, then Flask
-            return self.app(environ, start_response)
-        started = time.perf_counter()
-        match = self._plain_item_get(environ, path)
-        if match is None:
-            return self.app(environ, start_response)
-        entry = self.item_cache.read_l1_hit(match.group(1))
-        if entry is None or entry.body is None:
-            return self.app(environ, start_response)
-        request_id = new_request_id(environ.get("HTTP_X_REQUEST_ID", ""))
-        cors = cors_headers(self.cors_options, EnvironHeaders(environ), "GET") if self.cors_options else []
-        start_response(STATUS_LINE, found_headers(entry, "lru", self.config, request_id, cors))
-        if self.metrics is not None:
-            self.metrics.record(max(time.perf_counter() - started, 0))
-        if self.config.access_log:
-            log_request("GET", match.group(0), STATUS, started, len(entry.body), "lru", request_id)
-        return [entry.body]
-
-    def _plain_item_get(self, environ: dict[str, Any], path: str) -> re.Match[str] | None:
-        if environ["REQUEST_METHOD"] != "GET" or environ.get("QUERY_STRING"):
-            return None
-        if environ.get("CONTENT_LENGTH", "") not in ("", "0"):
-            return None
-        if IF_NONE_MATCH in environ or TRANSFER_ENCODING in environ:
-            return None
-        return ITEM_PATH.fullmatch(path)
-
-
-def install_fast_path(app: Flask, config: Config) -> None:
-    """Put the fast path in front of `app`'s routing, if FAST_PATH allows it."""
-    if not config.fast_path:
-        return
-    metrics = None
-    if config.request_metrics:
-        metrics = request_metrics(app.extensions["request_metrics_registry"])
-        if metrics is None:  # it could not count what the view counts: answer nothing rather than differ
-            logger.error("fast path off: prometheus-flask-exporter's request metrics were not found")
-            return
-    cors_options = app.extensions.get("cors_options")
-    fast = FastPath(app.wsgi_app, app.extensions["item_cache"], config, metrics, cors_options)
-    app.wsgi_app = fast  # type: ignore[method-assign]
+    return Response(entry.body, status=200, headers=found_headers(entry, tier, config, request_id, cors))

@@ -87,17 +87,21 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _read_body() -> bytes:
-    """The body; one declared by its length is read as one piece (get_data reads 64 KiB pieces, each a fresh
-    buffer: on a small write that cost more than parsing it)."""
-    remaining = request.content_length
-    if not remaining:  # chunked (or none): read to the end the server marks
-        return request.get_data(cache=False)
-    stream, pieces = request.stream, []
-    while remaining > 0 and (piece := stream.read(remaining)):
+def read_exactly(stream: Any, length: int) -> bytes:
+    """`length` bytes of `stream` (fewer if it ends first), read as one piece where it allows: werkzeug's
+    get_data reads 64 KiB pieces, each a fresh buffer, which cost a small write more than parsing it."""
+    pieces = []
+    while length > 0 and (piece := stream.read(length)):
         pieces.append(piece)
-        remaining -= len(piece)
+        length -= len(piece)
     return b"".join(pieces)
+
+
+def _read_body() -> bytes:
+    length = request.content_length
+    if not length:  # chunked (or none): read to the end the server marks
+        return request.get_data(cache=False)
+    return read_exactly(request.stream, length)
 
 
 def parse_item_body() -> dict[str, Any]:
@@ -109,6 +113,11 @@ def parse_item_body() -> dict[str, Any]:
     if request.content_length is None and len(raw) >= limit and request.environ["wsgi.input"].read(1):
         # A chunked body is cut at the limit, not refused: one byte more means it was too large.
         raise ApiError(413, "request_entity_too_large", f"the body is larger than MAX_ITEM_BYTES ({limit} bytes)")
+    return parse_json_object(raw)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """`raw` as an item's JSON object, or ApiError 400 naming what is wrong with it."""
     if not raw.strip():
         raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
     try:

@@ -24,8 +24,9 @@ from werkzeug.test import Client, TestResponse
 
 from cache.core.metrics import L1_ENTRIES
 from config import Config
+from db import CommitOutcomeUnknown, DatabaseUnavailable, DeadlineExceeded
 from logs import REQUEST_FIELDS
-from routes.items import FastPath
+from routes.fast_path import FastPath
 from tests.support import FakeClock, free_port, running_cache
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -49,7 +50,7 @@ class Case:
 @dataclass
 class Answer:
     response: TestResponse
-    dispatched: bool  # Flask's routing ran
+    dispatched: bool  # Flask's dispatch (its hooks, routing and a view) ran
     metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float]
     log: list[dict[str, Any]]
 
@@ -96,14 +97,14 @@ def delta(before: dict, after: dict) -> dict:
 def send(app: Flask, wsgi: Any, case: Case, lines: AccessLines) -> Answer:
     case.prepare()
     dispatched = []
-    flask_dispatch = app.dispatch_request
-    app.dispatch_request = lambda: (dispatched.append(True), flask_dispatch())[1]  # type: ignore[method-assign]
+    flask_dispatch = app.full_dispatch_request  # its before_request hooks (a 401) included
+    app.full_dispatch_request = lambda: (dispatched.append(True), flask_dispatch())[1]  # type: ignore[method-assign]
     before, logged = samples(app), len(lines.lines)
     try:
         response = Client(wsgi).open(case.path, method=case.method, headers=case.headers, data=case.body)
         response.get_data()
     finally:
-        del app.dispatch_request  # the class's method again
+        del app.full_dispatch_request  # the class's method again
     return Answer(response, bool(dispatched), delta(before, samples(app)), lines.lines[logged:])
 
 
@@ -348,8 +349,8 @@ def test_the_exporters_metrics_are_found_without_prometheus_clients_private_name
     """The fast path records into the exporter's own metric objects, found through the registry's public
     register(), not prometheus_client's private name map (here renamed away, as a release might)."""
     from config import load_config
+    from routes.fast_path import request_metrics
     from routes.http import init_request_metrics
-    from routes.items import request_metrics
 
     app = Flask(__name__)
     app.config["SERVICE_CONFIG"] = load_config({})
@@ -358,8 +359,146 @@ def test_the_exporters_metrics_are_found_without_prometheus_clients_private_name
     vars(registry)["renamed"] = vars(registry).pop("_names_to_collectors")
     metrics = request_metrics(registry)
     assert metrics is not None
-    metrics.record(0.001)
+    metrics.record("GET", "items.get_item", 200, 0.001)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for m in registry.collect() for s in m.samples}
     assert samples[("flask_http_request_total", (("method", "GET"), ("status", "200")))] == 1
     labels = (("endpoint", "items.get_item"), ("method", "GET"), ("status", "200"))
     assert samples[("flask_http_request_duration_seconds_count", labels)] == 1
+
+
+# PUT: a write cannot be sent twice from one state (versions never repeat), so each case writes a twin
+# id with and without the fast path, from the same history, and the answers are compared with the id
+# (and the body's updated_at) masked.
+WRITE_BODY = b'{"name": "w", "tags": ["a", "b"]}'
+UPDATED_AT = re.compile(rb'"updated_at": ?"[^"]*"')
+
+
+@dataclass
+class PutCase:
+    name: str
+    headers: dict[str, str] = field(default_factory=lambda: dict(JSON_HEADERS))
+    body: bytes | None = WRITE_BODY  # "{id}" in it is the case's id
+    path: str = "/items/{id}"
+    exists: bool = False  # written once (through Flask) before this PUT, so the PUT updates it
+    fails: Exception | None = None  # what the database write raises
+    fast: bool = False  # the fast path answers it itself (in the default settings)
+
+
+def send_put(app: Flask, wsgi: Any, case: PutCase, item_id: str, lines: AccessLines, writes: list[str]) -> Answer:
+    """`case` as a PUT of `item_id`, each database write recorded in `writes` (or failing as the case says)."""
+    if case.exists:
+        put(app, item_id, {"name": "before"}, {k: v for k, v in case.headers.items() if k == "Authorization"})
+    body = case.body.replace(b"{id}", item_id.encode()) if case.body is not None else None
+    store = app.extensions["item_store"]
+    store.upsert_if = counting_writes(store.upsert_if, writes, case.fails)
+    try:
+        return send(app, wsgi, Case(case.name, case.path.format(id=item_id), case.headers, "PUT", body=body), lines)
+    finally:
+        del store.upsert_if
+
+
+def masked(answer: Answer, item_id: str, sent: dict[str, str]) -> tuple[Any, ...]:
+    body = UPDATED_AT.sub(b'"updated_at": "<time>"', answer.response.get_data()).replace(item_id.encode(), b"<id>")
+    case = Case("", "", sent)
+    headers = [(n, v.replace(item_id, "<id>")) for n, v in comparable_headers(answer, case)]
+    log = [{**line, "path": line["path"].replace(item_id, "<id>")} for line in comparable_log(answer, case)]
+    return answer.response.status, body, headers, log
+
+
+def counting_writes(real: Callable[..., Any], writes: list[str], fails: Exception | None) -> Callable[..., Any]:
+    """The store's upsert_if, recording each id written, raising `fails` instead of writing if given."""
+
+    def upsert_if(item_id: str, *args: Any) -> Any:
+        writes.append(item_id)
+        if fails is not None:
+            raise fails
+        return real(item_id, *args)
+
+    return upsert_if
+
+
+def assert_put_parity(app: Flask, cases: list[PutCase], lines: AccessLines, fast: Callable[[PutCase], bool]) -> None:
+    assert isinstance(app.wsgi_app, FastPath)
+    L1_ENTRIES.set(len(running_cache().lru))  # the gauge a test before left: compared by its change
+    for number, case in enumerate(cases):
+        answers: list[tuple[Answer, str]] = []
+        writes: list[str] = []
+        for wsgi, item_id in ((app.wsgi_app, f"w{number}-a"), (app.wsgi_app.app, f"w{number}-b")):
+            answers.append((send_put(app, wsgi, case, item_id, lines, writes), item_id))
+        (on, on_id), (off, off_id) = answers
+        where = f"{case.name}: PUT {case.path} {case.headers}"
+        assert off.dispatched, where
+        assert on.dispatched is not fast(case), f"{where}: answered by {'Flask' if on.dispatched else 'the fast path'}"
+        assert masked(on, on_id, case.headers) == masked(off, off_id, case.headers), where
+        assert on.metrics == off.metrics, where
+        assert writes.count(on_id) == writes.count(off_id) <= 2, f"{where}: {writes}"  # never written again
+
+
+def put_cases(token: str | None) -> list[PutCase]:
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    with_auth = {**JSON_HEADERS, **auth}
+    return [
+        PutCase("new item: 201", with_auth, fast=True),
+        PutCase("update: 200", with_auth, exists=True, fast=True),
+        PutCase("caller's request id", {**with_auth, "X-Request-ID": "req-9"}, fast=True),
+        PutCase("the URL's id in the body", with_auth, body=b'{"id": "{id}", "n": 1}', fast=True),
+        PutCase("id at the length limit", with_auth, path="/items/{id}" + "L" * 58, fast=True),
+        PutCase("another id in the body", with_auth, body=b'{"id": "other", "n": 1}'),
+        PutCase("a number as the id in the body", with_auth, body=b'{"id": 7}'),
+        PutCase("not JSON", with_auth, body=b"{nope"),
+        PutCase("not an object", with_auth, body=b"[1, 2]"),
+        PutCase("a read-only field", with_auth, body=b'{"version": 3}'),
+        PutCase("duplicate keys", with_auth, body=b'{"a": 1, "a": 2}'),
+        PutCase("empty body", with_auth, body=b""),
+        PutCase("too large", with_auth, body=b'{"pad": "' + b"x" * 2048 + b'"}'),
+        PutCase("charset in Content-Type", {**auth, "Content-Type": "application/json; charset=utf-8"}),
+        PutCase("not JSON's media type", {**auth, "Content-Type": "text/plain"}),
+        PutCase("If-Match: *", {**with_auth, "If-Match": "*"}, exists=True),
+        PutCase("If-None-Match: *", {**with_auth, "If-None-Match": "*"}),
+        PutCase("query string", with_auth, path="/items/{id}?x=1"),
+        PutCase("id past the length limit", with_auth, path="/items/{id}" + "L" * 64),
+        PutCase("id with a bad character", with_auth, path="/items/{id}.x"),
+        PutCase("no token", JSON_HEADERS, fast=token is None),
+        PutCase("a wrong token", {**JSON_HEADERS, "Authorization": "Bearer wrong"}, fast=token is None),
+        PutCase("database down", with_auth, fails=DatabaseUnavailable("refused")),
+        PutCase("deadline", with_auth, exists=True, fails=DeadlineExceeded("a database connection")),
+        PutCase("commit outcome unknown", with_auth, fails=CommitOutcomeUnknown("cut")),
+        PutCase("a bug", with_auth, fails=RuntimeError("boom")),
+    ]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"API_TOKEN": "s3cret"},
+        {"CORS_ORIGINS": ORIGIN},
+        {"REQUEST_METRICS": "false", "ACCESS_LOG": "false"},
+        {"CACHE_L1_MAX_ITEMS": "0"},
+        {"CACHE_ENABLED": "false"},
+    ],
+    ids=["defaults", "auth", "cors", "no-metrics-no-log", "l1-off", "cache-off"],
+)
+def test_the_fast_path_writes_as_the_view_does(make_app, access_lines, settings):
+    app = make_app(**PARITY, MAX_ITEM_BYTES="1024", **settings)
+
+    def fast(case: PutCase) -> bool:
+        return case.fast and "CORS_ORIGINS" not in settings
+
+    assert_put_parity(app, put_cases(settings.get("API_TOKEN")), access_lines, fast)
+
+
+def test_a_write_answered_before_routing_is_counted_like_the_view(make_app, access_lines):
+    app = make_app(**PARITY)
+    created = send(app, app.wsgi_app, Case("new", "/items/n1", JSON_HEADERS, "PUT", body=WRITE_BODY), access_lines)
+    assert not created.dispatched and created.response.status_code == 201
+    assert created.response.headers["Location"] == "/items/n1" and created.response.headers["ETag"] == '"n1.1"'
+    assert created.metrics[("flask_http_request_total", (("method", "PUT"), ("status", "201")))] == 1
+    labels = (("endpoint", "items.put_item"), ("method", "PUT"), ("status", "201"))
+    assert created.metrics[("flask_http_request_duration_seconds_count", labels)] == 1
+    assert created.metrics[("cache_write_outcomes_total", (("outcome", "written"),))] == 1
+    assert [(line["path"], line["status"], line["bytes"]) for line in created.log] == [
+        ("/items/n1", 201, len(created.response.get_data()))
+    ]
+    read = Client(app.wsgi_app).get("/items/n1")
+    assert read.headers["X-Cache"] == "lru" and read.json["name"] == "w"
