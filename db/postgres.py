@@ -56,6 +56,9 @@ class QuickReconnect(AttemptWithBackoff):
         self.delay = min(self.delay, RECONNECT_MAX)
 
 
+_REFUSAL_SEEN = threading.Lock()
+
+
 class _Pool(psycopg_pool.ConnectionPool):
     """Reconnects quickly (QuickReconnect) and knows whether its last attempt to connect failed (`down`),
     and if the server refused it for having too many connections, its words (`refused`)."""
@@ -85,14 +88,15 @@ class _Pool(psycopg_pool.ConnectionPool):
             self.refused = None
             return
         words = " ".join(text.rpartition("FATAL:")[2].split())  # the server's own words
-        if self.refused is None:
+        with _REFUSAL_SEEN:  # the pool's workers connect at once: one of them logs it
+            first, self.refused = self.refused is None, words
+        if first:
             logger.error(
                 "PostgreSQL refuses new connections (%s): this worker's pool opens at most %d; "
                 "lower DATABASE_MAX_CONNECTIONS or raise the database's limit",
                 words,
                 self.max_size,
             )
-        self.refused = words
 
     def checkout(self, wait: float) -> psycopg.Connection[Any]:
         """A connection within `wait` s; PoolTimeout within about DOWN_WAIT s instead while the pool's

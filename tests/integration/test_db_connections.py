@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -90,3 +91,33 @@ def test_too_many_connections_is_a_clear_503_and_one_log_line(postgres_url, capl
     refusals = [r for r in caplog.records if r.name.startswith(("db.", "psycopg", "routes."))]
     assert len(refusals) == 1 and refusals[0].levelno == logging.ERROR, [r.getMessage() for r in refusals]
     assert 'too many connections for role "refused_' in refusals[0].getMessage()
+
+
+def test_a_refusal_met_by_the_pools_workers_at_once_is_logged_once(caplog):
+    """psycopg_pool connects from several worker threads at once: each meets the same refusal, and the first
+    line must not be repeated by the others while it is being written (the flag is set before the line)."""
+    from db.postgres import _Pool
+
+    pool = _Pool.__new__(_Pool)  # only its refusal bookkeeping is exercised; nothing connects
+    pool._max_size, pool.refused = 3, None
+    refusal = psycopg.OperationalError('FATAL:  too many connections for role "x"')
+    start = threading.Barrier(8)
+
+    def meet_it() -> None:
+        start.wait(5)
+        pool._note_refusal(refusal)
+
+    slow = logging.Handler()
+    slow.emit = lambda record: time.sleep(0.05)  # a log line that takes a while to write, as on a busy host
+    logging.getLogger("db.postgres").addHandler(slow)
+    try:
+        with caplog.at_level(logging.INFO):
+            threads = [threading.Thread(target=meet_it) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(10)
+    finally:
+        logging.getLogger("db.postgres").removeHandler(slow)
+    lines = [r for r in caplog.records if r.name == "db.postgres"]
+    assert len(lines) == 1 and pool.refused == 'too many connections for role "x"'
