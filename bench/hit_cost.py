@@ -93,7 +93,7 @@ def declines(wrapper: Any, environ: dict[str, Any]) -> tuple[float, float]:
     def nothing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         return []
 
-    declining = FastPath(nothing, wrapper.config, wrapper.metrics, wrapper.cors_options)
+    declining = FastPath(nothing, wrapper.item_cache, wrapper.config, wrapper.metrics, wrapper.cors_options)
     costs = []
     for path in ("/health/live", "/items/not-cached"):
         request = {**environ, "PATH_INFO": path}
