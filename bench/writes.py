@@ -98,12 +98,12 @@ class Arm:
 
 
 NOTES = [
-    "Reading it: the store's part of a write is one round trip to PostgreSQL (BEGIN, the deadline's SET LOCALs,",
-    "the statement and COMMIT as one query; the pool's checkout check only when the server has sent something),",
-    "with about half the driver CPU of four calls (table below); a keyed create is one transaction (two round",
-    "trips). Most of a PUT's server CPU (about 1 ms, /health/live's about 0.3 ms) is outside the database: Flask,",
-    "the write's two Redis calls, and the listeners and the change follower handling its announcements. The",
-    "machine was shared: between two runs the same ratio moved by up to 0.1.",
+    "Reading it: a plain PUT is answered before Flask (routes/fast_path.py), an update of an id the worker has",
+    "seen written makes no Bloom filter add (one Redis call, not two), and the body is read in one piece. The",
+    "store's part is one round trip to PostgreSQL (BEGIN, the deadline's SET LOCALs, the statement and COMMIT",
+    "as one query), with about half the driver CPU of four calls (table below). What a PUT costs beyond",
+    "/health/live is gunicorn's request parsing, the database round trip, the versioned set, the JSON, and each",
+    "worker's listener waking for its announcement. The machine was shared: per-round ratios move by up to 0.2.",
 ]
 CPU_COLUMNS = ("PUT x16", "live x16", "POST x16", "keyed POST x16")
 SCENARIOS = [  # label, path, connections, script, wrk env
