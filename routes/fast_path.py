@@ -4,8 +4,8 @@ the same access line:
 - a plain `GET /items/<id>` (a valid id, no query string, no body, no `If-None-Match`) whose item L1 holds,
   fresh and trusted;
 - a plain `PUT /items/<id>`: no precondition, no query string, `Content-Type: application/json`, a
-  declared length within MAX_ITEM_BYTES, the token if API_TOKEN is set, CORS off, a body that is a valid
-  item (an `id` in it, if any, the URL's). Its write is the view's (ItemCache.write_item); should the write
+  declared length within MAX_ITEM_BYTES, the token if API_TOKEN is set, a body that is a valid item (an
+  `id` in it, if any, the URL's). Its write is the view's (ItemCache.write_item); should the write
   raise, the request goes to Flask with what it raised, and the view raises it there
   (routes/items.py FAILED_WRITE), so a failed write is answered, counted and logged as the view does.
 Everything else goes to Flask untouched (a declined PUT with its body as sent): the fast path decides
@@ -157,6 +157,7 @@ class FastPath:
             ("X-Request-ID", request_id),
             ("Cache-Control", "no-store"),
             *SECURITY_HEADERS.items(),
+            *(cors_headers(self.cors_options, EnvironHeaders(environ), "PUT") if self.cors_options else []),
         ]
         start_response(STATUS_LINES[status], headers)
         self._done("PUT", PUT_ENDPOINT, match.group(0), status, started, len(body_bytes), None, request_id)
@@ -170,8 +171,6 @@ class FastPath:
         if environ.get("QUERY_STRING") or environ.get("CONTENT_TYPE") != JSON or environ.get("SCRIPT_NAME"):
             return None, 0
         if IF_MATCH in environ or IF_NONE_MATCH in environ or TRANSFER_ENCODING in environ:
-            return None, 0
-        if self.cors_options is not None:
             return None, 0
         token = self.config.api_token
         if token is not None and not bearer_matches(environ.get("HTTP_AUTHORIZATION", ""), token):
