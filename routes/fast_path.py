@@ -30,7 +30,6 @@ from config import Config
 from db import UNCONDITIONAL, Deadline
 from routes.errors import ApiError
 from routes.http import (
-    SECURITY_HEADERS,
     RequestMetricsRegistry,
     StartResponse,
     WSGIApp,
@@ -151,15 +150,8 @@ class FastPath:
         status = 201 if written.created else 200
         location = f"{ITEM_PREFIX}{item_id}" if written.created else None
         body_bytes = written.entry.body or b""
-        headers = [
-            *written_headers(written, location),
-            ("Content-Length", str(len(body_bytes))),
-            ("X-Request-ID", request_id),
-            ("Cache-Control", "no-store"),
-            *SECURITY_HEADERS.items(),
-            *(cors_headers(self.cors_options, EnvironHeaders(environ), "PUT") if self.cors_options else []),
-        ]
-        start_response(STATUS_LINES[status], headers)
+        cors = cors_headers(self.cors_options, EnvironHeaders(environ), "PUT") if self.cors_options else []
+        start_response(STATUS_LINES[status], written_headers(written, location, request_id, cors))
         self._done("PUT", PUT_ENDPOINT, match.group(0), status, started, len(body_bytes), None, request_id)
         return [body_bytes]
 

@@ -127,14 +127,27 @@ def _written(result: Written | PreconditionFailed) -> Response:
     if isinstance(result, PreconditionFailed):
         return _precondition_failed(result)
     location = url_for("items.get_item", item_id=result.item_id) if result.created else None
-    return Response(result.entry.body, status=201 if result.created else 200, headers=written_headers(result, location))
+    # The same answer the fast path gives a plain PUT before routing (routes/fast_path.py).
+    cors = cors_headers(current_app.extensions.get("cors_options"), request.headers, request.method)
+    headers = written_headers(result, location, request_id(), cors)
+    return Response(result.entry.body, status=201 if result.created else 200, headers=headers)
 
 
-def written_headers(written: Written, location: str | None) -> list[tuple[str, str]]:
-    """A write's own headers (the hooks in routes/http.py add the rest): its item's, and for a created
-    item its `location`."""
-    headers = [("Content-Type", JSON), ("ETag", written.entry.etag)]
-    return [*headers, ("Location", location)] if location is not None else headers
+def written_headers(
+    written: Written, location: str | None, request_id: str, cors: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """Every header of a 200 or 201 answer to a write that committed `written` (`location`: a created
+    item's); `cors`: routes.http.cors_headers for the request."""
+    return [
+        ("Content-Type", JSON),
+        ("Content-Length", str(len(written.entry.body or b""))),
+        ("ETag", written.entry.etag),
+        *([("Location", location)] if location is not None else []),
+        ("X-Request-ID", request_id),
+        ("Cache-Control", "no-store"),  # a write's answer changes under the caller (routes/http.py)
+        *SECURITY_HEADERS.items(),
+        *cors,
+    ]
 
 
 def _precondition_failed(failed: PreconditionFailed) -> Response:
