@@ -498,6 +498,10 @@ class TcpProxy:
                 break
             if not data:
                 break
+            # Paused while this recv waited: bytes that came after pause() wait for resume(), as later ones do
+            # (without this, a query sent just after pause() could still be relayed and answered).
+            while not self.running.wait(0.05) and not self.closed:
+                pass
             if delay:
                 time.sleep(delay)
             if forward is not None and not forward(data):
